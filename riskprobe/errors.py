@@ -1,0 +1,39 @@
+"""User-facing errors.
+
+A :class:`UserError` is a mistake in what the user gave us (a path, a config value, a line of a
+file). The CLI prints it as one line and exits with status 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake in the user's input, reported as ``file:line: field 'x': message``.
+
+    Args:
+        message: what is wrong and, where possible, what to do about it.
+        file: the file the mistake is in, if any.
+        line: 1-based line number inside ``file``, if any.
+        field: the name of the offending field or option, if any.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file + (f":{self.line}" if self.line is not None else "") + ": "
+        elif self.line is not None:
+            where = f"line {self.line}: "
+        fld = f"field '{self.field}': " if self.field else ""
+        return f"{where}{fld}{self.message}"
