@@ -1,0 +1,226 @@
+"""Load a causal LM from a bundled name, a ``.gguf`` file, a local directory or a hub id.
+
+GGUF files are dequantised by transformers (17-60 s); the float weights are then cached once as
+safetensors under :func:`~riskprobe.models.bundled.cache_root` and reloaded from there in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..fsutil import atomic_dir, sha256_files
+from .bundled import BUNDLED, cache_root, check_sha256, resolve_bundled
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a model is, recorded by every file that depends on it.
+
+    ``fingerprint`` is the sha256 of the weights file (GGUF or directory weights) or the hub revision;
+    two models with the same fingerprint and architecture produce the same features.
+    """
+
+    name: str
+    source: str  # "bundled" | "gguf" | "dir" | "hub" | "memory"
+    fingerprint: str
+    architecture: str
+    n_layers: int
+    hidden_size: int
+    vocab_size: int
+    has_chat_template: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelIdentity":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def same_model(self, other: "ModelIdentity") -> bool:
+        """Whether two identities name the same weights (names and sources may differ)."""
+        return (self.fingerprint, self.architecture, self.n_layers, self.hidden_size) == (
+            other.fingerprint, other.architecture, other.n_layers, other.hidden_size)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate: the ``transformers`` model, its tokenizer and its identity."""
+
+    model: Any
+    tokenizer: Any
+    identity: ModelIdentity
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def _identity(model, tokenizer, name: str, source: str, fingerprint: str) -> ModelIdentity:
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return ModelIdentity(
+        name=name,
+        source=source,
+        fingerprint=fingerprint,
+        architecture=str(cfg.model_type),
+        n_layers=int(cfg.num_hidden_layers),
+        hidden_size=int(cfg.hidden_size),
+        vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding (for batched generation) and a pad token (the EOS token where there is none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def wrap_model(model, tokenizer, *, name: str = "in-memory", source: str = "memory",
+               fingerprint: str | None = None) -> LoadedModel:
+    """Wrap an already-built model (e.g. a tiny random one in tests) with an identity."""
+    if fingerprint is None:
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(model.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
+        fingerprint = h.hexdigest()
+    model.eval()
+    return LoadedModel(model, prepare_tokenizer(tokenizer), _identity(model, tokenizer, name, source, fingerprint))
+
+
+def _load_dir(path: Path, dtype, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return model, tok
+
+
+def _load_gguf(gguf: Path, sha: str, dtype, device):
+    """Load a GGUF file, through the float safetensors cache keyed by the file's sha256."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cdir = cache_root() / "models" / f"{sha[:24]}-v{CACHE_VERSION}"
+    if (cdir / "riskprobe-cache.json").is_file():
+        return _load_dir(cdir, dtype, device)
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("loading a .gguf file needs the 'gguf' package: pip install gguf") from None
+    log.info("dequantising %s once (cached in %s)", gguf.name, cdir)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained until its quantizer record is gone.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        with atomic_dir(cdir, replace=True) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "riskprobe-cache.json").write_text(json.dumps({"gguf_sha256": sha, "version": CACHE_VERSION}))
+    except OSError as e:  # a read-only cache is not fatal: we keep the model in memory
+        log.warning("could not cache dequantised weights in %s: %s", cdir, e)
+    if dtype is not None and dtype != torch.float32:
+        model = model.to(dtype)
+    return model.to(device), tok
+
+
+def _resolve_dtype(dtype):
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[str(dtype)]
+    except KeyError:
+        raise UserError(f"unknown dtype '{dtype}' (use float32, bfloat16 or float16)", field="dtype") from None
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(spec: str, *, device: str | None = None, dtype=None, revision: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer, ready for batched generation.
+
+    Args:
+        spec: a bundled name (see :data:`~riskprobe.models.bundled.BUNDLED`), a path to a ``.gguf`` file,
+            a local model directory, or a Hugging Face hub id (needs internet or a warm hub cache).
+        device: ``"cpu"``, ``"cuda"``...; defaults to the GPU where there is one.
+        dtype: ``float32`` (default on CPU), ``bfloat16`` (default on GPU) or ``float16``.
+        revision: hub revision, for hub ids.
+
+    Raises:
+        UserError: unknown name, missing file, checksum mismatch, unreachable hub.
+    """
+    import torch
+
+    device = device or default_device()
+    tdtype = _resolve_dtype(dtype)
+    if tdtype is None:
+        tdtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    path = Path(os.path.expanduser(spec))
+    if spec in BUNDLED:
+        gguf, bm = resolve_bundled(spec)
+        model, tok = _load_gguf(gguf, bm.sha256, tdtype, device)
+        return LoadedModel(model.eval(), prepare_tokenizer(tok), _identity(model, tok, spec, "bundled", bm.sha256))
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError("model file not found", file=spec)
+        sha = sha256_files([path])
+        model, tok = _load_gguf(path, sha, tdtype, device)
+        return LoadedModel(model.eval(), prepare_tokenizer(tok), _identity(model, tok, path.name, "gguf", sha))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError("not a model directory (no config.json)", file=spec)
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        sha = sha256_files(weights) if weights else "unknown"
+        model, tok = _load_dir(path, tdtype, device)
+        return LoadedModel(model.eval(), prepare_tokenizer(tok), _identity(model, tok, path.name, "dir", sha))
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        known = ", ".join(sorted(BUNDLED))
+        raise UserError(f"unknown model '{spec}': not a bundled name ({known}), an existing .gguf file, "
+                        "a model directory, or a hub id of the form org/name", field="model")
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(spec, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(spec, revision=revision, dtype=tdtype).to(device)
+    except OSError as e:
+        raise UserError(f"could not load hub model '{spec}' (no such model, or no internet and no local "
+                        f"cache): {str(e).splitlines()[0]}", field="model") from None
+    rev = getattr(model.config, "_commit_hash", None) or revision or "unknown"
+    return LoadedModel(model.eval(), prepare_tokenizer(tok), _identity(model, tok, spec, "hub", f"hub:{spec}@{rev}"))
+
+
+def clear_cache() -> None:
+    """Remove cached dequantised weights and concatenated GGUF files."""
+    for sub in ("models", "gguf", "sha256"):
+        shutil.rmtree(cache_root() / sub, ignore_errors=True)
+
+
+__all__ = ["ModelIdentity", "LoadedModel", "load_model", "wrap_model", "prepare_tokenizer", "clear_cache",
+           "check_sha256", "default_device"]
