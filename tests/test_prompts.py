@@ -1,0 +1,140 @@
+"""Prompt sets: every loader, user JSONL errors, id-hash splits."""
+
+import json
+import random
+
+import pytest
+
+from riskprobe import prompts as P
+from riskprobe.errors import UserError
+
+
+@pytest.fixture
+def fake_root(tmp_path, monkeypatch):
+    """A miniature copy of the public sets' layout, written by the test."""
+    r = tmp_path / "datasets"
+    (r / "triviaqa").mkdir(parents=True)
+    (r / "triviaqa/triviaqa_sm_sub.jsonl").write_text(
+        json.dumps({"context": 'Question: "Who wrote ""Jabberwocky""?"\nAnswer:', "answer": "Lewis Carroll",
+                    "aliases": ["Lewis Carroll", "Carroll"]}) + "\n"
+        + json.dumps({"context": "Question: What is 2+2?\nAnswer:", "answer": "4", "aliases": ["Four"]}) + "\n")
+    (r / "nq_open").mkdir()
+    (r / "nq_open/NQ-open.dev.jsonl").write_text(json.dumps({"question": "who wrote hamlet", "answer": ["Shakespeare"]}) + "\n")
+    (r / "truthfulqa").mkdir()
+    (r / "truthfulqa/TruthfulQA.csv").write_text(
+        "Type,Category,Question,Best Answer,Best Incorrect Answer,Correct Answers,Incorrect Answers,Source\n"
+        'Adversarial,Myths,Do bulls hate red?,No,Yes,"No; Bulls are colour-blind to red","Yes; They hate red",x\n')
+    (r / "gsm8k").mkdir()
+    (r / "gsm8k/test.jsonl").write_text(json.dumps({"question": "2 and 1,000?", "answer": "so\n#### 1,002"}) + "\n")
+    (r / "svamp").mkdir()
+    (r / "svamp/SVAMP.json").write_text(json.dumps([{"ID": "chal-1", "Body": "Dan had 4 dollars", "Question": "How much?",
+                                                     "Equation": "x", "Answer": 4.0, "Type": "t"}]))
+    (r / "strategyqa").mkdir()
+    (r / "strategyqa/train.json").write_text(json.dumps([{"qid": "a1", "question": "Is ice cold?", "answer": True}]))
+    (r / "strategyqa/dev.json").write_text(json.dumps([{"qid": "b2", "question": "Is fire cold?", "answer": False}]))
+    monkeypatch.setenv("RISKPROBE_DATASETS", str(r))
+    return r
+
+
+def test_public_loaders_on_local_files(fake_root):
+    tq = P.load_items("triviaqa")
+    assert [i.prompt for i in tq] == ['Who wrote "Jabberwocky"?', "What is 2+2?"]
+    assert tq[0].answers[:2] == ("Lewis Carroll", "Carroll") and tq[0].category == "factual"
+    nq = P.load_items("nq_open")[0]
+    assert nq.prompt == "Who wrote hamlet?" and nq.answers == ("Shakespeare",)
+    tf = P.load_items("truthfulqa")[0]
+    assert tf.answers == ("No", "Bulls are colour-blind to red") and tf.incorrect == ("Yes", "They hate red")
+    g = P.load_items("gsm8k")[0]
+    assert g.answers == ("1002",) and g.answer_kind == "number" and g.category == "reasoning"
+    s = P.load_items("svamp")[0]
+    assert s.prompt == "Dan had 4 dollars. How much?" and s.answers == ("4",)
+    sq = P.load_items("strategyqa")
+    assert [(i.id, i.answers, i.answer_kind) for i in sq] == [("strategyqa-a1", ("yes",), "yesno"),
+                                                             ("strategyqa-b2", ("no",), "yesno")]
+
+
+def test_missing_public_set_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("RISKPROBE_DATASETS", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=r"nowhere/gsm8k/test.jsonl.*RISKPROBE_DATASETS"):
+        P.load_items("gsm8k")
+
+
+def test_builtin_set():
+    items = P.load_items("builtin")
+    fact = [i for i in items if i.category == "factual"]
+    arith = [i for i in items if i.category == "reasoning"]
+    assert len(fact) >= 400 and len(arith) == 200
+    assert len({i.meta["topic"] for i in fact}) >= 15
+    assert len({i.id for i in items}) == len(items)
+    # templated answers are exact
+    for it in P.arithmetic_items(50, seed=3):
+        assert it.answer_kind == "number" and int(it.answers[0]) >= 0
+    a = P.arithmetic_items(5, seed=1)
+    b = P.arithmetic_items(10, seed=1)
+    assert a == b[:5]  # item i depends on (seed, i) only
+    assert P.arithmetic_items(5, seed=2) != a
+
+
+def test_arithmetic_answers_match_their_text():
+    it = next(i for i in P.arithmetic_items(200) if i.meta["template"] == "add")
+    import re
+    a, b = map(int, re.findall(r"\d+", it.prompt)[:2])
+    assert int(it.answers[0]) == a + b
+
+
+def test_user_jsonl_and_errors(tmp_path):
+    p = tmp_path / "mine.jsonl"
+    p.write_text('{"id": "a", "question": "Q1?", "answers": ["x"]}\n\n{"prompt": "Q2?", "answers": 7, "category": "reasoning"}\n')
+    items = P.load_items(str(p))
+    assert [i.id for i in items][0] == "a" and items[1].answer_kind == "number" and items[1].answers == ("7",)
+    cases = [
+        ('{"id": "a", "question": "Q?", "answers": ["x"]}\n{"id": "b", "question": "Q?"\n', r"mine.jsonl:2: malformed JSON"),
+        ('{"id": "a", "question": "Q?", "answers": []}\n', r"mine.jsonl:1: field 'answers'"),
+        ('{"id": "a", "answers": ["x"]}\n', r"mine.jsonl:1: field 'question'"),
+        ('{"id": "a", "question": "Q?", "answers": ["x"], "category": "poetry"}\n', r"field 'category'"),
+        ('{"id": "a", "question": "Q?", "answers": ["x"], "answer_kind": "essay"}\n', r"field 'answer_kind'"),
+        ('{"id": "a", "question": "Q?", "answers": ["x"]}\n{"id": "a", "question": "R?", "answers": ["y"]}\n', r":2: field 'id'"),
+        ('[1, 2]\n', r"mine.jsonl:1: expected a JSON object"),
+    ]
+    for text, pattern in cases:
+        p.write_text(text)
+        with pytest.raises(UserError, match=pattern):
+            P.load_items(str(p))
+    with pytest.raises(UserError, match="prompt file not found"):
+        P.load_items(str(tmp_path / "absent.jsonl"))
+    with pytest.raises(UserError, match="unknown prompt set 'nope'"):
+        P.load_items("nope")
+
+
+def test_splits_are_by_id_hash_not_order():
+    items = P.load_items("builtin")
+    first = {i.id: P.split_of(i.id) for i in items}
+    shuffled = items[:]
+    random.Random(0).shuffle(shuffled)
+    assert {i.id: P.split_of(i.id) for i in shuffled} == first
+    counts = {s: sum(v == s for v in first.values()) for s in ("train", "val", "test")}
+    n = len(items)
+    assert abs(counts["train"] / n - 0.7) < 0.05 and abs(counts["test"] / n - 0.15) < 0.04
+    # a question is in exactly one split; duplicates collapse to one id
+    dup = P.Item(id="x", set="s", category="factual", prompt="p", answers=("a",))
+    assert len(list(P._dedupe([dup, dup]))) == 1
+
+
+def test_limit_is_a_nested_deterministic_subsample():
+    a = P.load_items("builtin", limit=100)
+    b = P.load_items("builtin", limit=50)
+    assert len(a) == 100 and {i.id for i in b} <= {i.id for i in a}
+    assert [i.id for i in P.load_items("builtin", limit=100)] == [i.id for i in a]
+    joined = P.load_items("builtin-factual:30+builtin-arithmetic:10")
+    assert len(joined) == 40 and sum(i.category == "reasoning" for i in joined) == 10
+
+
+def test_shared_datasets_when_present():
+    root = P.datasets_root()
+    if root is None or not (root / "triviaqa").is_dir():
+        pytest.skip("public sets not present beside the repository")
+    for name, n_min in [("triviaqa", 2900), ("nq_open", 3500), ("truthfulqa", 780), ("gsm8k", 1300), ("svamp", 1000),
+                        ("strategyqa", 2200)]:
+        items = P.load_items(name)
+        assert len(items) >= n_min, name
+        assert all(i.answers for i in items), name
