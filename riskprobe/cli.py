@@ -1,0 +1,165 @@
+"""The ``riskprobe`` command: thin, parses arguments, calls one stage, prints.
+
+A user mistake (:class:`~riskprobe.errors.UserError`) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+DEFAULT_HARVEST_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "harvest" / "default.yaml"
+
+
+def _harvest_parser(sub) -> None:
+    p = sub.add_parser("harvest", help="generate, grade and record signatures into a dataset",
+                       description="Generate answers to labelled prompts, grade them, record per-step signatures, "
+                                   "and write a resumable `datasets` dataset with a riskprobe.json manifest.")
+    p.add_argument("--config", help="YAML config (default: configs/harvest/default.yaml)")
+    p.add_argument("--model", help="bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), .gguf file, directory or hub id")
+    p.add_argument("--prompts", help="set name (builtin, triviaqa, nq_open, gsm8k, ...), name+name, or a .jsonl file")
+    p.add_argument("--limit", type=int, help="take this many items (a deterministic subsample)")
+    p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--out", help="output directory (rerun with the same config to resume)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when there is one)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--datasets-root", dest="datasets_root", help="folder of the public sets (else RISKPROBE_DATASETS)")
+    p.add_argument("--K", type=int, help="signature steps after step 0 (default 32)")
+    p.add_argument("--layers", help="monitored layers: all, early, middle, late, sparseN")
+    p.add_argument("--normalisation", help="hidden-state normalisation: raw, final_norm or unit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_harvest(args) -> int:
+    from .harvest import harvest, load_config, read_manifest
+
+    cfg_path = args.config or (DEFAULT_HARVEST_CONFIG if DEFAULT_HARVEST_CONFIG.is_file() else None)
+    over = {k: getattr(args, k) for k in ("model", "prompts", "limit", "max_new_tokens", "batch_size", "out", "device",
+                                          "dtype", "seed", "datasets_root")}
+    cfg = load_config(cfg_path, over)
+    feats = dict(cfg.features)
+    for k, v in (("K", args.K), ("layers", args.layers), ("normalisation", args.normalisation)):
+        if v is not None:
+            feats[k] = v
+    cfg.features = feats
+    t0 = time.perf_counter()
+    out = harvest(cfg, progress=not args.no_progress)
+    from .harvest import dist_rank
+
+    if dist_rank()[0] != 0:
+        return 0
+    m = read_manifest(out)
+    print(f"harvest: {out}  ({m['n_rows']} rows, model {m['model']['name']}, {time.perf_counter() - t0:.1f} s, "
+          f"{m['timing']['tokens'] / max(m['timing']['seconds'], 1e-9):.1f} generated tokens/s)")
+    print(f"{'set':<14}{'n':>7}{'correct':>10}{'echo':>8}")
+    for s, v in m["summary"].items():
+        print(f"{s:<14}{v['n']:>7}{v['correct_rate']:>10.1%}{v['echo_rate']:>8.1%}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .harvest import merge_shards, read_manifest
+
+    ds = merge_shards(args.out)
+    m = read_manifest(args.out)
+    print(f"merged {len(ds)} rows into {args.out}; " + ", ".join(
+        f"{s}: {v['correct_rate']:.1%} correct" for s, v in m["summary"].items()))
+    return 0
+
+
+def cmd_models(args) -> int:
+    import importlib.metadata as md
+
+    from .models import BUNDLED
+
+    for name, b in BUNDLED.items():
+        have = []
+        for d in b.distributions:
+            try:
+                md.distribution(d)
+                have.append(True)
+            except md.PackageNotFoundError:
+                have.append(False)
+        state = "installed" if all(have) else ("partly installed" if any(have) else "not installed")
+        print(f"{name:<14}{state:<18}{b.description}{'  (optional)' if b.optional else ''}")
+    return 0
+
+
+def cmd_sets(args) -> int:
+    from .prompts import REGISTRY, datasets_root
+
+    print(f"public sets root: {datasets_root()}")
+    for name, (_, desc) in REGISTRY.items():
+        print(f"{name:<20}{desc}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .pipeline import demo
+
+    t0 = time.perf_counter()
+    res = demo(args.out, progress=not args.no_progress)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; harvest: {res['harvest']}")
+    print(f"{'set':<14}{'n':>7}{'correct':>10}{'echo':>8}")
+    for s, v in res["summary"].items():
+        print(f"{s:<14}{v['n']:>7}{v['correct_rate']:>10.1%}{v['echo_rate']:>8.1%}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="riskprobe", description="Predict, from a language model's dynamic signatures, "
+                                "whether its answer is about to be wrong.")
+    p.add_argument("--version", action="version", version=f"riskprobe {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+    _harvest_parser(sub)
+    m = sub.add_parser("merge", help="merge a harvest's finished shards (after a multi-process run)")
+    m.add_argument("--out", required=True)
+    d = sub.add_parser("demo", help="run the whole job on the bundled default (smollm2-135m, built-in set + TriviaQA)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--no-progress", action="store_true")
+    sub.add_parser("models", help="list bundled models and whether they are installed")
+    sub.add_parser("sets", help="list prompt sets")
+    return p
+
+
+COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``riskprobe`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        try:
+            from transformers.utils import logging as tlog
+
+            tlog.set_verbosity_error()
+            tlog.disable_progress_bar()
+        except ImportError:
+            pass
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"riskprobe: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("riskprobe: interrupted (finished shards are kept; rerun to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Batched generation: left padding, greedy or seeded sampling, stop strings, per-row EOS.
+
+:func:`generate` wraps ``model.generate`` and returns, for each row, the answer text cut at the first
+stop string, the generated token ids, and how many of them belong to the answer (``n_tokens``, counting
+the token that ended it). Anything that wants to watch the generation (signature capture, live
+monitoring) passes ``stopping_criteria`` or registers hooks around this call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .models.loader import LoadedModel
+from .models.prompting import RenderedPrompt
+
+
+@dataclass
+class Generation:
+    """One generated answer.
+
+    Attributes:
+        text: the decoded answer, stripped, cut before the first stop string.
+        token_ids: the answer's token ids, up to and including the token that ended it.
+        finish: ``eos``, ``stop`` (a stop string) or ``length``.
+    """
+
+    text: str
+    token_ids: list[int]
+    finish: str
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+_STOP_CACHE: dict[tuple[int, tuple[str, ...]], object] = {}
+
+
+def _stop_criteria(tokenizer, stops: tuple[str, ...]):
+    from transformers import StopStringCriteria
+
+    key = (id(tokenizer), stops)
+    if key not in _STOP_CACHE:
+        _STOP_CACHE[key] = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stops))
+    return _STOP_CACHE[key]
+
+
+def eos_ids(lm: LoadedModel) -> set[int]:
+    """Token ids that end a row: the tokenizer's EOS and the generation config's EOS ids."""
+    ids = set()
+    gc_eos = getattr(lm.model.generation_config, "eos_token_id", None)
+    for v in (lm.tokenizer.eos_token_id, gc_eos):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
+
+
+def tokenize(lm: LoadedModel, prompts: Sequence[RenderedPrompt]) -> dict[str, torch.Tensor]:
+    """Left-padded input ids and attention mask for a batch of rendered prompts of one style."""
+    flags = {p.add_special_tokens for p in prompts}
+    if len(flags) != 1:
+        raise ValueError("a batch must not mix chat and few-shot prompts")
+    enc = lm.tokenizer([p.text for p in prompts], return_tensors="pt", padding=True,
+                       add_special_tokens=flags.pop())
+    return {k: v.to(lm.device) for k, v in enc.items()}
+
+
+def finish_rows(lm: LoadedModel, new_ids: torch.Tensor, stops: tuple[str, ...]) -> list[Generation]:
+    """Cut each row of generated ids at its end (EOS or stop string) and decode it."""
+    tok = lm.tokenizer
+    ends = eos_ids(lm)
+    out = []
+    for row in new_ids.tolist():
+        ids, finish = [], "length"
+        text_so_far = ""
+        for t in row:
+            ids.append(t)
+            if t in ends:
+                finish = "eos"
+                break
+            text_so_far = tok.decode(ids, skip_special_tokens=True)
+            if stops and any(s in text_so_far.lstrip() for s in stops):
+                finish = "stop"
+                break
+        text = tok.decode(ids, skip_special_tokens=True).lstrip()
+        for s in stops:
+            if s in text:
+                text = text[: text.index(s)]
+        out.append(Generation(text.strip(), ids, finish))
+    return out
+
+
+@torch.inference_mode()
+def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 32,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+             stopping_criteria: list | None = None) -> list[Generation]:
+    """Generate answers for a batch of rendered prompts (greedy unless ``do_sample``).
+
+    A leading stop string (e.g. the newline a model may emit before its answer) does not end a row;
+    rows end at their own EOS, at a stop string after some answer text, or at ``max_new_tokens``.
+    """
+    enc = tokenize(lm, prompts)
+    stops = tuple(dict.fromkeys(s for p in prompts for s in p.stop_strings))
+    criteria = list(stopping_criteria or [])
+    if stops:
+        criteria.append(_LeadingSafeStop(_stop_criteria(lm.tokenizer, stops), enc["input_ids"].shape[1],
+                                         lm.tokenizer, stops))
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=lm.tokenizer.pad_token_id)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        if seed is not None:
+            torch.manual_seed(seed)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    from transformers import StoppingCriteriaList
+
+    seqs = lm.model.generate(**enc, **kwargs, stopping_criteria=StoppingCriteriaList(criteria))
+    return finish_rows(lm, seqs[:, enc["input_ids"].shape[1]:], stops)
+
+
+class _LeadingSafeStop:
+    """A stop-string criterion that ignores stop strings before any answer text (leading newlines)."""
+
+    def __init__(self, inner, prompt_len: int, tokenizer, stops: tuple[str, ...]):
+        self.inner, self.prompt_len, self.tok, self.stops = inner, prompt_len, tokenizer, stops
+
+    def __call__(self, input_ids, scores, **kwargs):
+        hit = self.inner(input_ids, scores, **kwargs)
+        if not bool(hit.any()):
+            return hit
+        for i in torch.nonzero(hit).flatten().tolist():
+            text = self.tok.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
+            if not any(s in text.lstrip() for s in self.stops):
+                hit[i] = False
+        return hit

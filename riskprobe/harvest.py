@@ -1,0 +1,392 @@
+"""Harvest: generate answers to labelled prompts, grade them, and store rows in resumable shards.
+
+Layout of a harvest directory ``OUT``::
+
+    OUT/riskprobe.json          manifest: model identity, prompts, config, feature schema, versions, counts
+    OUT/shards/shard-00000/     one finished shard (a `datasets` dataset), renamed into place when complete
+    OUT/state.json, data-*.arrow, dataset_info.json
+                                the merged dataset, so that ``datasets.load_from_disk(OUT)`` works
+
+Shards are fixed slices of the item list, so a rerun with the same configuration skips finished shards
+and redoes only the unfinished one, and rank ``r`` of ``W`` (``torchrun``) takes shards ``i % W == r``:
+one process or many, killed or not, the merged dataset is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .fsutil import atomic_dir, atomic_write_json, stable_hash
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "riskprobe.json"
+HARVEST_VERSION = 1
+
+
+@dataclass
+class HarvestConfig:
+    """Everything that decides what a harvest produces (see ``configs/harvest/default.yaml``)."""
+
+    model: str = "smollm2-135m"
+    prompts: str = "builtin"
+    limit: int | None = None
+    out: str = "runs/harvest"
+    max_new_tokens: int = 33
+    batch_size: int = 16
+    shard_size: int = 256
+    seed: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    prompt_style: str = "auto"
+    device: str | None = None
+    dtype: str | None = None
+    datasets_root: str | None = None
+    features: dict[str, Any] = field(default_factory=dict)
+
+    # Keys that change rows: a rerun into the same directory must agree on these.
+    COMPAT = ("model", "prompts", "limit", "max_new_tokens", "shard_size", "seed", "do_sample", "temperature",
+              "top_p", "prompt_style", "dtype", "features")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> "HarvestConfig":
+        known = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in known:
+                raise UserError(f"unknown key (known: {', '.join(sorted(known))})", file=source, field=k)
+        cfg = cls(**d)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str | None = None) -> None:
+        def need(cond: bool, key: str, msg: str):
+            if not cond:
+                raise UserError(msg, file=source, field=key)
+
+        need(self.limit is None or (isinstance(self.limit, int) and self.limit > 0), "limit", "must be a positive integer")
+        need(isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 4096, "max_new_tokens",
+             "must be an integer from 1 to 4096")
+        need(isinstance(self.batch_size, int) and self.batch_size > 0, "batch_size", "must be a positive integer")
+        need(isinstance(self.shard_size, int) and self.shard_size > 0, "shard_size", "must be a positive integer")
+        need(self.prompt_style in ("auto", "chat", "fewshot"), "prompt_style", "must be auto, chat or fewshot")
+        need(isinstance(self.features, dict), "features", "must be a mapping")
+
+    def compat(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.COMPAT}
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HarvestConfig:
+    """A :class:`HarvestConfig` from a YAML file (``version: 1``) plus overrides (``None`` values ignored)."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    src = None
+    if path is not None:
+        src = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise UserError("config file not found", file=p)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", file=p,
+                            line=mark.line + 1 if mark else None) from None
+        if not isinstance(data, dict):
+            raise UserError("expected a mapping at the top level", file=p)
+        version = data.pop("version", 1)
+        if version != 1:
+            raise UserError(f"unsupported config version {version!r} (this riskprobe reads version 1)", file=p,
+                            field="version")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return HarvestConfig.from_dict(data, src)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour shapes a harvest."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for p in ("riskprobe", "torch", "transformers", "datasets", "gguf", "numpy"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def dist_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` from the environment ``torchrun`` sets (``(0, 1)`` otherwise)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ------------------------------------------------------------------------------------------------ rows
+def grade_rows(items, gens, rendered, split_fn) -> list[dict[str, Any]]:
+    """Rows for a batch: the item, its answer, and its grade."""
+    from .grading import grade
+
+    rows = []
+    for it, g, rp in zip(items, gens, rendered):
+        gr = grade(g.text, list(it.answers), it.answer_kind, it.prompt)
+        rows.append({
+            "id": it.id, "set": it.set, "category": it.category, "prompt": it.prompt, "input_text": rp.text,
+            "answers": list(it.answers), "answer_kind": it.answer_kind, "response": g.text,
+            "correct": gr.correct, "label": int(not gr.correct), "echo_discounted": gr.echo_discounted,
+            "n_tokens": g.n_tokens, "finish": g.finish, "split": split_fn(it.id),
+        })
+    return rows
+
+
+def _write_shard(path: Path, rows: list[dict[str, Any]], features) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    with atomic_dir(path, replace=True) as tmp:
+        ds = datasets.Dataset.from_list(rows, features=features)
+        ds.save_to_disk(str(tmp))
+
+
+def _features(extra=None):
+    import datasets as hd
+
+    f = {
+        "index": hd.Value("int64"), "id": hd.Value("string"), "set": hd.Value("string"),
+        "category": hd.Value("string"), "prompt": hd.Value("string"), "input_text": hd.Value("string"),
+        "answers": hd.Sequence(hd.Value("string")), "answer_kind": hd.Value("string"),
+        "response": hd.Value("string"), "correct": hd.Value("bool"), "label": hd.Value("int8"),
+        "echo_discounted": hd.Value("bool"), "n_tokens": hd.Value("int32"), "finish": hd.Value("string"),
+        "split": hd.Value("string"),
+    }
+    f.update(extra or {})
+    return hd.Features(f)
+
+
+# -------------------------------------------------------------------------------------------- manifest
+def read_manifest(out: str | Path) -> dict[str, Any]:
+    """The manifest of a harvest directory (raises a UserError when there is none)."""
+    p = Path(out) / MANIFEST
+    if not p.is_file():
+        raise UserError(f"not a riskprobe harvest (no {MANIFEST})", file=out)
+    return json.loads(p.read_text())
+
+
+def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
+    p = out / MANIFEST
+    if not p.is_file():
+        if out.exists() and any(out.iterdir()):
+            raise UserError("output directory exists and is not a riskprobe harvest; choose another --out", file=out)
+        return
+    old = json.loads(p.read_text())
+    diffs = []
+    for key in ("compat", "model", "feature_schema"):
+        a, b = old.get(key), manifest.get(key)
+        if key == "model" and a and b:
+            a = {k: a.get(k) for k in ("fingerprint", "architecture", "n_layers", "hidden_size")}
+            b = {k: b.get(k) for k in ("fingerprint", "architecture", "n_layers", "hidden_size")}
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            else:
+                diffs.append(key)
+    if diffs:
+        raise UserError("refusing to mix rows from a different configuration into this harvest ("
+                        + "; ".join(diffs[:4]) + "); use a new --out or delete the directory", file=out)
+
+
+# -------------------------------------------------------------------------------------------- the loop
+def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool = True) -> Path:
+    """Run a harvest and return its directory (see the module doc).
+
+    Args:
+        cfg: the configuration.
+        lm: an already loaded model (a :class:`~riskprobe.models.LoadedModel`); loaded from ``cfg.model``
+            when omitted.
+        progress: show a progress bar with tokens/s.
+        merge: merge the shards into the dataset at the end (rank 0, once all shards are there).
+    """
+    from tqdm.auto import tqdm
+
+    from . import prompts as P
+    from .generation import generate
+    from .models import load_model, render
+    from .signatures import Capture, FeatureSpec
+
+    if cfg.datasets_root:
+        os.environ["RISKPROBE_DATASETS"] = cfg.datasets_root
+    items = P.load_items(cfg.prompts, limit=cfg.limit, seed=cfg.seed)
+    if not items:
+        raise UserError(f"prompt set '{cfg.prompts}' has no items", field="prompts")
+    spec = FeatureSpec.from_dict(cfg.features)
+    out = Path(cfg.out)
+    rank, world = dist_rank()
+    if lm is None:
+        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    spec = spec.resolve(lm)
+    manifest = {
+        "kind": "harvest", "harvest_version": HARVEST_VERSION, "model": lm.identity.to_dict(),
+        "prompts": cfg.prompts, "n_items": len(items), "compat": cfg.compat(), "config": asdict(cfg),
+        "feature_schema": spec.schema(), "versions": package_versions(),
+        "items_fingerprint": stable_hash("\n".join(it.id for it in items)),
+    }
+    if rank == 0:
+        _check_compatible(out, manifest)
+        if not (out / MANIFEST).is_file():
+            atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
+    else:
+        _wait_for(out / MANIFEST)
+        _check_compatible(out, manifest)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    n_shards = (len(items) + cfg.shard_size - 1) // cfg.shard_size
+    mine = [s for s in range(n_shards) if s % world == rank]
+    todo = [s for s in mine if not (shard_dir / f"shard-{s:05d}" / "state.json").is_file()]
+    for s in todo:  # leftovers of a killed run: temporary folders of shards that never finished
+        for stale in shard_dir.glob(f".shard-{s:05d}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+    features = _features(spec.hf_features())
+    n_todo = sum(len(items[s * cfg.shard_size:(s + 1) * cfg.shard_size]) for s in todo)
+    bar = tqdm(total=n_todo, desc=f"harvest {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+               unit="q", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    n_tok, t0 = 0, time.perf_counter()
+    for s in todo:
+        idx0 = s * cfg.shard_size
+        shard_items = items[idx0: idx0 + cfg.shard_size]
+        rows: list[dict[str, Any]] = []
+        for b in range(0, len(shard_items), cfg.batch_size):
+            batch = shard_items[b: b + cfg.batch_size]
+            rps = [render(lm.tokenizer, it.prompt, it.answer_kind, cfg.prompt_style) for it in batch]
+            cap = Capture(lm, spec)
+            with cap:
+                gens = generate(lm, rps, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                                temperature=cfg.temperature, top_p=cfg.top_p,
+                                seed=None if not cfg.do_sample else cfg.seed + idx0 + b)
+            sig = cap.finish([g.token_ids for g in gens])
+            batch_rows = grade_rows(batch, gens, rps, P.split_of)
+            for j, r in enumerate(batch_rows):
+                r["index"] = idx0 + b + j
+                for name, arr in sig.items():
+                    r[name] = arr[j]
+            rows.extend(batch_rows)
+            n_tok += sum(g.n_tokens for g in gens)
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.1f}")
+        _write_shard(shard_dir / f"shard-{s:05d}", rows, features)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    stats = {"tokens": n_tok, "seconds": round(elapsed, 3), "tokens_per_s": round(n_tok / elapsed, 2) if elapsed else None}
+    atomic_write_json(shard_dir / f"timing-rank{rank}.json", stats)
+    if merge and rank == 0:
+        if world > 1:
+            _wait_for(*[shard_dir / f"shard-{s:05d}" / "state.json" for s in range(n_shards)])
+        merge_shards(out, n_shards)
+    return out
+
+
+def _wait_for(*paths: Path, timeout: float = 24 * 3600) -> None:
+    t0 = time.time()
+    while not all(p.exists() for p in paths):
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"gave up waiting for {paths[0]}")
+        time.sleep(0.5)
+
+
+def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
+    """Merge the finished shards of ``out`` into one dataset, ordered by item index, and finish the manifest."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    out = Path(out)
+    manifest = read_manifest(out)
+    shard_dir = out / "shards"
+    names = sorted(p.name for p in shard_dir.glob("shard-*") if (p / "state.json").is_file())
+    if n_shards is not None and len(names) != n_shards:
+        raise UserError(f"{n_shards - len(names)} shards are unfinished; rerun the harvest to complete them", file=out)
+    ds = datasets.concatenate_datasets([datasets.load_from_disk(str(shard_dir / n)) for n in names])
+    ds = ds.sort("index")
+    tmp = out / ".merge.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    for old in list(out.glob("data-*.arrow")) + [out / "state.json"]:
+        old.unlink(missing_ok=True)
+    for f in sorted(tmp.iterdir(), key=lambda p: p.name == "state.json"):  # state.json last
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+    timings = [json.loads(p.read_text()) for p in shard_dir.glob("timing-rank*.json")]
+    manifest.update(status="complete", n_rows=len(ds), summary=summarize(ds),
+                    timing={"tokens": sum(t["tokens"] for t in timings),
+                            "seconds": max((t["seconds"] for t in timings), default=0.0)})
+    atomic_write_json(out / MANIFEST, manifest)
+    return datasets.load_from_disk(str(out))
+
+
+def _leaf_values(arr):
+    """The flat primitive values of a (nested, fixed-shape) arrow array, without copying."""
+    import pyarrow as pa
+
+    if isinstance(arr.type, pa.ExtensionType):
+        arr = arr.storage
+    while not pa.types.is_primitive(arr.type) and not pa.types.is_boolean(arr.type):
+        arr = arr.flatten() if pa.types.is_fixed_size_list(arr.type) else arr.values.slice(
+            arr.offsets[0].as_py(), arr.offsets[-1].as_py() - arr.offsets[0].as_py())
+    return arr
+
+
+def signature_tensors(ds, columns: list[str] | None = None) -> dict[str, "Any"]:
+    """Signature columns of a harvest dataset as torch tensors ``[N, *shape]`` in their stored dtype.
+
+    Fixed-shape float columns are read straight from the memory-mapped arrow buffers (zero-copy: the
+    tensor shares memory with the file mapping, read-only) when the dataset is one contiguous chunk;
+    otherwise the chunks are concatenated once.
+    """
+    import numpy as np
+    import torch
+
+    from .signatures.spec import FAMILIES
+
+    columns = columns or [c for c in (*FAMILIES, "step_mask") if c in ds.column_names]
+    out = {}
+    table = ds.with_format(None).data
+    if ds._indices is not None:  # a selected/shuffled view: materialise it once
+        table = ds.flatten_indices().data
+    for name in columns:
+        feat = ds.features[name]
+        shape = tuple(getattr(feat, "shape", None) or (feat.length,))
+        parts = []
+        for chunk in table.column(name).chunks:
+            vals = _leaf_values(chunk)
+            if vals.type == "bool" or str(vals.type) == "bool":
+                parts.append(np.asarray(vals.to_pylist(), dtype=bool))
+            else:
+                parts.append(vals.to_numpy(zero_copy_only=True))
+        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        arr = flat.reshape(len(ds), *shape)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # read-only memory map: torch warns that it is not writable
+                out[name] = torch.from_numpy(arr)
+    return out
+
+
+def summarize(ds) -> dict[str, dict[str, float]]:
+    """Per set: rows, correct rate, and the rate of answers discounted as question echoes."""
+    acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for s, c, e in zip(ds["set"], ds["correct"], ds["echo_discounted"]):
+        a = acc[s]
+        a[0] += 1
+        a[1] += int(c)
+        a[2] += int(e)
+    return {s: {"n": n, "correct_rate": round(c / n, 4), "echo_rate": round(e / n, 4)} for s, (n, c, e) in sorted(acc.items())}

@@ -1,0 +1,154 @@
+"""The feature schema: which steps, layers, normalisation and families a signature holds.
+
+Layer indices name states of the residual stream: ``0`` is the input to the first decoder layer
+(embeddings, plus positions where the architecture adds them) and ``l`` (1..L) the output of decoder layer
+``l``, *before* the final norm. (transformers' ``hidden_states[-1]`` is after the final norm; riskprobe
+captures with hooks and is explicit: normalisation ``final_norm`` applies the model's own final norm to
+every captured state.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..errors import UserError
+from .features import COMMITMENT, LENS, SYNC, TRAJECTORY
+
+SCHEMA_VERSION = 1
+FAMILIES = ("commitment", "sync", "trajectory", "lens", "raw")
+NORMALISATIONS = ("raw", "final_norm", "unit")
+
+
+def resolve_layers(sel: Any, n_layers: int, what: str) -> list[int]:
+    """Concrete layer indices (0..L) for a selection: ``all``, ``early``, ``middle``, ``late``,
+    ``sparseN`` (N evenly spaced, ending at L), ``none``, or an explicit list (negative counts from L+1)."""
+    L = n_layers
+    body = list(range(1, L + 1))
+    if isinstance(sel, str):
+        if sel == "all":
+            return body
+        if sel == "none":
+            return []
+        thirds = {"early": body[: L // 3], "middle": body[L // 3: 2 * L // 3], "late": body[2 * L // 3:]}
+        if sel in thirds:
+            return thirds[sel]
+        if sel.startswith("sparse") and sel[6:].isdigit():
+            n = max(1, min(int(sel[6:]), L))
+            return sorted({round(L * (i + 1) / n) for i in range(n)})
+        raise UserError(f"unknown layer set '{sel}' (all, early, middle, late, sparseN, none, or a list)", field=what)
+    if isinstance(sel, (list, tuple)):
+        out = []
+        for v in sel:
+            if not isinstance(v, int) or not -(L + 1) <= v <= L:
+                raise UserError(f"layer {v!r} is out of range for a model with {L} layers (0..{L})", field=what)
+            out.append(v % (L + 1))
+        return sorted(set(out))
+    raise UserError(f"expected a layer set name or a list of ints, got {sel!r}", field=what)
+
+
+@dataclass
+class FeatureSpec:
+    """What to record per step (see module doc). Unresolved fields may hold layer-set names.
+
+    Attributes:
+        K: number of generated steps recorded after step 0 (the signature has ``K + 1`` steps).
+        families: feature families to record.
+        layers: layers for synchronisation and trajectory features.
+        normalisation: ``raw``, ``final_norm`` or ``unit``.
+        lens_layers: layers read through the logit lens; ``lens_steps``: lens only for steps 0..lens_steps.
+        raw_layers: layers whose raw states are stored (float16) for steps 0..raw_steps.
+    """
+
+    K: int = 32
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    layers: Any = "all"
+    normalisation: str = "raw"
+    lens_layers: Any = "sparse4"
+    lens_steps: int = 4
+    raw_layers: Any = "sparse3"
+    raw_steps: int = 8
+    n_layers: int | None = None
+    hidden_size: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "FeatureSpec":
+        d = dict(d or {})
+        known = set(cls.__dataclass_fields__)
+        for k in d:
+            if k not in known:
+                raise UserError(f"unknown feature setting (known: {', '.join(sorted(known))})", field=f"features.{k}")
+        spec = cls(**d)
+        for f in spec.families:
+            if f not in FAMILIES:
+                raise UserError(f"unknown feature family '{f}' (known: {', '.join(FAMILIES)})", field="features.families")
+        if spec.normalisation not in NORMALISATIONS:
+            raise UserError(f"must be one of {', '.join(NORMALISATIONS)}", field="features.normalisation")
+        for k in ("K", "lens_steps", "raw_steps"):
+            if not isinstance(getattr(spec, k), int) or getattr(spec, k) < 0:
+                raise UserError("must be a non-negative integer", field=f"features.{k}")
+        return spec
+
+    @property
+    def steps(self) -> int:
+        return self.K + 1
+
+    def resolve(self, lm_or_layers, hidden_size: int | None = None) -> "FeatureSpec":
+        """Concrete layer lists for a model (a LoadedModel, or ``n_layers, hidden_size``)."""
+        if isinstance(lm_or_layers, int):
+            L, H = lm_or_layers, hidden_size
+        else:
+            L, H = lm_or_layers.identity.n_layers, lm_or_layers.identity.hidden_size
+        return replace(
+            self, n_layers=L, hidden_size=H,
+            layers=resolve_layers(self.layers, L, "features.layers"),
+            lens_layers=resolve_layers(self.lens_layers, L, "features.lens_layers"),
+            raw_layers=resolve_layers(self.raw_layers, L, "features.raw_layers"),
+            lens_steps=min(self.lens_steps, self.K), raw_steps=min(self.raw_steps, self.K),
+        )
+
+    def has(self, family: str) -> bool:
+        if family == "lens":
+            return "lens" in self.families and bool(self.lens_layers)
+        if family == "raw":
+            return "raw" in self.families and bool(self.raw_layers)
+        if family in ("sync", "trajectory"):
+            return family in self.families and bool(self.layers)
+        return family in self.families
+
+    def shapes(self) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]:
+        """``{column: (shape, dtype, names of the last axis)}`` for a resolved spec."""
+        S = self.steps
+        out = {"step_mask": ((S,), "bool", ("valid",))}
+        if self.has("commitment"):
+            out["commitment"] = ((S, len(COMMITMENT)), "float32", COMMITMENT)
+        if self.has("sync"):
+            out["sync"] = ((S, len(self.layers), len(SYNC)), "float32", SYNC)
+        if self.has("trajectory"):
+            out["trajectory"] = ((S, len(self.layers), len(TRAJECTORY)), "float32", TRAJECTORY)
+        if self.has("lens"):
+            out["lens"] = ((S, len(self.lens_layers), len(LENS)), "float32", LENS)
+        if self.has("raw"):
+            out["raw"] = ((self.raw_steps + 1, len(self.raw_layers), self.hidden_size), "float16", ("hidden",))
+        return out
+
+    def schema(self) -> dict[str, Any]:
+        """The schema recorded in manifests and probe artifacts; equal schemas mean compatible rows."""
+        d = asdict(self)
+        d["schema_version"] = SCHEMA_VERSION
+        d["columns"] = {k: {"shape": list(s), "dtype": t, "names": list(n)} for k, (s, t, n) in self.shapes().items()}
+        return d
+
+    def hf_features(self) -> dict[str, Any]:
+        """``datasets`` feature types for the signature columns (fixed-shape arrays)."""
+        import datasets as hd
+
+        out: dict[str, Any] = {}
+        for name, (shape, dtype, _) in self.shapes().items():
+            if len(shape) == 1:
+                out[name] = hd.Sequence(hd.Value(dtype), length=shape[0])
+            elif len(shape) == 2:
+                out[name] = hd.Array2D(shape=shape, dtype=dtype)
+            else:
+                out[name] = hd.Array3D(shape=shape, dtype=dtype)
+        return out

