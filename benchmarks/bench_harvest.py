@@ -1,0 +1,144 @@
+"""Harvest overhead: tokens/s of plain generation vs generation with signature capture, side by side.
+
+Same model, prompts, batch size and max tokens; the two are interleaved over several rounds so that
+machine noise hits both. Also prints bytes stored per example and, with --memory, the peak resident
+memory of a plain-generation process and of harvest processes over N1 and N2 prompts.
+
+    python benchmarks/bench_harvest.py --model smollm2-135m --n 64 --rounds 3
+    python benchmarks/bench_harvest.py --memory --mem-prompts 200 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _gen_rate(lm, items, spec, batch_size, max_new_tokens):
+    from riskprobe.generation import generate
+    from riskprobe.models import render
+    from riskprobe.signatures import Capture
+
+    n_tok, t0 = 0, time.perf_counter()
+    for b in range(0, len(items), batch_size):
+        rps = [render(lm.tokenizer, it.prompt, it.answer_kind) for it in items[b:b + batch_size]]
+        if spec is None:
+            gens = generate(lm, rps, max_new_tokens=max_new_tokens)
+        else:
+            cap = Capture(lm, spec)
+            with cap:
+                gens = generate(lm, rps, max_new_tokens=max_new_tokens)
+            cap.finish([g.token_ids for g in gens])
+        n_tok += sum(g.n_tokens for g in gens)
+    return n_tok, time.perf_counter() - t0
+
+
+def speed(args):
+    import torch
+
+    from riskprobe.models import load_model
+    from riskprobe.prompts import load_items
+    from riskprobe.signatures import FeatureSpec
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    items = load_items(args.prompts, limit=args.n)
+    specs = {"plain": None, "harvest (defaults)": FeatureSpec().resolve(lm)}
+    if args.variants:
+        specs["no lens"] = FeatureSpec(families=["commitment", "sync", "trajectory", "raw"]).resolve(lm)
+        specs["commitment only"] = FeatureSpec(families=["commitment"]).resolve(lm)
+    _gen_rate(lm, items[: args.batch_size], None, args.batch_size, 4)  # warm-up
+    res = {k: [0, 0.0] for k in specs}
+    for r in range(args.rounds):
+        for name, spec in specs.items():
+            n, s = _gen_rate(lm, items, spec, args.batch_size, args.max_new_tokens)
+            res[name][0] += n
+            res[name][1] += s
+    base = res["plain"][0] / res["plain"][1]
+    print(f"model {lm.identity.name} on {lm.device} ({next(lm.model.parameters()).dtype}), {len(items)} prompts x "
+          f"{args.rounds} rounds, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
+          f"threads {torch.get_num_threads()}")
+    print(f"{'variant':<22}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ratio':>8}")
+    for name, (n, s) in res.items():
+        print(f"{name:<22}{n:>8}{s:>10.2f}{n / s:>10.1f}{(n / s) / base:>8.3f}")
+    return res
+
+
+def _peak_rss_of(cmd: list[str]) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(p.stderr[-2000:])
+    line = [x for x in p.stdout.splitlines() if x.startswith("PEAK_RSS_MB")][-1]
+    return float(line.split()[1]), time.perf_counter() - t0
+
+
+def _child(mode: str, model: str, prompts: str, n: int, out: str, max_new_tokens: int, batch_size: int):
+    from riskprobe.harvest import HarvestConfig, harvest
+    from riskprobe.models import load_model
+    from riskprobe.prompts import load_items
+
+    if mode == "plain":
+        lm = load_model(model)
+        _gen_rate(lm, load_items(prompts, limit=n), None, batch_size, max_new_tokens)
+    else:
+        harvest(HarvestConfig(model=model, prompts=prompts, limit=n, out=out, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size), progress=False)
+    print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def memory(args):
+    me = [sys.executable, __file__]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.mem_prompts:
+            plain, tp = _peak_rss_of(me + ["--child", "plain", "--model", args.model, "--prompts", args.prompts,
+                                           "--n", str(n), "--max-new-tokens", str(args.mem_max_new_tokens)])
+            out = os.path.join(tmp, f"h{n}")
+            harv, th = _peak_rss_of(me + ["--child", "harvest", "--model", args.model, "--prompts", args.prompts,
+                                          "--n", str(n), "--out", out, "--max-new-tokens", str(args.mem_max_new_tokens)])
+            size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file() and "shards" not in f.parts)
+            rows.append((n, plain, harv, harv / plain, size / n, tp, th))
+    print(f"peak resident memory, max_new_tokens {args.mem_max_new_tokens} (each a fresh process)")
+    print(f"{'prompts':>8}{'plain MB':>10}{'harvest MB':>12}{'ratio':>8}{'bytes/example':>15}{'plain s':>9}{'harvest s':>11}")
+    for n, p, h, r, b, tp, th in rows:
+        print(f"{n:>8}{p:>10.0f}{h:>12.0f}{r:>8.2f}{b:>15.0f}{tp:>9.1f}{th:>11.1f}")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--prompts", default="triviaqa")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=33)
+    ap.add_argument("--device")
+    ap.add_argument("--dtype")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--variants", action="store_true", help="also time feature subsets (where time goes)")
+    ap.add_argument("--memory", action="store_true", help="measure peak RSS instead of speed")
+    ap.add_argument("--mem-prompts", type=int, nargs="+", default=[200, 2000])
+    ap.add_argument("--mem-max-new-tokens", type=int, default=8)
+    ap.add_argument("--child", choices=["plain", "harvest"])
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.child:
+        _child(args.child, args.model, args.prompts, args.n, args.out, args.max_new_tokens, args.batch_size)
+    elif args.memory:
+        memory(args)
+    else:
+        speed(args)
+
+
+if __name__ == "__main__":
+    main()
