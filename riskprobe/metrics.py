@@ -1,0 +1,149 @@
+"""Metrics for risk scores against labels (1 = the answer was wrong), with bootstrap intervals.
+
+Pure numpy; no Lightning, no files. ``risk`` is higher-is-riskier everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def _check(y, s):
+    y = np.asarray(y, dtype=float).ravel()
+    s = np.asarray(s, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
+    return y, s
+
+
+def auroc(y, s) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count one half); NaN with a single class."""
+    y, s = _check(y, s)
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # average ranks over ties
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    r_pos = ranks[y == 1].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def auprc(y, s) -> float:
+    """Average precision with the wrong answers (label 1) as the positive class."""
+    y, s = _check(y, s)
+    if y.sum() == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    ys = y[order]
+    ss = s[order]
+    tp = np.cumsum(ys)
+    # evaluate at the last index of each tied score group
+    last = np.r_[ss[1:] != ss[:-1], True]
+    prec = tp[last] / (np.flatnonzero(last) + 1)
+    rec = tp[last] / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, rec]) * prec))
+
+
+def brier(y, s) -> float:
+    """Mean squared error of the risk as a probability of a wrong answer."""
+    y, s = _check(y, s)
+    return float(np.mean((s - y) ** 2))
+
+
+def ece(y, s, n_bins: int = 10) -> float:
+    """Expected calibration error over ``n_bins`` equal-width bins of risk in [0, 1]."""
+    y, s = _check(y, s)
+    bins = np.clip((s * n_bins).astype(int), 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            total += m.sum() / len(s) * abs(y[m].mean() - s[m].mean())
+    return float(total)
+
+
+def reliability(y, s, n_bins: int = 10) -> list[dict]:
+    """Per bin: mean risk, observed error rate, count (for reliability diagrams)."""
+    y, s = _check(y, s)
+    bins = np.clip((s * n_bins).astype(int), 0, n_bins - 1)
+    return [{"bin": b, "mean_risk": float(s[bins == b].mean()), "error_rate": float(y[bins == b].mean()),
+             "n": int((bins == b).sum())} for b in range(n_bins) if (bins == b).any()]
+
+
+def rejection_curve(quality, s) -> np.ndarray:
+    """Mean quality of the kept answers after rejecting the ``i`` riskiest, for i = 0..N-1."""
+    q = np.asarray(quality, dtype=float)
+    order = np.argsort(-np.asarray(s, dtype=float), kind="mergesort")  # riskiest first
+    kept = q[order][::-1]  # least risky first
+    csum = np.cumsum(kept)[::-1]  # sum of the kept after rejecting i
+    return csum / np.arange(len(q), 0, -1)
+
+
+def prr(y, s) -> float:
+    """Prediction-rejection ratio over the rejection curve of answer correctness.
+
+    PRR = (AUC_score - AUC_random) / (AUC_oracle - AUC_random): 1 for a perfect ranking, 0 for random,
+    negative for worse than random. NaN with a single class.
+    """
+    y, s = _check(y, s)
+    q = 1.0 - y  # quality: 1 = correct
+    if q.min() == q.max():
+        return float("nan")
+    auc = rejection_curve(q, s).mean()
+    oracle = rejection_curve(q, y).mean()  # reject every wrong answer first
+    rnd = q.mean()
+    return float((auc - rnd) / (oracle - rnd))
+
+
+def best_threshold(y, s) -> float:
+    """The risk threshold that maximises accuracy of "flag as wrong when risk >= threshold"."""
+    y, s = _check(y, s)
+    cands = np.unique(np.r_[s, np.inf])
+    accs = [np.mean((s >= t) == (y == 1)) for t in cands]
+    return float(cands[int(np.argmax(accs))])
+
+
+def bootstrap_ci(fn: Callable, y, s, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list[float]:
+    """Percentile bootstrap interval of ``fn(y, s)`` over resampled rows (NaN draws are dropped)."""
+    y, s = _check(y, s)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        v = fn(y[idx], s[idx])
+        if not np.isnan(v):
+            vals.append(v)
+    if not vals:
+        return [float("nan"), float("nan")]
+    return [float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))]
+
+
+METRICS = {"auroc": auroc, "auprc": auprc, "prr": prr, "brier": brier, "ece": ece}
+
+
+def evaluate(y, s, *, threshold: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """All metrics of a risk score, each with a bootstrap 95% interval (``<name>_ci``).
+
+    ``threshold`` (chosen on validation data) adds ``accuracy``: how often "risk >= threshold" equals
+    "the answer was wrong".
+    """
+    y, s = _check(y, s)
+    out: dict = {"n": int(len(y)), "n_incorrect": int(y.sum())}
+    for name, fn in METRICS.items():
+        out[name] = fn(y, s)
+        out[f"{name}_ci"] = bootstrap_ci(fn, y, s, n_boot=n_boot, seed=seed) if n_boot else [float("nan")] * 2
+    if threshold is not None:
+        out["threshold"] = float(threshold)
+        out["accuracy"] = float(np.mean((s >= threshold) == (y == 1)))
+    return out

@@ -1,0 +1,47 @@
+"""Metric functions against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from riskprobe import metrics as M
+
+
+def test_auroc_by_hand():
+    assert M.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert M.auroc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # ties count one half
+    assert M.auroc([0, 1, 1], [0.9, 0.1, 0.2]) == 0.0
+    assert math.isnan(M.auroc([1, 1], [0.1, 0.2]))
+
+
+def test_prr_by_hand():
+    y = [0, 1, 0, 1]  # 1 = wrong answer
+    assert M.prr(y, [0.1, 0.9, 0.2, 0.8]) == pytest.approx(1.0)
+    # riskiest-first order: correct, wrong, correct, wrong -> kept quality 1/2, 1/3, 1/2, 0; mean 1/3
+    # oracle: 1/2, 2/3, 1, 1 (mean 19/24); random 1/2 -> (1/3 - 1/2) / (19/24 - 1/2) = -4/7
+    assert M.prr(y, [0.9, 0.1, 0.2, 0.8]) == pytest.approx(-4 / 7)
+    rng = np.random.default_rng(0)
+    yy = rng.random(4000) < 0.3
+    assert abs(M.prr(yy, rng.random(4000))) < 0.08  # random scores: about 0
+
+
+def test_ece_brier_auprc_by_hand():
+    y = [0, 1, 1, 0]
+    s = [0.05, 0.95, 0.65, 0.35]
+    assert M.ece(y, s) == pytest.approx((0.05 + 0.05 + 0.35 + 0.35) / 4)
+    assert M.brier(y, s) == pytest.approx((0.05**2 + 0.05**2 + 0.35**2 + 0.35**2) / 4)
+    # ranking wrong answers: 0.95 (wrong), 0.65 (wrong) first -> precision 1 at both recalls
+    assert M.auprc(y, s) == pytest.approx(1.0)
+    assert M.auprc([1, 0, 1], [0.9, 0.8, 0.1]) == pytest.approx(0.5 * 1.0 + 0.5 * (2 / 3))
+
+
+def test_threshold_and_bootstrap():
+    y = np.array([0, 0, 1, 1])
+    s = np.array([0.1, 0.2, 0.7, 0.9])
+    t = M.best_threshold(y, s)
+    assert 0.2 < t <= 0.7
+    ev = M.evaluate(y, s, threshold=t, n_boot=200)
+    assert ev["accuracy"] == 1.0 and ev["n"] == 4 and ev["n_incorrect"] == 2
+    lo, hi = M.bootstrap_ci(M.auroc, np.r_[y, y, y], np.r_[s, s[::-1], s], n_boot=300)
+    assert lo <= M.auroc(np.r_[y, y, y], np.r_[s, s[::-1], s]) <= hi
