@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the whole job on the bundled default (smollm2-135m, built-in set + TriviaQA)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--no-progress", action="store_true")
+    for name, text in (("fit", "train a risk probe from a YAML config (LightningCLI; see `riskprobe fit --help`)"),
+                       ("validate", "run validation of a trained probe (LightningCLI)"),
+                       ("test", "evaluate a trained probe on the test split (LightningCLI)")):
+        sub.add_parser(name, help=text, add_help=False)
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
     return p
@@ -137,8 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+def _run_lightning(argv: list[str]) -> int:
+    """``fit``/``validate``/``test`` go to LightningCLI (configs/fit/*.yaml, --print_config, overrides)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    try:
+        from .training import cli_main
+
+        return cli_main(argv)
+    except UserError as e:
+        print(f"riskprobe: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except ImportError as e:
+        print(f"riskprobe: error: training needs the 'train' extras ({e.name} is missing): "
+              "pip install 'riskprobe[train]'", file=sys.stderr)
+        return 2
+    except Exception as e:  # argument errors from jsonargparse
+        if type(e).__name__ in ("ArgumentError", "NSKeyError") or "jsonargparse" in type(e).__module__:
+            msg = " ".join(str(e).split())
+            print(f"riskprobe: error: {msg}", file=sys.stderr)
+            return 2
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``riskprobe`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        return _run_lightning(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

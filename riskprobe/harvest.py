@@ -314,7 +314,11 @@ def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
     if n_shards is not None and len(names) != n_shards:
         raise UserError(f"{n_shards - len(names)} shards are unfinished; rerun the harvest to complete them", file=out)
     ds = datasets.concatenate_datasets([datasets.load_from_disk(str(shard_dir / n)) for n in names])
-    ds = ds.sort("index")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pyarrow's deprecation inside datasets' sort
+        ds = ds.sort("index")
     tmp = out / ".merge.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     ds.save_to_disk(str(tmp))

@@ -1,0 +1,103 @@
+"""Baselines on the same split as the probe: training-free output scores and scikit-learn probes.
+
+Training-free scores read only the model's output distribution (what a user already has). Each is a
+risk score (higher = riskier); for Brier and ECE it is mapped to a probability by Platt scaling fitted
+on the validation split, which leaves AUROC, AUPRC and PRR unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# commitment columns (see riskprobe.signatures.features.COMMITMENT)
+ENT, TOP1, MARGIN, LOGP = 0, 1, 2, 3
+
+
+def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    m = m.float()
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, np.ndarray]:
+    """Output-only risk scores: first-token entropy; mean entropy, mean top-1 probability and mean
+    log-prob over steps 0..k; mean entropy and lowest token probability over the whole answer."""
+    c = tensors["commitment"].float()
+    m = tensors["step_mask"].bool()
+    mk = m[:, : k + 1]
+    p_chosen = c[..., LOGP].exp()
+    lowest = torch.where(m, p_chosen, torch.ones_like(p_chosen)).min(1).values
+    out = {
+        "first_token_entropy": c[:, 0, ENT],
+        f"mean_entropy@k{k}": _masked_mean(c[:, : k + 1, ENT], mk),
+        f"neg_mean_top1@k{k}": -_masked_mean(c[:, : k + 1, TOP1], mk),
+        f"neg_mean_logprob@k{k}": -_masked_mean(c[:, : k + 1, LOGP], mk),
+        "mean_entropy@answer": _masked_mean(c[..., ENT], m),
+        "lowest_token_prob@answer": 1.0 - lowest,
+    }
+    return {k_: v.numpy().astype(np.float64) for k_, v in out.items()}
+
+
+def platt(train_scores: np.ndarray, y: np.ndarray):
+    """A function mapping scores to probabilities, fitted by logistic regression on (score, label)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mu, sd = float(np.mean(train_scores)), float(np.std(train_scores) or 1.0)
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(((train_scores - mu) / sd).reshape(-1, 1), y)
+    return lambda s: lr.predict_proba(((np.asarray(s) - mu) / sd).reshape(-1, 1))[:, 1]
+
+
+def _flat(inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    seq, mask, static = inputs["seq"], inputs["mask"], inputs["static"]
+    x = torch.cat([seq * mask.unsqueeze(-1), mask.unsqueeze(-1).float()], -1).flatten(1)
+    return torch.cat([x, static], -1).numpy().astype(np.float64)
+
+
+def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                   Cs=(0.001, 0.01, 0.1, 1.0)):
+    """Standardised, class-balanced logistic regression with C chosen by validation AUROC.
+
+    Returns ``(fitted pipeline, chosen C, validation AUROC)``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .metrics import auroc
+
+    best = None
+    for C in Cs:
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, class_weight="balanced"))
+        pipe.fit(train_x, train_y)
+        a = auroc(val_y, pipe.predict_proba(val_x)[:, 1])
+        if best is None or a > best[2]:
+            best = (pipe, C, a)
+    return best
+
+
+def sklearn_baselines(inputs: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], idx: dict[str, np.ndarray],
+                      schema: dict) -> dict[str, dict]:
+    """scikit-learn probes on the same split: logistic regression on the probe's features, and on the
+    last-prompt-token hidden state (step 0) at each stored raw layer, the best layer chosen on validation.
+
+    Returns ``{name: {"test": scores, "val": scores, "info": {...}}}`` with probabilities.
+    """
+    y = inputs["label"].numpy()
+    out = {}
+    X = _flat(inputs)
+    pipe, C, va = sklearn_logreg(X[idx["train"]], y[idx["train"]], X[idx["val"]], y[idx["val"]])
+    out["sklearn_logreg@features"] = {"test": pipe.predict_proba(X[idx["test"]])[:, 1],
+                                      "val": pipe.predict_proba(X[idx["val"]])[:, 1], "info": {"C": C}}
+    if "raw" in tensors:
+        raw0 = tensors["raw"][:, 0].float().numpy()  # [N, M, H]
+        best = None
+        for j, layer in enumerate(schema["raw_layers"]):
+            Xl = raw0[:, j]
+            pipe, C, va = sklearn_logreg(Xl[idx["train"]], y[idx["train"]], Xl[idx["val"]], y[idx["val"]])
+            if best is None or va > best[0]:
+                best = (va, layer, pipe, Xl, C)
+        va, layer, pipe, Xl, C = best
+        out["sklearn_logreg@prompt_hidden"] = {"test": pipe.predict_proba(Xl[idx["test"]])[:, 1],
+                                               "val": pipe.predict_proba(Xl[idx["val"]])[:, 1],
+                                               "info": {"layer": int(layer), "C": C}}
+    return out

@@ -1,0 +1,120 @@
+"""Probes: plain ``nn.Module`` s that map a signature to a risk logit. No Lightning, no files.
+
+Every probe takes ``(seq [N, S, F], mask [N, S], static [N, G])`` (see :mod:`riskprobe.data`) and
+returns logits ``[N]``. :class:`RiskModel` wraps a probe with the standardisation fitted on training
+data and the calibration fitted on validation data, so that one module maps raw features to a
+calibrated risk: this is the module that is exported and served.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LinearProbe(nn.Module):
+    """Logistic regression on the flattened steps (plus a valid-step indicator) and static features."""
+
+    def __init__(self, n_steps: int, n_feat: int, n_static: int = 0, **_):
+        super().__init__()
+        self.fc = nn.Linear(n_steps * (n_feat + 1) + n_static, 1)
+
+    def forward(self, seq, mask, static):
+        x = torch.cat([seq, mask.unsqueeze(-1).to(seq.dtype)], -1).flatten(1)
+        return self.fc(torch.cat([x, static], -1)).squeeze(-1)
+
+
+class MLPProbe(nn.Module):
+    """A two-layer perceptron on the same flat input as :class:`LinearProbe`."""
+
+    def __init__(self, n_steps: int, n_feat: int, n_static: int = 0, hidden: int = 64, dropout: float = 0.1, **_):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_steps * (n_feat + 1) + n_static, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, seq, mask, static):
+        x = torch.cat([seq, mask.unsqueeze(-1).to(seq.dtype)], -1).flatten(1)
+        return self.net(torch.cat([x, static], -1)).squeeze(-1)
+
+
+class TemporalProbe(nn.Module):
+    """A GRU over the steps; the state at each row's last valid step, with the static features, is read
+    out by a small head. Steps after the row's end never reach the state that is read out."""
+
+    def __init__(self, n_steps: int, n_feat: int, n_static: int = 0, hidden: int = 64, dropout: float = 0.1, **_):
+        super().__init__()
+        self.gru = nn.GRU(n_feat + 1, hidden, batch_first=True)
+        self.static = nn.Linear(n_static, hidden) if n_static else None
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * (2 if n_static else 1), hidden), nn.GELU(),
+                                  nn.Linear(hidden, 1))
+
+    def forward(self, seq, mask, static):
+        x = torch.cat([seq, mask.unsqueeze(-1).to(seq.dtype)], -1)
+        out, _ = self.gru(x)  # [N, S, H]
+        last = (mask.long().sum(1) - 1).clamp_min(0)
+        h = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[-1])).squeeze(1)
+        if self.static is not None:
+            h = torch.cat([h, torch.tanh(self.static(static))], -1)
+        return self.head(h).squeeze(-1)
+
+
+PROBES = {"linear": LinearProbe, "mlp": MLPProbe, "temporal": TemporalProbe}
+
+
+def build_probe(kind: str, n_steps: int, n_feat: int, n_static: int = 0, **hparams) -> nn.Module:
+    """A probe by name (``linear``, ``mlp``, ``temporal``)."""
+    if kind not in PROBES:
+        from .errors import UserError
+
+        raise UserError(f"unknown probe '{kind}' (known: {', '.join(PROBES)})", field="model.probe")
+    return PROBES[kind](n_steps, n_feat, n_static, **hparams)
+
+
+class RiskModel(nn.Module):
+    """Standardise -> probe -> calibrate. ``forward`` returns calibrated risk in [0, 1].
+
+    Buffers: ``seq_mean``, ``seq_std``, ``static_mean``, ``static_std`` (fitted on the training split)
+    and ``calib`` = (a, b) with risk = sigmoid(a * logit + b) (fitted on the validation split).
+    """
+
+    def __init__(self, probe: nn.Module, n_feat: int, n_static: int):
+        super().__init__()
+        self.probe = probe
+        self.register_buffer("seq_mean", torch.zeros(n_feat))
+        self.register_buffer("seq_std", torch.ones(n_feat))
+        self.register_buffer("static_mean", torch.zeros(n_static))
+        self.register_buffer("static_std", torch.ones(n_static))
+        self.register_buffer("calib", torch.tensor([1.0, 0.0]))
+
+    def set_standardizer(self, st) -> None:
+        for name in ("seq_mean", "seq_std", "static_mean", "static_std"):
+            getattr(self, name).copy_(getattr(st, name))
+
+    def logits(self, seq, mask, static):
+        """Uncalibrated logits (what training optimises)."""
+        m = mask.to(seq.dtype).unsqueeze(-1)
+        x = (seq - self.seq_mean) / self.seq_std * m
+        g = (static - self.static_mean) / self.static_std
+        return self.probe(x, mask, g)
+
+    def forward(self, seq, mask, static):
+        return torch.sigmoid(self.calib[0] * self.logits(seq, mask, static) + self.calib[1])
+
+    @torch.no_grad()
+    def calibrate(self, logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> None:
+        """Fit Platt scaling (a, b) on held-out logits so that a risk of 0.3 means about 30% wrong."""
+        ab = torch.tensor([1.0, 0.0], requires_grad=True)
+        opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=steps)
+        lg, y = logits.detach().float(), labels.float()
+
+        def closure():
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss = nn.functional.binary_cross_entropy_with_logits(ab[0] * lg + ab[1], y)
+                loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        if torch.isfinite(ab).all():
+            self.calib.copy_(ab.detach())

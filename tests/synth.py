@@ -1,0 +1,47 @@
+"""Synthetic harvests with a planted signal, written through riskprobe's own shard writer (no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from riskprobe.fsutil import atomic_write_json
+from riskprobe.harvest import MANIFEST, _features, _write_shard, merge_shards
+from riskprobe.prompts import split_of
+from riskprobe.signatures import FeatureSpec
+
+
+def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_labels=False, K=4, model_fp="f" * 64,
+                 ids=None):
+    """A harvest of ``n`` rows whose step-1 entropy and one raw dimension carry the label (``signal`` = effect
+    size in standard deviations; 0 = no signal)."""
+    rng = np.random.default_rng(seed)
+    spec = FeatureSpec(K=K, lens_steps=2, raw_steps=2, lens_layers="sparse2", raw_layers="sparse2").resolve(3, 8)
+    shapes = spec.shapes()
+    y = rng.random(n) < 0.4
+    rows = []
+    for i in range(n):
+        r = {name: rng.normal(size=shape).astype(np.float16 if dt == "float16" else np.float32)
+             for name, (shape, dt, _) in shapes.items() if name != "step_mask"}
+        length = int(rng.integers(2, K + 2))
+        r["step_mask"] = np.arange(K + 1) < length
+        r["commitment"][1, 0] += signal * y[i]
+        r["raw"][0, 0, 0] += signal * y[i]
+        for name in ("commitment", "sync", "trajectory"):
+            r[name][length:] = 0
+        iid = ids[i] if ids is not None else f"{set_name}-{i:05d}"
+        label = int(y[i])
+        rows.append({"index": i, "id": iid, "set": set_name, "category": "factual", "prompt": f"q{i}?", "input_text": f"q{i}?",
+                     "answers": ["a"], "answer_kind": "alias", "response": "r", "correct": not label, "label": label,
+                     "echo_discounted": False, "n_tokens": length, "finish": "eos", "split": split_of(iid), **r})
+    if shuffle_labels:
+        labels = [r["label"] for r in rows]
+        rng.shuffle(labels)
+        for r, lab in zip(rows, labels):
+            r["label"], r["correct"] = lab, not lab
+    model = {"name": "synthetic", "source": "memory", "fingerprint": model_fp, "architecture": "llama", "n_layers": 3,
+             "hidden_size": 8, "vocab_size": 10, "has_chat_template": True}
+    atomic_write_json(path / MANIFEST, {"kind": "harvest", "model": model, "feature_schema": spec.schema(),
+                                        "prompts": set_name, "status": "running", "compat": {}})
+    _write_shard(path / "shards" / "shard-00000", rows, _features(spec.hf_features()))
+    merge_shards(path, 1)
+    return path

@@ -1,0 +1,153 @@
+"""Training: planted signals are learned, shuffled labels are not, splits and normalisation are honest,
+the LightningCLI run writes its files, bad configs fail with one line, DDP runs on 2 CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from riskprobe import metrics as M
+from riskprobe.cli import main
+from riskprobe.data import Standardizer, load_harvests
+from riskprobe.errors import UserError
+from riskprobe.training import HarvestDataModule, calibrate_and_evaluate, fit_probe
+from synth import make_harvest
+
+FAST = dict(max_epochs=40, patience=6)
+
+
+def _dm(paths, **kw):
+    dm = HarvestDataModule(paths=[str(p) for p in paths], families=kw.pop("families", ["commitment", "sync", "raw"]),
+                           k=kw.pop("k", 2), batch_size=64, **kw)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("probe", ["linear", "mlp", "temporal"])
+def test_planted_signal_is_learned(tmp_path, probe):
+    dm = _dm([make_harvest(tmp_path / "h", n=500, signal=2.5)])
+    mod = fit_probe(dm, {"probe": probe, "hidden": 16, "lr": 1e-2}, **FAST)
+    res = calibrate_and_evaluate(mod, dm, n_boot=50, baselines=False)
+    assert res["probe"]["auroc"] > 0.9, res["probe"]
+    assert res["probe"]["ece"] < 0.15  # calibrated on validation
+
+
+def test_shuffled_labels_sit_at_chance(tmp_path):
+    dm = _dm([make_harvest(tmp_path / "h", n=1200, signal=2.5, shuffle_labels=True, seed=1)])
+    mod = fit_probe(dm, {"probe": "mlp", "hidden": 16}, **FAST)
+    res = calibrate_and_evaluate(mod, dm, n_boot=200, baselines=False)
+    lo, hi = res["probe"]["auroc_ci"]
+    assert abs(res["probe"]["auroc"] - 0.5) < 0.1 and lo < 0.5 < hi, res["probe"]
+
+
+def test_no_question_crosses_splits_and_cross_set(tmp_path):
+    shared_ids = [f"q{i}" for i in range(200)]
+    a = make_harvest(tmp_path / "a", n=200, set_name="seta", ids=shared_ids)
+    b = make_harvest(tmp_path / "b", n=200, set_name="setb", ids=shared_ids[:100] + [f"r{i}" for i in range(100)])
+    dm = _dm([a, b])
+    ids = np.asarray(dm.harvests.meta["id"])
+    parts = {k: set(ids[v]) for k, v in dm.idx.items()}
+    assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"]) and not (parts["val"] & parts["test"])
+    dm2 = _dm([a, b], train_sets=["seta"], test_sets=["setb"])
+    ids_tr = set(ids[dm2.idx["train"]])
+    assert not ids_tr & set(ids[dm2.idx["test"]])  # shared questions are never tested after training on them
+    assert set(np.asarray(dm2.harvests.meta["set"])[dm2.idx["test"]]) == {"setb"}
+
+
+def test_normalisation_is_fitted_on_train_only(tmp_path):
+    dm = _dm([make_harvest(tmp_path / "h", n=300)])
+    tr = dm.idx["train"]
+    x = dm.inputs
+    ref = Standardizer.fit(x["seq"][tr], x["mask"][tr], x["static"][tr])
+    torch.testing.assert_close(dm.standardizer.seq_mean, ref.seq_mean)
+    # changing the test rows does not change the fitted normalisation
+    x["seq"][dm.idx["test"]] += 100.0
+    again = Standardizer.fit(x["seq"][tr], x["mask"][tr], x["static"][tr])
+    torch.testing.assert_close(again.seq_mean, dm.standardizer.seq_mean)
+    full = Standardizer.fit(x["seq"], x["mask"], x["static"])
+    assert not torch.allclose(full.seq_mean, dm.standardizer.seq_mean)
+    mod = fit_probe(dm, {"probe": "linear"}, max_epochs=2, patience=1)
+    torch.testing.assert_close(mod.risk_model.seq_mean, dm.standardizer.seq_mean)  # the probe carries it
+
+
+def test_mixed_models_or_schemas_are_refused(tmp_path):
+    a = make_harvest(tmp_path / "a", n=50)
+    b = make_harvest(tmp_path / "b", n=50, model_fp="e" * 64)
+    with pytest.raises(UserError, match="different models"):
+        load_harvests([a, b])
+    c = make_harvest(tmp_path / "c", n=50, K=3)
+    with pytest.raises(UserError, match="feature schemas differ"):
+        load_harvests([a, c])
+
+
+def _fit_args(tmp_path, h, *extra):
+    return ["fit", "--config", "configs/fit/default.yaml", "--data.paths", f"[{h}]", "--trainer.default_root_dir",
+            str(tmp_path / "run"), "--checkpoint_dir", str(tmp_path / "ck"), "--trainer.max_epochs", "20",
+            "--n_boot", "50", "--sweep_ks", "[0,2]", *extra]
+
+
+def test_cli_fit_writes_metrics_config_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    h = make_harvest(tmp_path / "h", n=300, signal=2.0)
+    t0 = time.perf_counter()
+    assert main(_fit_args(tmp_path, h, "--data.families", "[commitment,sync,raw]")) == 0
+    assert time.perf_counter() - t0 < 120
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for entry in [m["probe"], *m["baselines"].values()]:
+        for key in ("auroc", "auroc_ci", "auprc", "prr", "brier", "ece", "n", "n_incorrect"):
+            assert key in entry
+    assert "lowest_token_prob@answer" in m["baselines"] and "sklearn_logreg@prompt_hidden" in m["baselines"]
+    assert m["probe"]["auroc"] > 0.8
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "ck" / "final.ckpt").is_file()
+    assert (tmp_path / "run" / "auroc_vs_k.png").stat().st_size > 1000
+    sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    assert sweep["ks"] == [0, 2]
+    out = capsys.readouterr().out
+    assert "AUROC [95% CI]" in out and "probe - best baseline" in out
+    # the test subcommand evaluates the saved checkpoint
+    assert main(["test", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path",
+                 str(tmp_path / "ck" / "final.ckpt"), "--sweep_ks", "null"]) == 0
+
+
+def test_wandb_offline_needs_no_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    h = make_harvest(tmp_path / "h", n=200)
+    assert main(_fit_args(tmp_path, h, "--sweep_ks", "null", "--data.families", "[commitment]")) == 0
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs, list((tmp_path / "run").rglob("*"))[:20]
+
+
+@pytest.mark.parametrize("override,want", [
+    (["--data.families", "[commitment,vibes]"], "unknown feature family 'vibes'"),
+    (["--data.k", "99"], "k = 99 is outside 0..K = 0..4"),
+    (["--data.paths", "[/nonexistent/harvest]"], "/nonexistent/harvest: field 'data.paths': harvest directory not found"),
+    (["--model.probe", "transformer"], "unknown probe 'transformer'"),
+])
+def test_bad_configs_fail_with_one_line(tmp_path, monkeypatch, capsys, override, want):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    h = make_harvest(tmp_path / "h", n=60)
+    rc = main(_fit_args(tmp_path, h, *override))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and want in err[0], err
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    h = make_harvest(tmp_path / "h", n=300, signal=2.0)
+    repo = os.path.dirname(os.path.dirname(__file__))
+    cmd = [sys.executable, "-m", "riskprobe", *_fit_args(tmp_path, h, "--trainer.strategy", "ddp", "--trainer.devices",
+                                                         "2", "--sweep_ks", "null")]
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONPATH=os.path.join(repo, "tests"))
+    r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["probe"]["auroc"] > 0.75
