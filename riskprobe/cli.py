@@ -115,6 +115,71 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_checkpoint
+
+    out = export_checkpoint(args.ckpt, args.out)
+    meta = json.loads((out / "probe.json").read_text())
+    print(f"exported {args.ckpt} -> {out} (probe.safetensors, probe.json, probe.onnx; model "
+          f"{meta['model_identity']['name']}, k={meta['feature_spec']['selection']['k']}, threshold "
+          f"{meta['threshold']:.3f})")
+    return 0
+
+
+def _scorer_and_model(args):
+    from .models import load_model
+    from .scoring import Scorer
+
+    scorer = Scorer.load(args.probe)
+    model = args.model or scorer.model_identity["name"]
+    lm = load_model(model, device=getattr(args, "device", None))
+    scorer.check_model(lm, allow_model_mismatch=args.allow_model_mismatch)
+    return scorer, lm
+
+
+def cmd_score(args) -> int:
+    from .scoring import score_file
+
+    scorer, lm = _scorer_and_model(args)
+    st = score_file(scorer, lm, args.input, args.output, batch_size=args.batch_size, on_error=args.on_error,
+                    max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+                    allow_model_mismatch=args.allow_model_mismatch)
+    rate = st["scored"] / st["seconds"] if st["seconds"] else 0.0
+    print(f"scored {st['scored']} rows into {args.output} ({rate:.2f} rows/s); {st['skipped_done']} already done; "
+          f"{st['failed']} malformed line(s) skipped")
+    return 1 if st["failed"] else 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    scorer, lm = _scorer_and_model(args)
+    serve(scorer, lm, host=args.host, port=args.port, max_batch=args.max_batch,
+          allow_model_mismatch=args.allow_model_mismatch)
+    return 0
+
+
+def cmd_eval_given(args) -> int:
+    from .scoring import evaluate_given
+
+    scorer, lm = _scorer_and_model(args)
+    r = evaluate_given(scorer, lm, args.set, limit=args.limit, progress=not args.no_progress)
+    print(f"{args.set}: AUROC {r['auroc']:.3f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}] on {r['n']} answers "
+          f"({r['n_incorrect']} wrong) of {r['questions']} questions, {r['seconds']:.0f} s")
+    if args.json:
+        from .fsutil import atomic_write_json
+
+        atomic_write_json(args.json, r)
+    return 0
+
+
+def _probe_args(p, model_required: bool = False) -> None:
+    p.add_argument("--probe", default="default", help="probe artifact directory (default: the shipped checkpoints/default)")
+    p.add_argument("--model", help="model to run (default: the one the probe was trained for)")
+    p.add_argument("--device")
+    p.add_argument("--allow-model-mismatch", action="store_true", help="score with a model the probe was not trained for")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -133,12 +198,35 @@ def build_parser() -> argparse.ArgumentParser:
                        ("validate", "run validation of a trained probe (LightningCLI)"),
                        ("test", "evaluate a trained probe on the test split (LightningCLI)")):
         sub.add_parser(name, help=text, add_help=False)
+    e = sub.add_parser("export", help="export a trained probe checkpoint as a self-contained artifact")
+    e.add_argument("--ckpt", required=True, help="checkpoint of a fit run (checkpoints/<run>/final.ckpt)")
+    e.add_argument("--out", required=True, help="artifact directory to write")
+    sc = sub.add_parser("score", help="score a JSONL file of prompts (generated) or prompt/response pairs (teacher forced)")
+    _probe_args(sc)
+    sc.add_argument("--input", required=True)
+    sc.add_argument("--output", required=True, help="JSONL output; rerun to resume (ids already there are skipped)")
+    sc.add_argument("--batch-size", type=int, default=16)
+    sc.add_argument("--max-new-tokens", type=int, default=33)
+    sc.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="malformed lines: skip (exit 1) or fail (exit 2)")
+    sc.add_argument("--no-progress", action="store_true")
+    sv = sub.add_parser("serve", help="run the HTTP scorer (POST /score, GET /health)")
+    _probe_args(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8321)
+    sv.add_argument("--max-batch", type=int, default=16)
+    eg = sub.add_parser("eval-given", help="AUROC of the risk on given right/wrong answers (teacher forcing)")
+    _probe_args(eg)
+    eg.add_argument("--set", choices=["halueval", "truthfulqa_mc"], required=True)
+    eg.add_argument("--limit", type=int, default=200, help="questions to use")
+    eg.add_argument("--json", help="write the result here")
+    eg.add_argument("--no-progress", action="store_true")
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
     return p
 
 
-COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
+COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
+            "eval-given": cmd_eval_given, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")

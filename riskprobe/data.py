@@ -140,15 +140,22 @@ def step_feature_names(schema: dict[str, Any], families: list[str]) -> list[str]
 
 def build_inputs(h: Harvests, sel: FeatureSelection) -> dict[str, torch.Tensor]:
     """``{"seq": [N, k+1, F], "mask": [N, k+1], "static": [N, G], "label": [N]}`` as float32 tensors."""
+    out = inputs_from_signatures(h.tensors, sel)
+    out["label"] = torch.tensor(h.meta["label"], dtype=torch.float32)
+    return out
+
+
+def inputs_from_signatures(t: dict[str, torch.Tensor], sel: FeatureSelection) -> dict[str, torch.Tensor]:
+    """Probe inputs ``seq``, ``mask``, ``static`` from signature tensors ``[N, ...]`` (as harvested or
+    captured live); steps beyond ``k`` are ignored."""
     k = sel.k
-    t = h.tensors
     mask = t["step_mask"][:, : k + 1].bool()
     parts = []
     for fam in STEP_FAMILIES:
         if fam in sel.families:
             x = t[fam][:, : k + 1].float()
             parts.append(x.reshape(x.shape[0], k + 1, -1))
-    N = len(h)
+    N = int(t["step_mask"].shape[0])
     seq = torch.cat(parts, dim=-1) if parts else torch.zeros(N, k + 1, 0)
     static = torch.zeros(N, 0)
     if "raw" in sel.families:
@@ -163,8 +170,7 @@ def build_inputs(h: Harvests, sel: FeatureSelection) -> dict[str, torch.Tensor]:
             mean = (raw[:, 1: kk + 1] * m).sum(1) / m.sum(1).clamp_min(1.0)
             pooled.append(mean.reshape(N, -1))
         static = torch.cat(pooled, dim=-1)
-    label = torch.tensor(h.meta["label"], dtype=torch.float32)
-    return {"seq": seq, "mask": mask, "static": static, "label": label}
+    return {"seq": seq, "mask": mask, "static": static}
 
 
 @dataclass

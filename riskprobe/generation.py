@@ -95,17 +95,43 @@ def finish_rows(lm: LoadedModel, new_ids: torch.Tensor, stops: tuple[str, ...]) 
     return out
 
 
+class ForceTokens:
+    """A logits processor that makes row ``i`` emit ``forced[i]`` and then EOS (teacher forcing).
+
+    The model still computes its own logits at every step (which is what signatures read); only the
+    choice of the next token is forced, so a forced answer goes through exactly the computation of a
+    generated one.
+    """
+
+    def __init__(self, forced: list[list[int]], prompt_len: int, eos: int):
+        self.forced, self.prompt_len, self.eos = forced, prompt_len, eos
+
+    def __call__(self, input_ids, scores):
+        t = input_ids.shape[1] - self.prompt_len
+        want = torch.tensor([f[t] if t < len(f) else self.eos for f in self.forced], device=scores.device)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, want.view(-1, 1), 0.0)
+        return out
+
+
+def response_ids(lm: LoadedModel, responses: Sequence[str]) -> list[list[int]]:
+    """Token ids of given answers as the model would emit them after its prompt (no special tokens)."""
+    return [lm.tokenizer(r.strip(), add_special_tokens=False)["input_ids"] for r in responses]
+
+
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-             stopping_criteria: list | None = None) -> list[Generation]:
+             stopping_criteria: list | None = None, forced: list[list[int]] | None = None) -> list[Generation]:
     """Generate answers for a batch of rendered prompts (greedy unless ``do_sample``).
 
     A leading stop string (e.g. the newline a model may emit before its answer) does not end a row;
     rows end at their own EOS, at a stop string after some answer text, or at ``max_new_tokens``.
+    With ``forced`` (token ids per row), each row emits exactly those tokens and then EOS (teacher
+    forcing; stop strings are not applied).
     """
     enc = tokenize(lm, prompts)
-    stops = tuple(dict.fromkeys(s for p in prompts for s in p.stop_strings))
+    stops = () if forced else tuple(dict.fromkeys(s for p in prompts for s in p.stop_strings))
     criteria = list(stopping_criteria or [])
     if stops:
         criteria.append(_LeadingSafeStop(_stop_criteria(lm.tokenizer, stops), enc["input_ids"].shape[1],
@@ -117,8 +143,13 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
             torch.manual_seed(seed)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
+    if forced:
+        eos = min(eos_ids(lm))
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                      max_new_tokens=max(len(f) for f in forced) + 1,
+                      logits_processor=LogitsProcessorList([ForceTokens(forced, enc["input_ids"].shape[1], eos)]))
     seqs = lm.model.generate(**enc, **kwargs, stopping_criteria=StoppingCriteriaList(criteria))
     return finish_rows(lm, seqs[:, enc["input_ids"].shape[1]:], stops)
 

@@ -50,7 +50,8 @@ class TemporalProbe(nn.Module):
 
     def forward(self, seq, mask, static):
         x = torch.cat([seq, mask.unsqueeze(-1).to(seq.dtype)], -1)
-        out, _ = self.gru(x)  # [N, S, H]
+        h0 = x.new_zeros(1, x.shape[0], self.gru.hidden_size)  # explicit: ONNX then works for any batch size
+        out, _ = self.gru(x, h0)  # [N, S, H]
         last = (mask.long().sum(1) - 1).clamp_min(0)
         h = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[-1])).squeeze(1)
         if self.static is not None:

@@ -1,0 +1,220 @@
+"""Export, Scorer, offline scoring, teacher forcing, live monitoring and the HTTP service, on tiny models."""
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from riskprobe.cli import main
+from riskprobe.errors import UserError
+from riskprobe.export import export_checkpoint
+from riskprobe.generation import generate
+from riskprobe.models import load_model, render
+from riskprobe.scoring import Scorer, onnx_risk, score_file
+from riskprobe.signatures import Capture, FeatureSpec
+
+K = 4
+
+
+def make_artifact(lm, out, probe="mlp", seed=0):
+    """A probe artifact for ``lm``'s signature with random (but fixed) weights and calibration."""
+    from riskprobe.data import FeatureSelection, inputs_from_signatures, step_feature_names
+    from riskprobe.training import ProbeModule, save_calibrated
+
+    spec = FeatureSpec(K=K, lens_steps=2, raw_steps=2, raw_layers="sparse2").resolve(lm)
+    cap = Capture(lm, spec)
+    with cap:
+        g = generate(lm, [render(lm.tokenizer, "x?")], max_new_tokens=6)
+    sig = cap.finish([x.token_ids for x in g])
+    sel = FeatureSelection(["commitment", "sync", "trajectory", "lens", "raw"], K)
+    x = inputs_from_signatures({k: torch.from_numpy(v) for k, v in sig.items()}, sel)
+    dims = {"n_steps": x["seq"].shape[1], "n_feat": x["seq"].shape[2], "n_static": x["static"].shape[1]}
+    torch.manual_seed(seed)
+    mod = ProbeModule(probe=probe, hidden=8)
+    mod.build({"selection": sel.to_dict(), "dims": dims, "step_features": step_feature_names(spec.schema(), sel.families),
+               "feature_schema": spec.schema(), "model_identity": lm.identity.to_dict(), "data_fingerprint": "test"})
+    mod.risk_model.calib.copy_(torch.tensor([0.5, -0.2]))
+    ck = out / "final.ckpt"
+    ck.parent.mkdir(parents=True, exist_ok=True)
+    save_calibrated(mod, ck)
+    art = export_checkpoint(ck, out / "artifact", metrics={"calibration": {"threshold": 0.4}})
+    return art, mod
+
+
+@pytest.fixture
+def dir_lm(tiny_model_dir):
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def artifact(tmp_path, dir_lm):
+    return make_artifact(dir_lm, tmp_path)[0]
+
+
+def _capture(lm, scorer, prompts, n=8):
+    cap = Capture(lm, scorer.feature_spec())
+    with cap:
+        gens = generate(lm, [render(lm.tokenizer, p) for p in prompts], max_new_tokens=n)
+    return cap.finish([g.token_ids for g in gens]), gens
+
+
+@pytest.mark.parametrize("probe", ["mlp", "temporal", "linear"])
+def test_export_load_round_trip_torch_and_onnx(tmp_path, dir_lm, probe):
+    art, mod = make_artifact(dir_lm, tmp_path, probe=probe)
+    assert sorted(p.name for p in art.iterdir()) == ["probe.json", "probe.onnx", "probe.safetensors"]
+    meta = json.loads((art / "probe.json").read_text())
+    for key in ("artifact_version", "riskprobe_version", "model_identity", "feature_spec", "calibration", "threshold",
+                "data_fingerprint", "weights_sha256"):
+        assert key in meta
+    sc = Scorer.load(art, model=dir_lm)
+    sig, _ = _capture(dir_lm, sc, ["What is one?", "Name a longer thing please?", "Why?"])
+    x = sc._inputs(sig)
+    with torch.no_grad():
+        want = mod.risk_model.eval()(x["seq"], x["mask"], x["static"]).numpy()
+    np.testing.assert_allclose(sc.risk(sig), want, atol=1e-6)
+    np.testing.assert_allclose(onnx_risk(art, x["seq"], x["mask"], x["static"]), want, atol=1e-5)
+    assert sc.threshold == 0.4 and 0 <= sc.risk(sig).min() and sc.risk(sig).max() <= 1
+    by_step = sc.risk_by_step(sig)
+    assert by_step.shape == (3, K + 1)
+    np.testing.assert_allclose(by_step[:, -1], sc.risk(sig), atol=1e-6)
+
+
+def test_tampered_hash_and_wrong_model_are_refused(tmp_path, dir_lm, artifact, tiny_lm):
+    w = artifact / "probe.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="weights hash mismatch"):
+        Scorer.load(artifact)
+    art2, _ = make_artifact(dir_lm, tmp_path / "second")
+    with pytest.raises(UserError, match="trained for model"):
+        Scorer.load(art2, model=tiny_lm)
+    assert Scorer.load(art2, model=tiny_lm, allow_model_mismatch=True).k == K
+
+
+def test_teacher_forced_features_equal_generated(dir_lm, artifact):
+    sc = Scorer.load(artifact, model=dir_lm)
+    prompts = ["What is one?", "Name a longer thing please?"]
+    sig, gens = _capture(dir_lm, sc, prompts, n=8)
+    forced_ids = [g.token_ids[:-1] if g.finish == "eos" else g.token_ids for g in gens]
+    cap = Capture(dir_lm, sc.feature_spec())
+    with cap:
+        fg = generate(dir_lm, [render(dir_lm.tokenizer, p) for p in prompts], forced=forced_ids)
+    fsig = cap.finish([g.token_ids for g in fg])
+    assert [g.token_ids[: len(f)] for g, f in zip(fg, forced_ids)] == forced_ids
+    for name in sig:
+        np.testing.assert_allclose(fsig[name], sig[name], atol=1e-5, err_msg=name)
+    # and through the text API: the given response is the generated text
+    res = sc.score(dir_lm, prompts, [g.text or "a" for g in gens])
+    assert all(r["teacher_forced"] for r in res)
+
+
+def test_score_file_resume_and_malformed_lines(tmp_path, dir_lm, artifact, tiny_model_dir, capsys):
+    inp = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": f"r{i}", "prompt": f"Question {i}?"}) for i in range(5)]
+    lines.insert(2, '{"id": "bad", "prompt": ')
+    lines.insert(4, json.dumps({"id": "nop", "response": "x"}))
+    lines.append(json.dumps({"id": "given", "prompt": "Q?", "response": "Some answer"}))
+    inp.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    sc = Scorer.load(artifact, model=dir_lm)
+    st = score_file(sc, dir_lm, inp, out, batch_size=2, progress=False)
+    assert st["scored"] == 6 and st["failed"] == 2
+    assert any(":3: malformed JSON" in e for e in st["errors"]) and any(":5: field 'prompt'" in e for e in st["errors"])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["r0", "r1", "r2", "r3", "r4", "given"]
+    for r in rows:
+        assert 0 <= r["risk"] <= 1 and len(r["risk_by_step"]) == K + 1 and isinstance(r["flagged"], bool)
+        assert r["model"]["fingerprint"] == dir_lm.identity.fingerprint and "response" in r
+    assert rows[-1]["response"] == "Some answer" and rows[-1]["teacher_forced"]
+    # a crash mid-write leaves a partial last line: it is dropped and redone, done ids are skipped
+    out.write_text("\n".join(out.read_text().splitlines()[:3]) + "\n" + '{"id": "r3", "ri')
+    st2 = score_file(sc, dir_lm, inp, out, batch_size=2, progress=False)
+    assert st2["skipped_done"] == 3 and st2["scored"] == 3
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["r0", "r1", "r2", "r3", "r4", "given"]
+    # the CLI: exit 1 when lines failed, 2 when --on-error fail
+    rc = main(["score", "--probe", str(artifact), "--model", str(tiny_model_dir), "--input", str(inp), "--output",
+               str(tmp_path / "o2.jsonl"), "--no-progress"])
+    assert rc == 1
+    rc = main(["score", "--probe", str(artifact), "--model", str(tiny_model_dir), "--input", str(inp), "--output",
+               str(tmp_path / "o3.jsonl"), "--no-progress", "--on-error", "fail"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "in.jsonl:3: malformed JSON" in err
+
+
+def test_monitor_matches_scorer_and_can_stop(dir_lm, artifact):
+    from transformers import StoppingCriteriaList
+
+    from riskprobe.generation import tokenize
+    from riskprobe.monitor import RiskMonitor
+
+    sc = Scorer.load(artifact, model=dir_lm)
+    prompts = ["What is one?", "Name a longer thing please?"]
+    sig, gens = _capture(dir_lm, sc, prompts, n=10)
+    enc = tokenize(dir_lm, [render(dir_lm.tokenizer, p) for p in prompts])
+    with RiskMonitor(sc, dir_lm) as mon:
+        out = dir_lm.model.generate(**enc, max_new_tokens=10, do_sample=False, stopping_criteria=StoppingCriteriaList([mon]),
+                                    pad_token_id=dir_lm.tokenizer.pad_token_id)
+    np.testing.assert_allclose(mon.risk, sc.risk(sig), atol=1e-5)
+    assert mon.flagged.dtype == bool and mon.risk_by_step.shape == (2, K + 1)
+    assert out.shape[1] - enc["input_ids"].shape[1] == 10  # flag only: generation continues
+    assert all(not m._forward_hooks for m in mon.cap.sites.values())  # hooks gone after step k
+    with RiskMonitor(sc, dir_lm, stop=True, threshold=0.0) as mon:
+        out = dir_lm.model.generate(**enc, max_new_tokens=10, do_sample=False, stopping_criteria=StoppingCriteriaList([mon]),
+                                    pad_token_id=dir_lm.tokenizer.pad_token_id)
+    assert mon.flagged.all() and out.shape[1] - enc["input_ids"].shape[1] == K + 1  # stopped at step k
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_http_service_concurrent_and_bad_bodies(dir_lm, artifact):
+    import httpx
+    import uvicorn
+
+    from riskprobe.serve import create_app
+
+    sc = Scorer.load(artifact, model=dir_lm)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(sc, dir_lm, max_batch=8, max_wait_ms=50), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        prompts = [f"Question number {i}?" for i in range(8)]
+        alone = {p: sc.score(dir_lm, [p])[0]["risk"] for p in prompts}
+        with ThreadPoolExecutor(8) as ex:
+            res = list(ex.map(lambda p: httpx.post(f"{base}/score", json={"prompt": p}, timeout=60), prompts))
+        assert all(r.status_code == 200 for r in res), [(r.status_code, r.text[:200]) for r in res]
+        for p, r in zip(prompts, res):
+            assert r.json()["risk"] == pytest.approx(alone[p], abs=1e-4)
+        health = httpx.get(f"{base}/health").json()
+        assert health["served"] == 8 and health["batches"] < 8  # concurrent requests were batched
+        given = httpx.post(f"{base}/score", json={"prompt": "Q?", "response": "An answer"}, timeout=60).json()
+        assert given["teacher_forced"] and given["response"] == "An answer"
+        bad = [httpx.post(f"{base}/score", json={"response": "x"}),
+               httpx.post(f"{base}/score", content=b"{not json", headers={"content-type": "application/json"}),
+               httpx.post(f"{base}/score", json={"prompt": "x" * 9000}),
+               httpx.post(f"{base}/score", json={"prompt": ""})]
+        assert [b.status_code for b in bad] == [400, 400, 400, 400]
+        assert all("error" in b.json() for b in bad)
+        big = httpx.post(f"{base}/score", content=b"x" * 100_000, headers={"content-type": "application/json"})
+        assert big.status_code == 413 and big.json()["error"] == "request body too large"
+    finally:
+        server.should_exit = True
+        th.join(timeout=10)
