@@ -173,6 +173,14 @@ def cmd_eval_given(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run, args.out, k=args.k)
+    print(f"report: {path}")
+    return 0
+
+
 def _probe_args(p, model_required: bool = False) -> None:
     p.add_argument("--probe", default="default", help="probe artifact directory (default: the shipped checkpoints/default)")
     p.add_argument("--model", help="model to run (default: the one the probe was trained for)")
@@ -220,13 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--limit", type=int, default=200, help="questions to use")
     eg.add_argument("--json", help="write the result here")
     eg.add_argument("--no-progress", action="store_true")
+    rp = sub.add_parser("report", help="plots and a Markdown report from fit runs and harvests")
+    rp.add_argument("--run", nargs="+", required=True, help="fit run directories (metrics.json) and/or harvests")
+    rp.add_argument("--out", default="runs/report")
+    rp.add_argument("--k", type=int, default=8, help="early window for dynamic profiles (steps 0..k)")
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
     return p
 
 
 COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
-            "eval-given": cmd_eval_given, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
+            "eval-given": cmd_eval_given, "report": cmd_report, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")

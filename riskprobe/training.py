@@ -241,6 +241,55 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
                          "auroc_margin_training_free": out["probe"]["auroc"] - best_tf[1]["auroc"]}
     out["calibration"] = {"a": float(rm.calib[0]), "b": float(rm.calib[1]), "threshold": thr}
     out["reliability"] = M.reliability(ty.numpy(), test_risk)
+    te = dm.idx["test"]
+    out["predictions"] = {"id": [dm.harvests.meta["id"][i] for i in te], "set": [dm.harvests.meta["set"][i] for i in te],
+                          "category": [dm.harvests.meta["category"][i] for i in te],
+                          "label": [int(v) for v in ty.tolist()], "risk": [round(float(v), 6) for v in test_risk]}
+    out["importance"] = permutation_importance(rm, dm, ts, tm, tg, ty.numpy())
+    return out
+
+
+def feature_groups(dm: "HarvestDataModule") -> dict[str, dict[str, tuple[list[int], list[int]]]]:
+    """Column groups of the probe input by feature family and by layer: ``{"family": {name: (seq cols,
+    static cols)}, "layer": {...}}``."""
+    names = step_feature_names(dm.harvests.schema, dm.selection.families)
+    fam: dict[str, tuple[list[int], list[int]]] = {}
+    lay: dict[str, tuple[list[int], list[int]]] = {}
+    for j, n in enumerate(names):
+        fam.setdefault(n.split(".")[0], ([], []))[0].append(j)
+        if "@" in n:
+            lay.setdefault(f"layer {int(n.split('@')[1]):02d}", ([], []))[0].append(j)
+    n_static = dm.inputs["static"].shape[1]
+    if n_static:
+        sch = dm.harvests.schema
+        layers = sch["raw_layers"] if dm.selection.raw_layers is None else [sch["raw_layers"][i] for i in dm.selection.raw_layers]
+        H = sch["hidden_size"]
+        fam["raw"] = ([], list(range(n_static)))
+        for c in range(n_static):
+            lay.setdefault(f"layer {layers[(c // H) % len(layers)]:02d}", ([], []))[1].append(c)
+    return {"family": fam, "layer": dict(sorted(lay.items()))}
+
+
+@torch.no_grad()
+def permutation_importance(rm: RiskModel, dm: "HarvestDataModule", seq, mask, static, y: np.ndarray,
+                           repeats: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Test-AUROC drop when a group of columns is shuffled across rows (mean over ``repeats``)."""
+    rng = np.random.default_rng(seed)
+    base = M.auroc(y, rm(seq, mask, static).numpy())
+    out: dict[str, dict[str, float]] = {}
+    for kind, groups in feature_groups(dm).items():
+        out[kind] = {}
+        for name, (sc, gc) in groups.items():
+            drops = []
+            for _ in range(repeats):
+                perm = torch.as_tensor(rng.permutation(len(y)))
+                s2, g2 = seq.clone(), static.clone()
+                if sc:
+                    s2[:, :, sc] = seq[perm][:, :, sc]
+                if gc:
+                    g2[:, gc] = static[perm][:, gc]
+                drops.append(base - M.auroc(y, rm(s2, mask, g2).numpy()))
+            out[kind][name] = float(np.mean(drops))
     return out
 
 

@@ -1,0 +1,355 @@
+"""Reports: PNG plots and a Markdown page (opens offline) from fit runs and harvests.
+
+``riskprobe report --run DIR [DIR ...] --out OUT``: a fit run (``metrics.json``) gets its metrics table,
+AUROC vs k, reliability diagram, risk-coverage curve and feature-family / layer importance; a harvest
+(``riskprobe.json``) gets mean trajectories of correct vs wrong answers by category, its dynamic profile
+(regimes, error rates) and the hypothesis tests of :mod:`riskprobe.profiles`. Several harvests are also
+put on the same axes (architectures side by side) and compared (H3, H4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import profiles as PF
+from .errors import UserError
+from .fsutil import atomic_write_json, atomic_write_text
+
+TRAJ = [("entropy", "next-token entropy (nats)"), ("sync", "inter-layer cos(h_l, h_l+1), mean over layers"),
+        ("curvature", "curvature (rad), mean over layers"), ("commit_depth", "commitment depth (fraction of lens layers)")]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path.name
+
+
+def _label(d: Path, m: dict) -> str:
+    if m.get("kind") == "harvest":
+        return f"{m['model']['name']} / {m['prompts']}"
+    return d.name
+
+
+# ------------------------------------------------------------------------------------------ fit runs
+def plot_reliability(rel: list[dict], path: Path, title: str) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    x = [r["mean_risk"] for r in rel]
+    y = [r["error_rate"] for r in rel]
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    ax.scatter(x, y, s=[max(8, r["n"]) for r in rel], alpha=0.7)
+    ax.plot(x, y, lw=1)
+    ax.set_xlabel("predicted risk (bin mean)")
+    ax.set_ylabel("observed error rate")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def risk_coverage(label: np.ndarray, risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Error rate of the answers kept when only the ``c`` least risky fraction is kept."""
+    order = np.argsort(risk, kind="mergesort")
+    err = np.cumsum(label[order]) / np.arange(1, len(label) + 1)
+    return np.arange(1, len(label) + 1) / len(label), err
+
+
+def plot_risk_coverage(pred: dict, path: Path, title: str) -> str:
+    plt = _plt()
+    y, r = np.asarray(pred["label"], float), np.asarray(pred["risk"], float)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    c, e = risk_coverage(y, r)
+    ax.plot(c, e, label="probe")
+    c2, e2 = risk_coverage(y, y + 1e-6 * np.arange(len(y)))
+    ax.plot(c2, e2, ls=":", label="oracle")
+    ax.axhline(y.mean(), ls="--", color="grey", lw=0.8, label="no selection")
+    ax.set_xlabel("coverage (fraction of answers kept, least risky first)")
+    ax.set_ylabel("error rate among kept answers")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_importance(imp: dict[str, dict[str, float]], path: Path, title: str) -> str:
+    plt = _plt()
+    kinds = [k for k in ("family", "layer") if imp.get(k)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        items = list(imp[kind].items())
+        ax.barh([n for n, _ in items], [v for _, v in items])
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel("test AUROC drop when shuffled")
+        ax.set_title(f"importance by {kind}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _metrics_table(m: dict) -> str:
+    rows = [("**" + m["probe"]["name"] + "** (probe)", m["probe"])] + list(m.get("baselines", {}).items())
+    out = ["| score | AUROC [95% CI] | AUPRC | PRR | Brier | ECE | n | wrong |", "|---|---|---|---|---|---|---|---|"]
+    for n, r in rows:
+        out.append(f"| {n} | {r['auroc']:.3f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}] | {r['auprc']:.3f} | "
+                   f"{r['prr']:.3f} | {r['brier']:.3f} | {r['ece']:.3f} | {r['n']} | {r['n_incorrect']} |")
+    return "\n".join(out)
+
+
+def sweep_table(sweep: dict) -> str:
+    rows = sweep["rows"]
+    names = ["probe"] + [n.split("@k")[0] for n in rows[0]["baselines"]]
+    out = ["| score | " + " | ".join(f"k={r['k']}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
+    for n in names:
+        cells = []
+        for r in rows:
+            m = r["probe"] if n == "probe" else next(v for kk, v in r["baselines"].items() if kk.split("@k")[0] == n)
+            cells.append(f"{m['auroc']:.3f} [{m['auroc_ci'][0]:.2f}, {m['auroc_ci'][1]:.2f}]")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def fit_section(d: Path, out: Path, tag: str) -> list[str]:
+    from .training import plot_sweep
+
+    m = json.loads((d / "metrics.json").read_text())
+    md = [f"## Fit run `{d}`", "", _metrics_table(m), ""]
+    if "margin" in m:
+        g = m["margin"]
+        md.append(f"Probe minus best baseline ({g['best_baseline']}): **{g['auroc_margin']:+.3f}** AUROC; minus best "
+                  f"training-free score ({g['best_training_free']}): **{g['auroc_margin_training_free']:+.3f}**.\n")
+    if (d / "sweep.json").is_file():
+        sw = json.loads((d / "sweep.json").read_text())
+        plot_sweep(sw, out / f"{tag}_auroc_vs_k.png")
+        md += ["### Risk by step: AUROC vs k", "", f"![AUROC vs k]({tag}_auroc_vs_k.png)", "", sweep_table(sw), ""]
+    if m.get("reliability"):
+        md += ["### Calibration and selective answering", "",
+               f"![reliability]({plot_reliability(m['reliability'], out / f'{tag}_reliability.png', 'reliability (test)')}) "
+               + (f"![risk-coverage]({plot_risk_coverage(m['predictions'], out / f'{tag}_risk_coverage.png', 'risk-coverage (test)')})"
+                  if m.get("predictions") else ""), ""]
+    if m.get("importance"):
+        md += ["### What carries the risk", "",
+               f"![importance]({plot_importance(m['importance'], out / f'{tag}_importance.png', 'permutation importance')})", ""]
+    return md
+
+
+# ------------------------------------------------------------------------------------------ harvests
+def _traj_series(t) -> dict[str, np.ndarray]:
+    c = t["commitment"].float().numpy()
+    return {"entropy": c[..., 0], "sync": t["sync"].float().numpy()[..., 0].mean(-1),
+            "curvature": t["trajectory"].float().numpy()[..., 1].mean(-1), "commit_depth": c[..., 5]}
+
+
+def _mean_ci(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = m.sum(0)
+    mean = np.where(n > 0, (x * m).sum(0) / np.maximum(n, 1), np.nan)
+    var = np.where(n > 1, ((x - mean) ** 2 * m).sum(0) / np.maximum(n - 1, 1), np.nan)
+    return mean, 1.96 * np.sqrt(var / np.maximum(n, 1))
+
+
+def plot_trajectories(h, path: Path, title: str, max_step: int = 16) -> str:
+    """Mean trajectories, correct vs wrong, one row of panels per category."""
+    plt = _plt()
+    t = h.tensors
+    mask = t["step_mask"].numpy().astype(float)
+    series = _traj_series(t)
+    y = np.asarray(h.meta["label"])
+    cats = sorted(set(h.meta["category"]))
+    catarr = np.asarray(h.meta["category"])
+    lens_steps = h.schema.get("lens_steps", max_step)
+    fig, axes = plt.subplots(len(cats), len(TRAJ), figsize=(4 * len(TRAJ), 3.1 * len(cats)), squeeze=False)
+    for i, cat in enumerate(cats):
+        for j, (name, ylabel) in enumerate(TRAJ):
+            ax = axes[i][j]
+            S = min(max_step, (lens_steps if name == "commit_depth" else mask.shape[1] - 1)) + 1
+            for lab, color, text in ((0, "tab:green", "correct"), (1, "tab:red", "wrong")):
+                rows = (catarr == cat) & (y == lab)
+                if rows.sum() < 2:
+                    continue
+                mn, ci = _mean_ci(series[name][rows][:, :S], mask[rows][:, :S])
+                ax.plot(range(S), mn, color=color, label=f"{text} (n={rows.sum()})")
+                ax.fill_between(range(S), mn - ci, mn + ci, color=color, alpha=0.15)
+            ax.set_title(f"{cat}: {name}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel, fontsize=7)
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_side_by_side(hs: list[tuple[str, Any]], path: Path, max_step: int = 16) -> str:
+    """Mean trajectories of several harvests (models) on the same axes."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(TRAJ), figsize=(4 * len(TRAJ), 3.3), squeeze=False)
+    for label, h in hs:
+        t = h.tensors
+        mask = t["step_mask"].numpy().astype(float)
+        s = _traj_series(t)
+        for j, (name, ylabel) in enumerate(TRAJ):
+            S = min(max_step, (h.schema.get("lens_steps", max_step) if name == "commit_depth" else mask.shape[1] - 1)) + 1
+            mn, ci = _mean_ci(s[name][:, :S], mask[:, :S])
+            ax = axes[0][j]
+            ax.plot(range(S), mn, label=label)
+            ax.fill_between(range(S), mn - ci, mn + ci, alpha=0.12)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel, fontsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def profile_harvest(h, k: int = 8, layers=None) -> dict[str, Any]:
+    """Thresholds (fitted on the train split), regimes, per-category table and H1/H2 for one harvest."""
+    from .prompts import split_of
+
+    s = PF.early_summary(h.tensors, k, layers)
+    split = np.asarray([split_of(i) for i in h.meta["id"]])
+    th = PF.Thresholds.fit(s, split == "train", k)
+    reg = PF.assign(s, th)
+    y = np.asarray(h.meta["label"]).astype(float)
+    cats = np.asarray(h.meta["category"])
+    evalrows = split != "train"  # hypotheses on rows the thresholds never saw
+    out = {"thresholds": th.to_dict(), "regimes": reg, "y": y,
+           "by_category": {c: PF.regime_table(y, reg, cats == c) for c in sorted(set(cats.tolist()))},
+           "hypotheses": PF.hypotheses(y, reg, evalrows)}
+    return out
+
+
+def _regime_md(tab: list[dict]) -> list[str]:
+    out = ["| regime | sync | share | n | error rate [95% CI] |", "|---|---|---|---|---|"]
+    for r in tab:
+        if r["n"]:
+            out.append(f"| {r['regime']} | {r['sync']} | {r['share']:.1%} | {r['n']} | {r['error_rate']:.1%} "
+                       f"[{r['error_ci'][0]:.1%}, {r['error_ci'][1]:.1%}] |")
+    return out
+
+
+def _hyp_md(name: str, h: dict) -> str:
+    eff = h.get("effect", float("nan"))
+    ci = h.get("ci", [float("nan")] * 2)
+    extra = f" (groups: {h['n_a']} vs {h['n_b']} rows)" if "n_a" in h else ""
+    return f"- **{name}** {h['statement']}: effect {eff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] -> **{h['verdict']}**{extra}"
+
+
+def harvest_section(d: Path, h, out: Path, tag: str, k: int) -> tuple[list[str], dict]:
+    m = json.loads((d / "riskprobe.json").read_text())
+    title = f"{m['model']['name']} on {m['prompts']} ({len(h)} answers)"
+    md = [f"## Harvest `{d}`: {title}", "",
+          f"Normalisation `{h.schema['normalisation']}`, layers {h.schema['layers'][:3]}...{h.schema['layers'][-1:]}, K = {h.schema['K']}.",
+          "", "| set | n | correct | echo discounted |", "|---|---|---|---|"]
+    for s, v in m.get("summary", {}).items():
+        md.append(f"| {s} | {v['n']} | {v['correct_rate']:.1%} | {v['echo_rate']:.1%} |")
+    md += ["", "### Mean trajectories, correct vs wrong", "",
+           f"![trajectories]({plot_trajectories(h, out / f'{tag}_trajectories.png', title)})", ""]
+    prof = profile_harvest(h, k)
+    md += [f"### Dynamic profile (early window: steps 0..{k})", "",
+           "Thresholds, fitted on the training split: " + ", ".join(f"{a} = {b:.3f}" for a, b in prof["thresholds"].items()
+                                                                  if a != "k"), ""]
+    for cat, tab in prof["by_category"].items():
+        md += [f"**{cat}**", "", *_regime_md(tab), ""]
+    md += ["Hypotheses (on the validation and test splits):", "", *[_hyp_md(n, v) for n, v in prof["hypotheses"].items()], ""]
+    # H4 within this harvest: the same H1 with other monitored layers
+    L = len(h.schema["layers"])
+    subsets = {"all": None, "early": list(range(0, L // 3)), "middle": list(range(L // 3, 2 * L // 3)),
+               "late": list(range(2 * L // 3, L))}
+    h4 = {}
+    for name, idx in subsets.items():
+        if idx is not None and not idx:
+            continue
+        p = profile_harvest(h, k, idx)
+        h4[name] = {hn: {kk: p["hypotheses"][hn][kk] for kk in ("effect", "ci", "verdict")} for hn in ("H1", "H2")}
+    md += ["H1 and H2 with other monitored layers (the same harvest):", "",
+           "| layers | H1 effect [CI] | H1 | H2 effect [CI] | H2 |", "|---|---|---|---|---|"]
+    for name, v in h4.items():
+        a, b = v["H1"], v["H2"]
+        md.append(f"| {name} | {a['effect']:+.3f} [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}] | {a['verdict']} | "
+                  f"{b['effect']:+.3f} [{b['ci'][0]:+.3f}, {b['ci'][1]:+.3f}] | {b['verdict']} |")
+    md.append("")
+    summary = {"title": title, "model": m["model"]["name"], "normalisation": h.schema["normalisation"],
+               "thresholds": prof["thresholds"], "hypotheses": prof["hypotheses"], "by_category": prof["by_category"],
+               "layers_h4": h4}
+    return md, {"summary": summary, "prof": prof, "meta": m}
+
+
+def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8) -> Path:
+    """Write ``report.md`` (+ PNGs, ``report.json``) for fit runs and harvests into ``out``."""
+    from .data import load_harvests
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# riskprobe report", ""]
+    js: dict[str, Any] = {"fits": [], "harvests": []}
+    harvests = []
+    for i, r in enumerate(runs):
+        d = Path(r)
+        if (d / "metrics.json").is_file():
+            md += fit_section(d, out, f"fit{i}")
+            js["fits"].append(str(d))
+        elif (d / "riskprobe.json").is_file():
+            h = load_harvests([d])
+            sec, info = harvest_section(d, h, out, f"harvest{i}", k)
+            md += sec
+            js["harvests"].append(info["summary"])
+            harvests.append((d, h, info))
+        else:
+            raise UserError("neither a fit run (metrics.json) nor a harvest (riskprobe.json)", file=d, field="run")
+    if len(harvests) > 1:
+        md += ["## Harvests side by side", "",
+               f"![side by side]({plot_side_by_side([(i['summary']['title'], h) for _, h, i in harvests], out / 'side_by_side.png')})", ""]
+        # Profiles on shared axes: one set of thresholds, fitted on the pooled training rows of all harvests.
+        from .prompts import split_of
+
+        summ = [PF.early_summary(h.tensors, k) for _, h, _ in harvests]
+        trains = [np.asarray([split_of(i) == "train" for i in h.meta["id"]]) for _, h, _ in harvests]
+        pooled = {n: np.concatenate([s_[n] for s_ in summ]) for n in summ[0]}
+        th = PF.Thresholds.fit(pooled, np.concatenate(trains), k)
+        groups = {}
+        for (_, h, info), s_ in zip(harvests, summ):
+            reg = PF.assign(s_, th)
+            sets = np.asarray(h.meta["set"])
+            for s in sorted(set(sets.tolist())):
+                groups[(info["meta"]["model"]["name"] + "|" + h.schema["normalisation"], s)] = (reg, sets == s)
+        h3 = PF.between_vs_within(groups)
+        md += ["Profiles on shared axes (thresholds fitted on the pooled training rows: "
+               + ", ".join(f"{a} = {b:.3f}" for a, b in th.to_dict().items() if a != "k")
+               + "); shares of regime x sync cells per model and set:", ""]
+        md += ["| model | set | " + " | ".join(f"{a}/{b}" for a, b in PF.CELLS) + " |", "|---|---|" + "---|" * len(PF.CELLS)]
+        for (mname, s), (reg, rows) in groups.items():
+            v = PF.profile_vector(reg, np.flatnonzero(rows))
+            md.append(f"| {mname} | {s} | " + " | ".join(f"{x:.2f}" for x in v) + " |")
+        md += ["", _hyp_md("H3", h3), ""]
+        js["H3"] = h3
+        norms = {}
+        for _, h, info in harvests:
+            norms.setdefault(info["meta"]["model"]["name"], []).append(
+                (h.schema["normalisation"], info["summary"]["hypotheses"]["H1"]))
+        rows = [(mn, n, hh) for mn, lst in norms.items() if len({x[0] for x in lst}) > 1 for n, hh in lst]
+        if rows:
+            md += ["H1 by hidden-state normalisation (same model):", "", "| model | normalisation | H1 effect [CI] | verdict |",
+                   "|---|---|---|---|"]
+            md += [f"| {mn} | {n} | {hh['effect']:+.3f} [{hh['ci'][0]:+.3f}, {hh['ci'][1]:+.3f}] | {hh['verdict']} |"
+                   for mn, n, hh in rows]
+            md.append("")
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    atomic_write_json(out / "report.json", js)
+    return out / "report.md"
