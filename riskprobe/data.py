@@ -188,8 +188,10 @@ class Standardizer:
         if valid.shape[0] == 0:
             valid = torch.zeros(1, seq.shape[-1])
         sm, ss = valid.mean(0), valid.std(0, unbiased=False)
-        gm = static.mean(0) if static.shape[0] else torch.zeros(static.shape[1])
-        gs = static.std(0, unbiased=False) if static.shape[0] else torch.ones(static.shape[1])
+        if static.shape[0] and static.shape[1]:
+            gm, gs = static.mean(0), static.std(0, unbiased=False)
+        else:
+            gm, gs = torch.zeros(static.shape[1]), torch.ones(static.shape[1])
         fix = lambda s: torch.where(s > 1e-6, s, torch.ones_like(s))  # noqa: E731
         return cls(sm, fix(ss), gm, fix(gs))
 

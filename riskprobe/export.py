@@ -96,6 +96,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
         meta["threshold"] = metrics.get("calibration", {}).get("threshold")
         meta["test_metrics"] = {"probe": metrics.get("probe"), "margin": metrics.get("margin")}
     meta["threshold"] = meta.get("threshold") if meta.get("threshold") is not None else 0.5
+    if (ckpt.parent / "config.yaml").is_file():
+        meta["training"]["config"] = (ckpt.parent / "config.yaml").read_text()
     meta.update(extra or {})
     rm = build_risk_model(meta)
     rm.load_state_dict(sd)

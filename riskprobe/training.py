@@ -509,6 +509,12 @@ def _cli_class():
                 res["sweep"] = {"file": str(root / "sweep.json"), "plot": str(root / "auroc_vs_k.png")}
                 print("\nAUROC vs k (95% CI)\n" + format_sweep(sw))
             atomic_write_json(root / "metrics.json", res)
+            # beside the checkpoint too, so that `riskprobe export` records metrics and config in the artifact
+            atomic_write_json(ckdir / "metrics.json", res)
+            if (root / "config.yaml").is_file():
+                from .fsutil import atomic_write_text
+
+                atomic_write_text(ckdir / "config.yaml", (root / "config.yaml").read_text())
             print(f"\nmetrics: {root / 'metrics.json'}   checkpoint: {final}")
 
         def after_fit(self):
