@@ -201,7 +201,8 @@ def split_indices(h: Harvests, *, fractions=(0.7, 0.15, 0.15), salt: str = "risk
     """Row indices of train/val/test, assigned by a hash of the question id (never by row order).
 
     With ``test_sets`` different from ``train_sets`` (a cross-set run), train and val come from the
-    train sets' train and val splits and test is every row of the test sets.
+    train sets' train and val splits and test is every row of the test sets whose question was not
+    trained on. With ``test_sets`` alone, the test split is restricted to those sets.
     """
     sets = np.asarray(h.meta["set"])
     splits = np.asarray([split_of(i, fractions, salt) for i in h.meta["id"]])
@@ -213,10 +214,10 @@ def split_indices(h: Harvests, *, fractions=(0.7, 0.15, 0.15), salt: str = "risk
                                 field=name)
     tr_mask = np.isin(sets, train_sets) if train_sets else np.ones(len(sets), bool)
     out = {"train": np.flatnonzero(tr_mask & (splits == "train")), "val": np.flatnonzero(tr_mask & (splits == "val"))}
-    if test_sets and set(test_sets) != set(train_sets or []):
+    if test_sets and train_sets and set(test_sets) != set(train_sets):  # cross-set: all unseen rows of the test sets
         te = np.isin(sets, test_sets)
         ids = np.asarray(h.meta["id"])
-        te &= ~np.isin(ids, ids[out["train"]])  # never test on a trained question
+        te &= ~np.isin(ids, ids[np.r_[out["train"], out["val"]]])  # never test on a trained question
         out["test"] = np.flatnonzero(te)
     else:
         te_mask = np.isin(sets, test_sets) if test_sets else tr_mask
