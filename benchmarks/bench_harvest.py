@@ -21,6 +21,20 @@ import time
 from pathlib import Path
 
 
+def _hidden_states_generate(lm, rps, max_new_tokens):
+    """The alternative to hooks: ask generate for every layer's states at every step (kept until the end)."""
+    import torch
+
+    from riskprobe.generation import finish_rows, tokenize
+
+    enc = tokenize(lm, rps)
+    with torch.inference_mode():
+        out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, output_hidden_states=True,
+                                output_logits=True, return_dict_in_generate=True,
+                                pad_token_id=lm.tokenizer.pad_token_id)
+    return finish_rows(lm, out.sequences[:, enc["input_ids"].shape[1]:], ())
+
+
 def _gen_rate(lm, items, spec, batch_size, max_new_tokens):
     from riskprobe.generation import generate
     from riskprobe.models import render
@@ -29,7 +43,9 @@ def _gen_rate(lm, items, spec, batch_size, max_new_tokens):
     n_tok, t0 = 0, time.perf_counter()
     for b in range(0, len(items), batch_size):
         rps = [render(lm.tokenizer, it.prompt, it.answer_kind) for it in items[b:b + batch_size]]
-        if spec is None:
+        if spec == "hidden_states":
+            gens = _hidden_states_generate(lm, rps, max_new_tokens)
+        elif spec is None:
             gens = generate(lm, rps, max_new_tokens=max_new_tokens)
         else:
             cap = Capture(lm, spec)
@@ -54,6 +70,7 @@ def speed(args):
     if args.variants:
         specs["no lens"] = FeatureSpec(families=["commitment", "sync", "trajectory", "raw"]).resolve(lm)
         specs["commitment only"] = FeatureSpec(families=["commitment"]).resolve(lm)
+        specs["output_hidden_states (no features)"] = "hidden_states"
     _gen_rate(lm, items[: args.batch_size], None, args.batch_size, 4)  # warm-up
     res = {k: [0, 0.0] for k in specs}
     for r in range(args.rounds):
@@ -65,9 +82,9 @@ def speed(args):
     print(f"model {lm.identity.name} on {lm.device} ({next(lm.model.parameters()).dtype}), {len(items)} prompts x "
           f"{args.rounds} rounds, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
           f"threads {torch.get_num_threads()}")
-    print(f"{'variant':<22}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ratio':>8}")
+    print(f"{'variant':<36}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ratio':>8}")
     for name, (n, s) in res.items():
-        print(f"{name:<22}{n:>8}{s:>10.2f}{n / s:>10.1f}{(n / s) / base:>8.3f}")
+        print(f"{name:<36}{n:>8}{s:>10.2f}{n / s:>10.1f}{(n / s) / base:>8.3f}")
     return res
 
 

@@ -85,6 +85,13 @@ def load_harvests(paths: list[str | Path]) -> Harvests:
         tens.append(signature_tensors(ds))
     meta = {c: sum((m[c] for m in metas), []) for c in metas[0]}
     tensors = {k: torch.cat([t[k] for t in tens]) if len(tens) > 1 else tens[0][k] for k in tens[0]}
+    if len(paths) > 1:  # a question harvested twice counts once: the first harvest's row is kept
+        seen: set[str] = set()
+        keep = [i for i, q in enumerate(meta["id"]) if not (q in seen or seen.add(q))]
+        if len(keep) < len(meta["id"]):
+            meta = {c: [v[i] for i in keep] for c, v in meta.items()}
+            idx = torch.as_tensor(keep)
+            tensors = {k: v[idx] for k, v in tensors.items()}
     _, m0 = first
     return Harvests(meta, tensors, m0["feature_schema"], m0["model"], [str(p) for p in paths])
 

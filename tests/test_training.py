@@ -53,6 +53,7 @@ def test_no_question_crosses_splits_and_cross_set(tmp_path):
     ids = np.asarray(dm.harvests.meta["id"])
     parts = {k: set(ids[v]) for k, v in dm.idx.items()}
     assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"]) and not (parts["val"] & parts["test"])
+    assert len(dm.harvests) == 300  # the 100 questions harvested twice count once
     dm2 = _dm([a, b], train_sets=["seta"], test_sets=["setb"])
     ids_tr = set(ids[dm2.idx["train"]])
     assert not ids_tr & set(ids[dm2.idx["test"]])  # shared questions are never tested after training on them
