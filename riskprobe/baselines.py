@@ -76,7 +76,7 @@ def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
 
 
 def sklearn_baselines(inputs: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], idx: dict[str, np.ndarray],
-                      schema: dict) -> dict[str, dict]:
+                      schema: dict, cache: dict | None = None) -> dict[str, dict]:
     """scikit-learn probes on the same split: logistic regression on the probe's features, and on the
     last-prompt-token hidden state (step 0) at each stored raw layer, the best layer chosen on validation.
 
@@ -88,7 +88,9 @@ def sklearn_baselines(inputs: dict[str, torch.Tensor], tensors: dict[str, torch.
     pipe, C, va = sklearn_logreg(X[idx["train"]], y[idx["train"]], X[idx["val"]], y[idx["val"]])
     out["sklearn_logreg@features"] = {"test": pipe.predict_proba(X[idx["test"]])[:, 1],
                                       "val": pipe.predict_proba(X[idx["val"]])[:, 1], "info": {"C": C}}
-    if "raw" in tensors:
+    if cache is not None and "sklearn_logreg@prompt_hidden" in cache:  # does not depend on k
+        out["sklearn_logreg@prompt_hidden"] = cache["sklearn_logreg@prompt_hidden"]
+    elif "raw" in tensors:
         raw0 = tensors["raw"][:, 0].float().numpy()  # [N, M, H]
         best = None
         for j, layer in enumerate(schema["raw_layers"]):
@@ -100,4 +102,6 @@ def sklearn_baselines(inputs: dict[str, torch.Tensor], tensors: dict[str, torch.
         out["sklearn_logreg@prompt_hidden"] = {"test": pipe.predict_proba(Xl[idx["test"]])[:, 1],
                                                "val": pipe.predict_proba(Xl[idx["val"]])[:, 1],
                                                "info": {"layer": int(layer), "C": C}}
+        if cache is not None:
+            cache["sklearn_logreg@prompt_hidden"] = out["sklearn_logreg@prompt_hidden"]
     return out

@@ -45,7 +45,17 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", prompts:
     from .scoring import Scorer, score_file
     from .training import cli_main
 
+    import sys
+
+    from .prompts import load_items
+
     out = Path(out)
+    if prompts == DEMO_PROMPTS:
+        try:
+            load_items("triviaqa", limit=1)
+        except UserError as e:  # no public sets on this machine: the built-in set alone still runs
+            print(f"riskprobe: note: {e}; the demo uses the built-in set only", file=sys.stderr)
+            prompts = "builtin"
     h = harvest(HarvestConfig(model=model, prompts=prompts, out=str(out / "harvest")), progress=progress)
     fit_dir, ck = out / "fit", out / "checkpoints"
     cli_main(["fit", "--config", str(REPO_ROOT / "configs" / "fit" / "default.yaml"), "--data.paths", f"[{h}]",

@@ -206,7 +206,7 @@ def _logits(rm: RiskModel, seq, mask, static) -> torch.Tensor:
 
 
 def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot: int = 1000,
-                           baselines: bool = True) -> dict[str, Any]:
+                           baselines: bool = True, cache: dict | None = None) -> dict[str, Any]:
     """Calibrate the probe on validation, pick its threshold there, and evaluate it and the baselines on
     the test split. Returns ``{"probe": {...}, "baselines": {name: {...}}, "margin": {...}, ...}``."""
     rm = module.risk_model
@@ -229,8 +229,12 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
             r["auroc"] = M.auroc(yt, s[idx["test"]])  # the raw score's ranking (Platt keeps it unless flipped)
             r["kind"] = "training-free"
             out["baselines"][name] = r
-        for name, d in sklearn_baselines(dm.inputs, dm.harvests.tensors, idx, dm.harvests.schema).items():
-            r = M.evaluate(yt, d["test"], threshold=M.best_threshold(yv, d["val"]), n_boot=n_boot)
+        for name, d in sklearn_baselines(dm.inputs, dm.harvests.tensors, idx, dm.harvests.schema, cache).items():
+            # class-balanced training skews the probabilities: recalibrate on validation like the probe
+            to_p = platt(d["val"], yv)
+            pv, pt = to_p(d["val"]), to_p(d["test"])
+            r = M.evaluate(yt, pt, threshold=M.best_threshold(yv, pv), n_boot=n_boot)
+            r["auroc"] = M.auroc(yt, d["test"])
             r.update(kind="sklearn", **d["info"])
             out["baselines"][name] = r
         best = max(out["baselines"].items(), key=lambda kv: kv[1]["auroc"])
@@ -315,6 +319,8 @@ def fit_probe(dm: HarvestDataModule, module_kwargs: dict[str, Any], *, max_epoch
 
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no per-probe banners in sweeps
     L.seed_everything(seed, verbose=False)
     module = ProbeModule(**module_kwargs)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -334,6 +340,7 @@ def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int],
     """Probe and baselines for each k: how early the risk becomes visible."""
     K = dm.harvests.schema["K"]
     table = []
+    cache: dict = {}
     for k in sorted({min(int(k), K) for k in ks}):
         dmk = copy.copy(dm)
         dmk.selection = FeatureSelection(dm.selection.families, k, dm.selection.raw_layers)
@@ -341,7 +348,7 @@ def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int],
         tr = dm.idx["train"]
         dmk.standardizer = Standardizer.fit(dmk.inputs["seq"][tr], dmk.inputs["mask"][tr], dmk.inputs["static"][tr])
         mod = fit_probe(dmk, module_kwargs, max_epochs=max_epochs, patience=patience, seed=seed)
-        res = calibrate_and_evaluate(mod, dmk, n_boot=n_boot)
+        res = calibrate_and_evaluate(mod, dmk, n_boot=n_boot, cache=cache)
         table.append({"k": k, "probe": res["probe"], "baselines": res["baselines"]})
         log.info("k=%d probe AUROC %.3f", k, res["probe"]["auroc"])
     return {"ks": [r["k"] for r in table], "rows": table}
