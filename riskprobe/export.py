@@ -107,6 +107,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
         export_onnx(rm, meta, tmp / "probe.onnx")
         meta["onnx_sha256"] = sha256_files([tmp / "probe.onnx"])
         (tmp / "probe.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
     return Path(out)
 
 
