@@ -328,7 +328,8 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8) -> Path
             reg = PF.assign(s_, th)
             sets = np.asarray(h.meta["set"])
             for s in sorted(set(sets.tolist())):
-                groups[(info["meta"]["model"]["name"] + "|" + h.schema["normalisation"], s)] = (reg, sets == s)
+                # the same model, normalisation and set in two harvests: the first one stands for it
+                groups.setdefault((info["meta"]["model"]["name"] + "|" + h.schema["normalisation"], s), (reg, sets == s))
         h3 = PF.between_vs_within(groups)
         md += ["Profiles on shared axes (thresholds fitted on the pooled training rows: "
                + ", ".join(f"{a} = {b:.3f}" for a, b in th.to_dict().items() if a != "k")
