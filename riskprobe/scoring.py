@@ -291,7 +291,7 @@ def given_answer_pairs(name: str, limit: int | None = None, seed: int = 0) -> li
             raise UserError(f"TruthfulQA mc_task.json not found at {p}; set RISKPROBE_DATASETS", field="set")
         for o in json.loads(p.read_text(encoding="utf-8")):
             targets = o.get("mc2_targets") or o["mc1_targets"]
-            rows += [(o["question"], ans, 1 - int(v), o["question"]) for ans, v in targets.items()]
+            rows += [(o["question"], ans, 1 - int(v), o["question"]) for ans, v in targets.items() if ans.strip()]
     else:
         raise UserError(f"unknown given-answers set '{name}' (halueval, truthfulqa_mc)", field="set")
     if limit is not None:  # subsample whole questions, deterministically
