@@ -269,7 +269,8 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 def _run_lightning(argv: list[str]) -> int:
     """``fit``/``validate``/``test`` go to LightningCLI (configs/fit/*.yaml, --print_config, overrides)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no banners; metrics tables are printed
     try:
         from .training import cli_main
 
