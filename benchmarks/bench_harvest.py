@@ -11,7 +11,6 @@ memory of a plain-generation process and of harvest processes over N1 and N2 pro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess

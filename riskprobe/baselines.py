@@ -10,13 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .signatures.features import masked_step_mean
+
 # commitment columns (see riskprobe.signatures.features.COMMITMENT)
 ENT, TOP1, MARGIN, LOGP = 0, 1, 2, 3
-
-
-def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    m = m.float()
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, np.ndarray]:
@@ -29,10 +26,10 @@ def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, 
     lowest = torch.where(m, p_chosen, torch.ones_like(p_chosen)).min(1).values
     out = {
         "first_token_entropy": c[:, 0, ENT],
-        f"mean_entropy@k{k}": _masked_mean(c[:, : k + 1, ENT], mk),
-        f"neg_mean_top1@k{k}": -_masked_mean(c[:, : k + 1, TOP1], mk),
-        f"neg_mean_logprob@k{k}": -_masked_mean(c[:, : k + 1, LOGP], mk),
-        "mean_entropy@answer": _masked_mean(c[..., ENT], m),
+        f"mean_entropy@k{k}": masked_step_mean(c[:, : k + 1, ENT], mk),
+        f"neg_mean_top1@k{k}": -masked_step_mean(c[:, : k + 1, TOP1], mk),
+        f"neg_mean_logprob@k{k}": -masked_step_mean(c[:, : k + 1, LOGP], mk),
+        "mean_entropy@answer": masked_step_mean(c[..., ENT], m),
         "lowest_token_prob@answer": 1.0 - lowest,
     }
     return {k_: v.numpy().astype(np.float64) for k_, v in out.items()}

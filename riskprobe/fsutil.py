@@ -75,6 +75,15 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
         raise
 
 
+def atomic_savefig(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure to ``path`` (PNG) through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
 def sha256_files(paths: list[str | Path], chunk: int = 1 << 22) -> str:
     """SHA-256 of the concatenation of ``paths`` (in the given order)."""
     h = hashlib.sha256()

@@ -34,10 +34,9 @@ class RiskMonitor:
         scorer.check_model(lm, allow_model_mismatch=allow_model_mismatch)
         self.scorer, self.lm, self.stop = scorer, lm, stop
         self.threshold = scorer.threshold if threshold is None else float(threshold)
-        spec = scorer.feature_spec()
-        self.spec = spec if spec.n_layers is not None else spec.resolve(lm)
         self._eos = eos_ids(lm)
-        self.cap = Capture(lm, self.spec)
+        self.cap = Capture(lm, scorer.feature_spec())
+        self.spec = self.cap.spec
         self.risk: np.ndarray | None = None
         self.risk_by_step: np.ndarray | None = None
         self.flagged: np.ndarray | None = None

@@ -21,12 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .signatures.features import masked_step_mean
+
 REGIMES = ("committed", "turbulent_resolved", "turbulent_unresolved", "other")
 
 
 def _mmean(x: torch.Tensor, m: torch.Tensor) -> np.ndarray:
-    m = m.float()
-    return ((x * m).sum(1) / m.sum(1).clamp_min(1.0)).numpy().astype(np.float64)
+    return masked_step_mean(x, m).numpy().astype(np.float64)
 
 
 def early_summary(t: dict[str, torch.Tensor], k: int = 8, layers: Sequence[int] | None = None) -> dict[str, np.ndarray]:

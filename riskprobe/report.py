@@ -10,7 +10,6 @@ put on the same axes (architectures side by side) and compared (H3, H4).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from . import profiles as PF
 from .errors import UserError
-from .fsutil import atomic_write_json, atomic_write_text
+from .fsutil import atomic_savefig, atomic_write_json, atomic_write_text
 
 TRAJ = [("entropy", "next-token entropy (nats)"), ("sync", "inter-layer cos(h_l, h_l+1), mean over layers"),
         ("curvature", "curvature (rad), mean over layers"), ("commit_depth", "commitment depth (fraction of lens layers)")]
@@ -34,10 +33,8 @@ def _plt():
 
 
 def _save(fig, path: Path) -> str:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, path)
     _plt().close(fig)
-    os.replace(tmp, path)
     return path.name
 
 
@@ -115,15 +112,13 @@ def _metrics_table(m: dict) -> str:
 
 
 def sweep_table(sweep: dict) -> str:
+    from .training import sweep_series
+
     rows = sweep["rows"]
-    names = ["probe"] + [n.split("@k")[0] for n in rows[0]["baselines"]]
     out = ["| score | " + " | ".join(f"k={r['k']}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
-    for n in names:
-        cells = []
-        for r in rows:
-            m = r["probe"] if n == "probe" else next(v for kk, v in r["baselines"].items() if kk.split("@k")[0] == n)
-            cells.append(f"{m['auroc']:.3f} [{m['auroc_ci'][0]:.2f}, {m['auroc_ci'][1]:.2f}]")
-        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    for name, ms in sweep_series(sweep).items():
+        cells = [f"{m['auroc']:.3f} [{m['auroc_ci'][0]:.2f}, {m['auroc_ci'][1]:.2f}]" if m else "-" for m in ms]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

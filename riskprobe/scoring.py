@@ -120,7 +120,7 @@ class Scorer:
         responses = list(responses) if responses is not None else [None] * len(prompts)
         kinds = list(answer_kinds) if answer_kinds is not None else ["alias"] * len(prompts)
         out: list[dict[str, Any] | None] = [None] * len(prompts)
-        spec = self.feature_spec().resolve(lm) if self.feature_spec().n_layers is None else self.feature_spec()
+        spec = self.feature_spec()
         for forced_mode in (False, True):
             rows = [i for i, r in enumerate(responses) if (r is not None) == forced_mode]
             if not rows:

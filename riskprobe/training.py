@@ -354,18 +354,22 @@ def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int],
     return {"ks": [r["k"] for r in table], "rows": table}
 
 
+def sweep_series(sweep: dict[str, Any]) -> dict[str, list[dict[str, Any] | None]]:
+    """Per score (``probe`` and each baseline, named without its ``@k``), its metrics at each k of a sweep."""
+    rows = sweep["rows"]
+    series: dict[str, list] = {"probe": [r["probe"] for r in rows]}
+    for name in rows[0]["baselines"]:
+        base = name.split("@k")[0]
+        series[base] = [next((v for kk, v in r["baselines"].items() if kk.split("@k")[0] == base), None) for r in rows]
+    return series
+
+
 def format_sweep(sweep: dict[str, Any]) -> str:
     """AUROC [95% CI] by k for the probe and every baseline."""
-    rows = sweep["rows"]
-    names = ["probe"] + list(rows[0]["baselines"])
-    head = f"{'score':<28}" + "".join(f"{'k=' + str(r['k']):>22}" for r in rows)
-    lines = [head]
-    for n in names:
-        cells = []
-        for r in rows:
-            m = r["probe"] if n == "probe" else next((v for kk, v in r["baselines"].items() if kk.split("@k")[0] == n.split("@k")[0]), None)
-            cells.append(f"{m['auroc']:.3f} [{m['auroc_ci'][0]:.2f},{m['auroc_ci'][1]:.2f}]" if m else "-")
-        lines.append(f"{n.split('@k')[0]:<28}" + "".join(f"{c:>22}" for c in cells))
+    lines = [f"{'score':<28}" + "".join(f"{'k=' + str(r['k']):>22}" for r in sweep["rows"])]
+    for name, ms in sweep_series(sweep).items():
+        cells = [f"{m['auroc']:.3f} [{m['auroc_ci'][0]:.2f},{m['auroc_ci'][1]:.2f}]" if m else "-" for m in ms]
+        lines.append(f"{name:<28}" + "".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 
 
@@ -379,11 +383,7 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
     rows = sweep["rows"]
     ks = [r["k"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = {"probe": [r["probe"] for r in rows]}
-    for name in rows[0]["baselines"]:
-        base = name.split("@k")[0]
-        series[base] = [next(v for kk, v in r["baselines"].items() if kk.split("@k")[0] == base) for r in rows]
-    for name, ms in series.items():
+    for name, ms in sweep_series(sweep).items():
         a = np.array([m["auroc"] for m in ms])
         lo = np.array([m["auroc_ci"][0] for m in ms])
         hi = np.array([m["auroc_ci"][1] for m in ms])
@@ -400,10 +400,10 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
     ax.set_title("How early is the risk visible?")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    from .fsutil import atomic_savefig
+
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def save_calibrated(module: ProbeModule, path: str | Path) -> None:

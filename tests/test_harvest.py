@@ -1,12 +1,10 @@
 """Harvest: dataset and manifest, resume after SIGKILL, two processes under torchrun, refusals, CLI errors."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import datasets
 import numpy as np

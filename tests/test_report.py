@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from riskprobe import profiles as PF
-from riskprobe.report import write_report
 from synth import make_harvest
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from riskprobe import metrics as M
 from riskprobe.cli import main
 from riskprobe.data import Standardizer, load_harvests
 from riskprobe.errors import UserError

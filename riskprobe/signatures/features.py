@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 EPS = 1e-8
 
@@ -120,6 +119,12 @@ def commitment_depth(agree: torch.Tensor) -> torch.Tensor:
     suffix = torch.flip(torch.cumprod(torch.flip(agree, [-1]), -1), [-1])
     first = m - suffix.sum(-1)
     return first / float(m)
+
+
+def masked_step_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x [N, S]`` over the steps where ``mask [N, S]`` is true (0 for a row with none)."""
+    m = mask.float()
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 def normalise(h: torch.Tensor, how: str, norm=None) -> torch.Tensor:
