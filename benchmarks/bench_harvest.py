@@ -6,6 +6,7 @@ memory of a plain-generation process and of harvest processes over N1 and N2 pro
 
     python benchmarks/bench_harvest.py --model smollm2-135m --n 64 --rounds 3
     python benchmarks/bench_harvest.py --memory --mem-prompts 200 2000
+    python benchmarks/bench_harvest.py --device cuda --dtype bfloat16 --n 1024 --batch-sizes 16 64 256 1024
 """
 
 from __future__ import annotations
@@ -55,6 +56,45 @@ def _gen_rate(lm, items, spec, batch_size, max_new_tokens):
     return n_tok, time.perf_counter() - t0
 
 
+def _device_name(lm) -> str:
+    import torch
+
+    if lm.device.type == "cuda":
+        return torch.cuda.get_device_name(lm.device)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def batch_table(args):
+    """tokens/s of plain generation and of a harvest against batch size (interleaved rounds per size)."""
+    import torch
+
+    from riskprobe.models import load_model
+    from riskprobe.prompts import load_items
+    from riskprobe.signatures import FeatureSpec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    items = load_items(args.prompts, limit=args.n)
+    spec = FeatureSpec().resolve(lm)
+    _gen_rate(lm, items[: min(args.batch_sizes)], None, min(args.batch_sizes), 4)  # warm-up
+    print(f"model {lm.identity.name} on {_device_name(lm)} ({next(lm.model.parameters()).dtype}), {len(items)} prompts, "
+          f"{args.rounds} rounds per size, max_new_tokens {args.max_new_tokens}, threads {torch.get_num_threads()}")
+    print(f"{'batch':>6}{'plain tok/s':>13}{'harvest tok/s':>15}{'ratio':>8}")
+    rows = []
+    for bs in args.batch_sizes:
+        acc = {"plain": [0, 0.0], "harvest": [0, 0.0]}
+        for _ in range(args.rounds):
+            for name, sp in (("plain", None), ("harvest", spec)):
+                n, s = _gen_rate(lm, items, sp, bs, args.max_new_tokens)
+                acc[name][0] += n
+                acc[name][1] += s
+        p, h = (acc[k][0] / acc[k][1] for k in ("plain", "harvest"))
+        rows.append((bs, p, h))
+        print(f"{bs:>6}{p:>13.1f}{h:>15.1f}{h / p:>8.3f}", flush=True)
+    return rows
+
+
 def speed(args):
     import torch
 
@@ -78,7 +118,7 @@ def speed(args):
             res[name][0] += n
             res[name][1] += s
     base = res["plain"][0] / res["plain"][1]
-    print(f"model {lm.identity.name} on {lm.device} ({next(lm.model.parameters()).dtype}), {len(items)} prompts x "
+    print(f"model {lm.identity.name} on {_device_name(lm)} ({next(lm.model.parameters()).dtype}), {len(items)} prompts x "
           f"{args.rounds} rounds, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
           f"threads {torch.get_num_threads()}")
     print(f"{'variant':<36}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ratio':>8}")
@@ -136,6 +176,7 @@ def main():
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", help="print tokens/s against batch size instead")
     ap.add_argument("--max-new-tokens", type=int, default=33)
     ap.add_argument("--device")
     ap.add_argument("--dtype")
@@ -152,6 +193,8 @@ def main():
         _child(args.child, args.model, args.prompts, args.n, args.out, args.max_new_tokens, args.batch_size)
     elif args.memory:
         memory(args)
+    elif args.batch_sizes:
+        batch_table(args)
     else:
         speed(args)
 

@@ -1,9 +1,10 @@
 """RiskMonitor overhead and offline scoring throughput, measured side by side in one run.
 
-    python benchmarks/bench_monitor.py --probe default --n 64 --rounds 3
+    python benchmarks/bench_monitor.py --probe default --n 64 --rounds 8
 
-Plain ``model.generate`` vs the same call with a RiskMonitor (flag only), interleaved rounds, same
-prompts, batch size and max tokens; prints tokens/s and the ratio.
+Plain ``model.generate`` vs the same call with a RiskMonitor (flag only), interleaved rounds (the order
+alternates from round to round), same prompts, batch size and max tokens; prints tokens/s, the ratio of the
+totals, and the median and spread (min, max, IQR) of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ def main():
     ap.add_argument("--model")
     ap.add_argument("--prompts", default="triviaqa")
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=33)
+    ap.add_argument("--device")
+    ap.add_argument("--dtype")
+    ap.add_argument("--allow-model-mismatch", action="store_true",
+                    help="run the probe on another model of the same shape (e.g. random weights, for timing only)")
     args = ap.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -35,8 +40,8 @@ def main():
     from riskprobe.scoring import Scorer
 
     scorer = Scorer.load(args.probe)
-    lm = load_model(args.model or scorer.model_identity["name"])
-    scorer.check_model(lm)
+    lm = load_model(args.model or scorer.model_identity["name"], device=args.device, dtype=args.dtype)
+    scorer.check_model(lm, allow_model_mismatch=args.allow_model_mismatch)
     items = load_items(args.prompts, limit=args.n)
     batches = [tokenize(lm, [render(lm.tokenizer, it.prompt, it.answer_kind) for it in items[b:b + args.batch_size]])
                for b in range(0, len(items), args.batch_size)]
@@ -57,27 +62,38 @@ def main():
             kw = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
             with torch.inference_mode():
                 if monitor:
-                    with RiskMonitor(scorer, lm) as mon:
+                    with RiskMonitor(scorer, lm, allow_model_mismatch=args.allow_model_mismatch) as mon:
                         out = lm.model.generate(**enc, **kw, stopping_criteria=StoppingCriteriaList([mon]))
                 else:
                     out = lm.model.generate(**enc, **kw)
             toks += count(out, enc["input_ids"].shape[1])
         return toks, time.perf_counter() - t0
 
+    import numpy as np
+
     run(False)  # warm-up
+    run(True)
     res = {"plain": [0, 0.0], "with RiskMonitor": [0, 0.0]}
-    for _ in range(args.rounds):
-        for name in res:
+    ratios = []
+    for r in range(args.rounds):
+        rate = {}
+        for name in (list(res) if r % 2 == 0 else list(res)[::-1]):
             n, s = run(name != "plain")
             res[name][0] += n
             res[name][1] += s
+            rate[name] = n / s
+        ratios.append(rate["with RiskMonitor"] / rate["plain"])
     base = res["plain"][0] / res["plain"][1]
-    print(f"model {lm.identity.name}, probe k={scorer.k}, {len(items)} prompts x {args.rounds} rounds, batch "
-          f"{args.batch_size}, max_new_tokens {args.max_new_tokens}, threads {torch.get_num_threads()}")
+    dev = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    print(f"model {lm.identity.name} on {dev} ({next(lm.model.parameters()).dtype}), probe k={scorer.k}, "
+          f"{len(items)} prompts x {args.rounds} rounds, batch {args.batch_size}, max_new_tokens "
+          f"{args.max_new_tokens}, threads {torch.get_num_threads()}")
     print(f"{'variant':<20}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ratio':>8}")
     for name, (n, s) in res.items():
         print(f"{name:<20}{n:>8}{s:>10.2f}{n / s:>10.1f}{(n / s) / base:>8.3f}")
-
+    q = np.quantile(ratios, [0.0, 0.25, 0.5, 0.75, 1.0])
+    print(f"per-round ratio (monitor / plain) over {len(ratios)} rounds: median {q[2]:.4f}, IQR [{q[1]:.4f}, {q[3]:.4f}], "
+          f"min {q[0]:.4f}, max {q[4]:.4f}; median overhead {100 * (1 - q[2]):.2f}%")
 
 if __name__ == "__main__":
     main()
