@@ -135,7 +135,7 @@ def cmd_compare(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_checkpoint
 
-    out = export_checkpoint(args.ckpt, args.out)
+    out = export_checkpoint(args.ckpt, args.out, force=args.force)
     meta = json.loads((out / "probe.json").read_text())
     print(f"exported {args.ckpt} -> {out} (probe.safetensors, probe.json, probe.onnx; model "
           f"{meta['model_identity']['name']}, k={meta['feature_spec']['selection']['k']}, threshold "
@@ -143,10 +143,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _positive(value: int | None, field: str, hi: int = 1 << 20) -> None:
+    if value is not None and not 1 <= value <= hi:
+        raise UserError(f"must be an integer from 1 to {hi}, got {value}", field=field)
+
+
 def _scorer_and_model(args):
-    from .models import load_model
+    """Load the probe (all its checks), check the options, then load the model: cheap checks first."""
+    from .models import check_device, load_model
     from .scoring import Scorer
 
+    _positive(getattr(args, "batch_size", None), "batch-size", 4096)
+    _positive(getattr(args, "max_new_tokens", None), "max-new-tokens", 4096)
+    _positive(getattr(args, "max_batch", None), "max-batch", 4096)
+    _positive(getattr(args, "limit", None), "limit")
+    _positive(getattr(args, "max_queue", None), "max-queue")
+    if getattr(args, "port", None) is not None and not 0 <= args.port <= 65535:
+        raise UserError(f"must be a port number from 0 to 65535, got {args.port}", field="port")
+    if args.device:
+        check_device(args.device)
     scorer = Scorer.load(args.probe)
     model = args.model or scorer.model_identity["name"]
     lm = load_model(model, device=getattr(args, "device", None))
@@ -155,8 +170,17 @@ def _scorer_and_model(args):
 
 
 def cmd_score(args) -> int:
-    from .scoring import score_file
+    from .scoring import _same_file, read_requests, score_file
 
+    inp, outp = Path(args.input), Path(args.output)
+    if not inp.is_file():
+        raise UserError("input file not found" if not inp.exists() else "is not a file", file=inp, field="input")
+    if _same_file(inp, outp) or inp.resolve() == outp.resolve():
+        raise UserError("--output is the input file; scoring writes a new file", file=outp, field="output")
+    if outp.exists() and not outp.is_file():
+        raise UserError("is not a file; --output must be a JSONL file", file=outp, field="output")
+    if args.on_error == "fail":
+        read_requests(inp, "fail", [])  # a malformed line fails before the model loads
     scorer, lm = _scorer_and_model(args)
     st = score_file(scorer, lm, args.input, args.output, batch_size=args.batch_size, on_error=args.on_error,
                     max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
@@ -171,7 +195,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     scorer, lm = _scorer_and_model(args)
-    serve(scorer, lm, host=args.host, port=args.port, max_batch=args.max_batch,
+    serve(scorer, lm, host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
           allow_model_mismatch=args.allow_model_mismatch)
     return 0
 
@@ -193,6 +217,8 @@ def cmd_eval_given(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
+    if args.k < 0:
+        raise UserError(f"must be a non-negative integer, got {args.k}", field="k")
     path = write_report(args.run, args.out, k=args.k)
     print(f"report: {path}")
     return 0
@@ -205,14 +231,21 @@ def _probe_args(p, model_required: bool = False) -> None:
     p.add_argument("--allow-model-mismatch", action="store_true", help="score with a model the probe was not trained for")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (``riskprobe harvest: error: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())[:300]} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="riskprobe", description="Predict, from a language model's dynamic signatures, "
+    p = _Parser(prog="riskprobe", description="Predict, from a language model's dynamic signatures, "
                                 "whether its answer is about to be wrong.")
     p.add_argument("--version", action="version", version=f"riskprobe {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _harvest_parser(sub)
     m = sub.add_parser("merge", help="merge a harvest's finished shards (after a multi-process run)")
     m.add_argument("--out", required=True)
@@ -225,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=text, add_help=False)
     e = sub.add_parser("export", help="export a trained probe checkpoint as a self-contained artifact")
     e.add_argument("--ckpt", required=True, help="checkpoint of a fit run (checkpoints/<run>/final.ckpt)")
-    e.add_argument("--out", required=True, help="artifact directory to write")
+    e.add_argument("--out", required=True, help="artifact directory to write (new, or an earlier artifact: replaced)")
+    e.add_argument("--force", action="store_true",
+                   help="if --out holds anything else, keep it under a new name (OUT.bak-N) and write the artifact")
     sc = sub.add_parser("score", help="score a JSONL file of prompts (generated) or prompt/response pairs (teacher forced)")
     _probe_args(sc)
     sc.add_argument("--input", required=True)
@@ -239,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8321)
     sv.add_argument("--max-batch", type=int, default=16)
+    sv.add_argument("--max-queue", type=int, default=256, help="requests waiting at most; beyond, 503")
     eg = sub.add_parser("eval-given", help="AUROC of the risk on given right/wrong answers (teacher forcing)")
     _probe_args(eg)
     eg.add_argument("--set", choices=["halueval", "truthfulqa_mc"], required=True)
@@ -266,35 +302,94 @@ COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "export": cmd_export, "sco
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
+def _option_values(argv: list[str], *names: str) -> list[str]:
+    out = []
+    for i, a in enumerate(argv):
+        if a in names and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif any(a.startswith(n + "=") for n in names):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
 def _run_lightning(argv: list[str]) -> int:
     """``fit``/``validate``/``test`` go to LightningCLI (configs/fit/*.yaml, --print_config, overrides)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
+                 "lightning.fabric.utilities.seed", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no banners; metrics tables are printed
+    from .fsutil import load_yaml
+
+    for path in _option_values(argv, "--config", "-c"):  # safe parse first: no aliases, UTF-8, <= 1 MiB, a mapping
+        data = load_yaml(path)
+        if not isinstance(data, dict):
+            raise UserError("expected a mapping at the top level", file=path)
+    for path in _option_values(argv, "--ckpt_path"):  # never let a checkpoint's pickle run code
+        if path not in ("best", "last", "null", "None"):
+            from .export import check_checkpoint
+
+            check_checkpoint(path)
     try:
         from .training import cli_main
-
-        return cli_main(argv)
-    except UserError as e:
-        print(f"riskprobe: error: {e}", file=sys.stderr)
-        return e.exit_code
     except ImportError as e:
-        print(f"riskprobe: error: training needs the 'train' extras ({e.name} is missing): "
-              "pip install 'riskprobe[train]'", file=sys.stderr)
-        return 2
+        raise UserError(f"training needs the 'train' extras ({e.name} is missing): pip install 'riskprobe[train]'") from None
+    try:
+        return cli_main(argv)
+    except SystemExit as e:  # jsonargparse's --help / --print_config, or its own error exit
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
     except Exception as e:  # argument errors from jsonargparse
         if type(e).__name__ in ("ArgumentError", "NSKeyError") or "jsonargparse" in type(e).__module__:
-            msg = " ".join(str(e).split())
-            print(f"riskprobe: error: {msg}", file=sys.stderr)
-            return 2
+            raise UserError(" ".join(str(e).split())[:500]) from None
         raise
+
+
+def _one_line(text: str, n: int = 300) -> str:
+    t = " ".join(str(text).split())
+    return t if len(t) <= n else t[: n - 3] + "..."
+
+
+def run_guarded(fn, *args, verbose: bool = False) -> int:
+    """The error boundary of every command: a user mistake is one line on stderr and exit status 2; an
+    unexpected failure is one line and exit status 1 (the traceback with -v or RISKPROBE_DEBUG=1)."""
+    try:
+        return fn(*args)
+    except UserError as e:
+        print(f"riskprobe: error: {_one_line(e, 500)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("riskprobe: interrupted (finished work is kept; rerun to resume)", file=sys.stderr)
+        return 130
+    except UnicodeDecodeError as e:
+        print(f"riskprobe: error: a file is not UTF-8 text (byte {e.start}: {e.reason})", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"riskprobe: error: {where}{_one_line(e.strerror or e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"riskprobe: error: {where}{_one_line(e.strerror or e)}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("riskprobe: error: input nested too deeply", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("riskprobe: error: input too large for this machine's memory", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001
+        if verbose or os.environ.get("RISKPROBE_DEBUG"):
+            raise
+        print(f"riskprobe: internal error: {type(e).__name__}: {_one_line(e)} (rerun with -v for the traceback; "
+              "please report it)", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``riskprobe`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool({"-v", "--verbose"} & set(argv[:1]))
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        return _run_lightning(argv)
+        return run_guarded(_run_lightning, argv, verbose=bool(os.environ.get("RISKPROBE_DEBUG")))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -307,14 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             tlog.disable_progress_bar()
         except ImportError:
             pass
-    try:
-        return COMMANDS[args.command](args)
-    except UserError as e:
-        print(f"riskprobe: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("riskprobe: interrupted (finished shards are kept; rerun to resume)", file=sys.stderr)
-        return 130
+    return run_guarded(COMMANDS[args.command], args, verbose=args.verbose or verbose)
 
 
 if __name__ == "__main__":

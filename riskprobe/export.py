@@ -9,7 +9,10 @@ An artifact directory holds:
   test metrics, training-data fingerprint and the sha256 of ``probe.safetensors``;
 * ``probe.onnx``: the same function (seq, mask, static -> risk) for runtimes without torch.
 
-Reading an artifact never unpickles anything: JSON, safetensors and ONNX only.
+Integrity covers every file: ``probe.json`` records the sha256 of the weights and of the ONNX graph, and
+``json_sha256``, a digest of its own canonical form (without that field), so that an edited threshold or
+model name, or a swapped graph, is refused on load. Reading an artifact never unpickles anything: JSON,
+safetensors and ONNX only.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .fsutil import atomic_dir, sha256_files
+from .fsutil import sha256_files
 from .probes import RiskModel, build_probe
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 had no json_sha256; its content is still checked field by field
+ARTIFACT_FILES = ("probe.json", "probe.safetensors", "probe.onnx")
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
@@ -55,29 +60,83 @@ def export_onnx(rm: RiskModel, meta: dict[str, Any], path: Path) -> None:
                           dynamic_axes={"seq": {0: "n"}, "mask": {0: "n"}, "static": {0: "n"}, "risk": {0: "n"}})
 
 
+def check_checkpoint(path: str | Path, field: str = "ckpt_path") -> dict:
+    """Load a fit checkpoint without unpickling any object (tensors and plain data only) and check that it
+    is a riskprobe one; a UserError naming the file otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("checkpoint not found" if not p.exists() else "is not a file", file=p, field=field)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a pickle with code, a text file, a truncated zip...
+        raise UserError(f"not a riskprobe checkpoint ({type(e).__name__}); give the final.ckpt of a fit run",
+                        file=p, field=field) from None
+    if not isinstance(state, dict) or not isinstance(state.get("riskprobe"), dict) or \
+            not isinstance(state.get("state_dict"), dict):
+        raise UserError("not a riskprobe checkpoint (no riskprobe section or state_dict)", file=p, field=field)
+    return state
+
+
+
+def artifact_digest(meta: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``meta`` without its ``json_sha256`` field."""
+    import hashlib
+
+    body = {k: v for k, v in meta.items() if k != "json_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _is_artifact_dir(path: Path) -> bool:
+    from .fsutil import owned_dir
+
+    return owned_dir(lambda name: name in ARTIFACT_FILES)(path)
+
+
+def prepare_out(out: str | Path, *, force: bool = False) -> Path | None:
+    """Check that ``out`` may be written: new, or a folder holding only ``probe.*`` files (replaced).
+    With ``force`` anything else there is renamed aside (never deleted); returns that new name."""
+    from .fsutil import move_aside
+
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()) or _is_artifact_dir(out):
+        return None
+    if not force:
+        what = "a file" if out.is_file() else ("a link" if out.is_symlink() else "a folder with other files")
+        raise UserError(f"exists and is {what}, not a probe artifact; choose another --out, or pass --force to "
+                        "keep it under a new name (PATH.bak-N) and write the artifact here", file=out, field="out")
+    return move_aside(out)
+
+
 def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, Any] | None = None,
-                      extra: dict[str, Any] | None = None) -> Path:
+                      extra: dict[str, Any] | None = None, force: bool = False) -> Path:
     """Write the artifact for a probe checkpoint (``final.ckpt`` of a fit run) into ``out``.
 
-    ``metrics`` (a run's ``metrics.json``) is looked up beside the run when not given.
+    ``out`` must be new or an earlier artifact (a folder of ``probe.*`` files only), which is replaced;
+    with ``force`` whatever else is there is renamed to ``out.bak-N`` first. ``metrics`` (a run's
+    ``metrics.json``) is looked up beside the run when not given.
     """
-    from safetensors.torch import save_file
 
     from . import __version__
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
-        raise UserError("checkpoint not found", file=ckpt, field="ckpt")
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"not a riskprobe checkpoint ({type(e).__name__}); export the final.ckpt of a fit run",
-                        file=ckpt) from None
-    if "riskprobe" not in state:
-        raise UserError("not a riskprobe checkpoint (no riskprobe section)", file=ckpt)
+        raise UserError("checkpoint not found" if not ckpt.exists() else "is not a file", file=ckpt, field="ckpt")
+    if not force:
+        prepare_out(out)  # refuse early, before any work
+    state = check_checkpoint(ckpt, field="ckpt")
     spec = state["riskprobe"]
-    hp = state.get("hyper_parameters", {})
+    missing = [k for k in ("model_identity", "selection", "step_features", "feature_schema", "dims") if k not in spec]
+    if missing:
+        raise UserError(f"riskprobe section lacks {', '.join(missing)}", file=ckpt, field="riskprobe")
+    hp = state.get("hyper_parameters", {}) if isinstance(state.get("hyper_parameters"), dict) else {}
     sd = {k.removeprefix("risk_model."): v for k, v in state["state_dict"].items() if k.startswith("risk_model.")}
+    if "calib" not in sd:
+        raise UserError("not a riskprobe checkpoint (no risk_model weights)", file=ckpt, field="state_dict")
     meta: dict[str, Any] = {
         "artifact_version": ARTIFACT_VERSION,
         "riskprobe_version": __version__,
@@ -99,16 +158,40 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
     if (ckpt.parent / "config.yaml").is_file():
         meta["training"]["config"] = (ckpt.parent / "config.yaml").read_text()
     meta.update(extra or {})
+    validate_meta(meta, ckpt)
     rm = build_risk_model(meta)
-    rm.load_state_dict(sd)
-    with atomic_dir(Path(out), replace=True) as tmp:
+    try:
+        rm.load_state_dict(sd)
+    except RuntimeError as e:
+        raise UserError(f"weights do not fit the probe the checkpoint describes ({str(e).splitlines()[0][:120]})",
+                        file=ckpt, field="state_dict") from None
+    write_artifact(rm, meta, out, force=force)
+    return Path(out)
+
+
+def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, force: bool = False) -> Path:
+    """Write ``probe.safetensors``, ``probe.onnx`` and ``probe.json`` (with every hash) into ``out``
+    (see :func:`prepare_out` for when an existing ``out`` may be replaced)."""
+    from safetensors.torch import save_file
+
+    from .fsutil import atomic_dir
+
+    meta = dict(meta, artifact_version=ARTIFACT_VERSION)
+    moved = prepare_out(out, force=force)
+    with atomic_dir(Path(out), replace=_is_artifact_dir) as tmp:
         save_file({k: v.contiguous() for k, v in rm.state_dict().items()}, str(tmp / "probe.safetensors"))
         meta["weights_sha256"] = sha256_files([tmp / "probe.safetensors"])
         export_onnx(rm, meta, tmp / "probe.onnx")
         meta["onnx_sha256"] = sha256_files([tmp / "probe.onnx"])
-        (tmp / "probe.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        meta = json.loads(json.dumps(meta, default=str))  # what will be read back
+        meta["json_sha256"] = artifact_digest(meta)
+        (tmp / "probe.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
             f.chmod(0o644)
+    if moved is not None:
+        import logging
+
+        logging.getLogger(__name__).warning("kept what was at %s as %s", out, moved)
     return Path(out)
 
 
@@ -123,25 +206,92 @@ def resolve_artifact(path: str | Path) -> Path:
     return p
 
 
+def _need(cond: bool, msg: str, file: Path, field: str) -> None:
+    if not cond:
+        raise UserError(msg, file=file, field=field)
+
+
+def validate_meta(meta: Any, file: Path) -> None:
+    """Check the fields a probe's metadata must have, with their types and ranges (a UserError naming the
+    field otherwise)."""
+    import math
+
+    from .probes import PROBES
+
+    _need(isinstance(meta, dict), "expected a JSON object", file, "probe.json")
+
+    def get(path: str, typ, *, where=meta):
+        cur = where
+        for part in path.split("."):
+            _need(isinstance(cur, dict) and part in cur, "missing", file, path)
+            cur = cur[part]
+        ok = isinstance(cur, typ) and not (isinstance(cur, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)))
+        _need(ok, f"expected {getattr(typ, '__name__', typ)}, got {type(cur).__name__}", file, path)
+        return cur
+
+    ident = get("model_identity", dict)
+    for k, t in (("name", str), ("fingerprint", str), ("architecture", str), ("n_layers", int), ("hidden_size", int)):
+        get(f"model_identity.{k}", t)
+    _need(ident["n_layers"] > 0 and ident["hidden_size"] > 0, "must be positive", file, "model_identity.n_layers")
+    dims = get("feature_spec.dims", dict)
+    for k in ("n_steps", "n_feat", "n_static"):
+        v = get(f"feature_spec.dims.{k}", int)
+        _need(0 <= v <= 10_000_000 and (k != "n_steps" or v >= 1), "out of range", file, f"feature_spec.dims.{k}")
+    k = get("feature_spec.selection.k", int)
+    fams = get("feature_spec.selection.families", list)
+    _need(all(isinstance(f, str) for f in fams), "expected a list of names", file, "feature_spec.selection.families")
+    _need(dims["n_steps"] == k + 1, f"n_steps {dims['n_steps']} does not match k = {k}", file, "feature_spec.dims.n_steps")
+    get("feature_spec.feature_schema", dict)
+    kind = get("probe.kind", str)
+    _need(kind in PROBES, f"unknown probe kind {kind[:40]!r} (known: {', '.join(PROBES)})", file, "probe.kind")
+    hp = get("probe.hparams", dict)
+    _need(isinstance(hp.get("hidden", 64), int) and 1 <= hp.get("hidden", 64) <= 65536, "must be a positive integer",
+          file, "probe.hparams.hidden")
+    for c in ("a", "b"):
+        v = get(f"calibration.{c}", (int, float))
+        _need(math.isfinite(v), "must be a finite number", file, f"calibration.{c}")
+    if "threshold" in meta:
+        t = get("threshold", (int, float))
+        _need(0.0 <= t <= 1.0, f"must be a risk in [0, 1], got {t!r}", file, "threshold")
+
+
 def read_artifact(path: str | Path) -> tuple[RiskModel, dict[str, Any]]:
-    """Load an artifact after checking its schema version and the sha256 of its weights."""
+    """Load an artifact after checking its version, its own digest, its fields, and the sha256 of its
+    weights and ONNX graph."""
     from safetensors.torch import load_file
 
+    from .fsutil import read_text
+
     p = resolve_artifact(path)
+    jf = p / "probe.json"
+    if jf.stat().st_size > 16 << 20:
+        raise UserError("probe.json is larger than 16 MiB", file=jf)
     try:
-        meta = json.loads((p / "probe.json").read_text())
+        meta = json.loads(read_text(jf))
     except json.JSONDecodeError as e:
-        raise UserError(f"probe.json is not valid JSON ({e.msg})", file=p / "probe.json", line=e.lineno) from None
-    if meta.get("artifact_version") != ARTIFACT_VERSION:
-        raise UserError(f"artifact version {meta.get('artifact_version')!r} is not supported (this riskprobe reads "
-                        f"{ARTIFACT_VERSION})", file=p / "probe.json", field="artifact_version")
-    w = p / "probe.safetensors"
-    if not w.is_file():
-        raise UserError("probe.safetensors is missing", file=p)
-    got = sha256_files([w])
-    if got != meta.get("weights_sha256"):
-        raise UserError(f"weights hash mismatch: sha256 {got[:16]}..., probe.json says "
-                        f"{str(meta.get('weights_sha256'))[:16]}...; the artifact was modified or damaged", file=w)
+        raise UserError(f"probe.json is not valid JSON ({e.msg})", file=jf, line=e.lineno) from None
+    except RecursionError:
+        raise UserError("probe.json is nested too deeply", file=jf) from None
+    _need(isinstance(meta, dict), "expected a JSON object", jf, "probe.json")
+    if meta.get("artifact_version") not in READABLE_VERSIONS:
+        raise UserError(f"artifact version {str(meta.get('artifact_version'))[:20]!r} is not supported (this riskprobe "
+                        f"reads {', '.join(map(str, READABLE_VERSIONS))})", file=jf, field="artifact_version")
+    if meta["artifact_version"] >= 2 and meta.get("json_sha256") != artifact_digest(meta):
+        raise UserError("probe.json was modified after export (its json_sha256 does not match its content); "
+                        "re-export the probe", file=jf, field="json_sha256")
+    validate_meta(meta, jf)
+    for name, key in (("probe.safetensors", "weights_sha256"), ("probe.onnx", "onnx_sha256")):
+        f = p / name
+        if not f.is_file():
+            raise UserError(f"{name} is missing", file=p)
+        got = sha256_files([f])
+        if got != meta.get(key):
+            raise UserError(f"{name} hash mismatch: sha256 {got[:16]}..., probe.json says "
+                            f"{str(meta.get(key))[:16]}...; the artifact was modified or damaged", file=f, field=key)
     rm = build_risk_model(meta)
-    rm.load_state_dict(load_file(str(w)))
+    try:
+        rm.load_state_dict(load_file(str(p / "probe.safetensors")))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise UserError(f"weights do not fit probe.json ({str(e).splitlines()[0][:120]})",
+                        file=p / "probe.safetensors") from None
     return rm.eval(), meta

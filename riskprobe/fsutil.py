@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 _UMASK = os.umask(0)
@@ -49,10 +49,13 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, replace: bool | Callable[[Path], bool] = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` only if the block succeeds.
 
-    With ``replace=True`` an existing ``path`` is swapped out; otherwise an existing ``path`` is an error.
+    An existing ``path`` is replaced only when ``replace`` allows it: ``True`` (for folders riskprobe alone
+    owns, such as a harvest's shards or the model cache) or a predicate that says the existing folder is
+    one riskprobe wrote (see :func:`owned_dir`). Anything else, a file included, is refused with
+    ``FileExistsError`` and left untouched. The old folder is swapped out by renames, then removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,11 +63,12 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
-        if path.exists():
-            if not replace:
+        if path.exists() or path.is_symlink():
+            ok = replace(path) if callable(replace) else bool(replace)
+            if not ok or path.is_symlink() or not path.is_dir():
                 raise FileExistsError(path)
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.rmdir(old)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -73,6 +77,33 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def owned_dir(allowed: Callable[[str], bool]) -> Callable[[Path], bool]:
+    """A ``replace`` predicate for :func:`atomic_dir`: the path is a real folder (no link) whose entries are
+    all plain files with names that ``allowed`` accepts, and nothing else (so no user file can be lost)."""
+
+    def check(path: Path) -> bool:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        for e in os.scandir(path):
+            if e.is_symlink() or not e.is_file() or not allowed(e.name):
+                return False
+        return True
+
+    return check
+
+
+def move_aside(path: str | Path) -> Path:
+    """Rename ``path`` to a free ``<name>.bak-<n>`` beside it (never deletes) and return the new name."""
+    path = Path(path)
+    n = 1
+    while True:
+        dest = path.with_name(f"{path.name}.bak-{n}")
+        if not dest.exists() and not dest.is_symlink():
+            os.replace(path, dest)
+            return dest
+        n += 1
 
 
 def atomic_savefig(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -97,3 +128,113 @@ def sha256_files(paths: list[str | Path], chunk: int = 1 << 22) -> str:
 def stable_hash(text: str) -> str:
     """A short, stable hex digest of ``text`` (for ids and fingerprints)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class _NoAliasLoader(__import__("yaml").SafeLoader):
+    """PyYAML's safe loader, refusing anchors and aliases (a few hundred bytes of aliases expand to GBs)."""
+
+    def compose_node(self, parent, index):
+        import yaml
+
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in riskprobe files",
+                                              ev.start_mark)
+        return super().compose_node(parent, index)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def load_yaml(path: str | Path, text: str | None = None):
+    """Parse a small YAML file safely: at most 1 MiB, no aliases; a bad file is a one-line UserError
+    naming its line."""
+    import yaml
+
+    from .errors import UserError
+
+    p = Path(path)
+    if text is None:
+        if not p.is_file():
+            raise UserError("config file not found", file=p)
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config file is larger than {MAX_CONFIG_BYTES >> 20} MiB", file=p)
+        text = read_text(p)
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        raise UserError(f"invalid YAML: {getattr(e, 'problem', None) or e}", file=p,
+                        line=mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise UserError("invalid YAML: nested too deeply", file=p) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content; a file that is not UTF-8 (or unreadable) is a one-line UserError."""
+    from .errors import UserError
+
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"not a UTF-8 text file (byte {e.start}: {e.reason})", file=p) from None
+    except IsADirectoryError:
+        raise UserError("is a folder, expected a file", file=p) from None
+    except OSError as e:
+        raise UserError(f"cannot read ({e.strerror})", file=p) from None
+
+
+MAX_JSONL_LINE_BYTES = 1 << 20
+
+
+def iter_jsonl(path: str | Path, *, max_line_bytes: int = MAX_JSONL_LINE_BYTES) -> Iterator[tuple[int, Any, str | None]]:
+    """The lines of a JSONL file as ``(line number, object, problem)``; ``problem`` is ``None`` for a good line
+    (a JSON object) and a short reason otherwise (not UTF-8, malformed, nested too deeply, too long, not an
+    object), so that each caller decides whether a bad line fails or is skipped. Blank lines are skipped.
+    A missing or unreadable file is a one-line UserError."""
+    from .errors import UserError
+
+    p = Path(path)
+    try:
+        f = open(p, "rb")
+    except FileNotFoundError:
+        raise UserError("file not found", file=p) from None
+    except IsADirectoryError:
+        raise UserError("is a folder, expected a JSONL file", file=p) from None
+    except OSError as e:
+        raise UserError(f"cannot read ({e.strerror})", file=p) from None
+    with f:
+        n = 0
+        while True:
+            try:
+                raw = f.readline(max_line_bytes + 1)
+            except OSError as e:
+                raise UserError(f"cannot read ({e.strerror})", file=p) from None
+            if not raw:
+                return
+            n += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the long line
+                    raw = f.readline(max_line_bytes + 1)
+                yield n, None, f"line longer than {max_line_bytes >> 20} MiB"
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, None, f"not UTF-8 text (byte {e.start}: {e.reason})"
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield n, None, f"malformed JSON ({e.msg}, column {e.colno})"
+                continue
+            except RecursionError:
+                yield n, None, "JSON nested too deeply"
+                continue
+            if not isinstance(obj, dict):
+                yield n, None, "expected a JSON object"
+                continue
+            yield n, obj, None

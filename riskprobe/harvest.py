@@ -54,11 +54,19 @@ class HarvestConfig:
     device: str | None = None
     dtype: str | None = None
     datasets_root: str | None = None
+    threads: int | None = None
+    truncate_prompts: bool = False
     features: dict[str, Any] = field(default_factory=dict)
 
     # Keys that change rows: a rerun into the same directory must agree on these.
     COMPAT = ("model", "prompts", "limit", "max_new_tokens", "shard_size", "seed", "do_sample", "temperature",
-              "top_p", "prompt_style", "dtype", "features")
+              "top_p", "prompt_style", "dtype", "truncate_prompts", "features")
+    # Expected types, checked before anything is loaded (bool is not an int here).
+    TYPES = {"model": str, "prompts": str, "limit": (int, type(None)), "out": str, "max_new_tokens": int,
+             "batch_size": int, "shard_size": int, "seed": int, "do_sample": bool, "temperature": (int, float),
+             "top_p": (int, float), "prompt_style": str, "device": (str, type(None)), "dtype": (str, type(None)),
+             "datasets_root": (str, type(None)), "threads": (int, type(None)), "truncate_prompts": bool,
+             "features": dict}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str | None = None) -> "HarvestConfig":
@@ -75,6 +83,21 @@ class HarvestConfig:
             if not cond:
                 raise UserError(msg, file=source, field=key)
 
+        for key, typ in self.TYPES.items():
+            v = getattr(self, key)
+            typs = typ if isinstance(typ, tuple) else (typ,)
+            if (isinstance(v, bool) and bool not in typs) or not isinstance(v, typs):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in typs)
+                raise UserError(f"expected {names}, got {type(v).__name__} {_short(v)}", file=source, field=key)
+        need(self.model.strip() != "", "model", "must not be empty")
+        need(self.prompts.strip() != "", "prompts", "must not be empty")
+        need(self.out.strip() != "", "out", "must not be empty")
+        need(0 < self.temperature <= 100, "temperature", "must be in (0, 100]")
+        need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        need(self.threads is None or 1 <= self.threads <= 1024, "threads", "must be a positive integer")
+        need(self.dtype is None or self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
+             "dtype", "must be float32, bfloat16 or float16")
+        need(self.device is None or _valid_device(self.device), "device", "must be cpu, cuda, cuda:N or mps")
         need(self.limit is None or (isinstance(self.limit, int) and self.limit > 0), "limit", "must be a positive integer")
         need(isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 4096, "max_new_tokens",
              "must be an integer from 1 to 4096")
@@ -82,33 +105,43 @@ class HarvestConfig:
         need(isinstance(self.shard_size, int) and self.shard_size > 0, "shard_size", "must be a positive integer")
         need(self.prompt_style in ("auto", "chat", "fewshot"), "prompt_style", "must be auto, chat or fewshot")
         need(isinstance(self.features, dict), "features", "must be a mapping")
+        from .signatures import FeatureSpec
+
+        try:
+            FeatureSpec.from_dict(self.features)
+        except UserError as e:
+            raise UserError(e.message, file=source, field=e.field) from None
 
     def compat(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.COMPAT}
 
 
+def _short(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _valid_device(d: str) -> bool:
+    import re
+
+    return re.fullmatch(r"cpu|mps|cuda(:\d+)?", d) is not None
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HarvestConfig:
     """A :class:`HarvestConfig` from a YAML file (``version: 1``) plus overrides (``None`` values ignored)."""
-    import yaml
+    from .fsutil import load_yaml
 
     data: dict[str, Any] = {}
     src = None
     if path is not None:
         src = str(path)
         p = Path(path)
-        if not p.is_file():
-            raise UserError("config file not found", file=p)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", file=p,
-                            line=mark.line + 1 if mark else None) from None
+        data = load_yaml(p) or {}
         if not isinstance(data, dict):
             raise UserError("expected a mapping at the top level", file=p)
         version = data.pop("version", 1)
         if version != 1:
-            raise UserError(f"unsupported config version {version!r} (this riskprobe reads version 1)", file=p,
+            raise UserError(f"unsupported config version {_short(version)} (this riskprobe reads version 1)", file=p,
                             field="version")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return HarvestConfig.from_dict(data, src)
@@ -188,9 +221,17 @@ def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
         if out.exists() and any(out.iterdir()):
             raise UserError("output directory exists and is not a riskprobe harvest; choose another --out", file=out)
         return
-    old = json.loads(p.read_text())
+    try:
+        old = json.loads(p.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"damaged manifest ({e}); use a new --out", file=p) from None
     diffs = []
-    for key in ("compat", "model", "feature_schema"):
+    defaults = HarvestConfig().compat()
+    if isinstance(old.get("compat"), dict):  # keys added in later versions: an old harvest had their defaults
+        old["compat"] = {**{k: v for k, v in defaults.items() if k not in old["compat"]}, **old["compat"]}
+    for key in ("compat", "model", "feature_schema", "n_items", "items_fingerprint"):
         a, b = old.get(key), manifest.get(key)
         if key == "model" and a and b:
             a = {k: a.get(k) for k in ("fingerprint", "architecture", "n_layers", "hidden_size")}
@@ -199,7 +240,11 @@ def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
             if isinstance(a, dict) and isinstance(b, dict):
                 diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             else:
-                diffs.append(key)
+                diffs.append(f"{key}: {_short(a, 30)} -> {_short(b, 30)}")
+    if "items_fingerprint" in " ".join(diffs) or "n_items" in " ".join(diffs):
+        raise UserError("refusing to resume: the prompt items changed since this harvest started ("
+                        + "; ".join(diffs[:4]) + "); resuming would mix rows of different items. Use a new --out",
+                        file=out)
     if diffs:
         raise UserError("refusing to mix rows from a different configuration into this harvest ("
                         + "; ".join(diffs[:4]) + "); use a new --out or delete the directory", file=out)
@@ -216,30 +261,33 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
         progress: show a progress bar with tokens/s.
         merge: merge the shards into the dataset at the end (rank 0, once all shards are there).
     """
-    from tqdm.auto import tqdm
-
     from . import prompts as P
-    from .generation import generate
-    from .models import load_model, render
-    from .signatures import Capture, FeatureSpec
+    from .models import load_model
+    from .signatures import FeatureSpec
 
+    cfg.validate()
     if cfg.datasets_root:
         os.environ["RISKPROBE_DATASETS"] = cfg.datasets_root
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError("exists and is not a folder; choose another --out", file=out, field="out")
     items = P.load_items(cfg.prompts, limit=cfg.limit, seed=cfg.seed)
     if not items:
         raise UserError(f"prompt set '{cfg.prompts}' has no items", field="prompts")
     spec = FeatureSpec.from_dict(cfg.features)
-    out = Path(cfg.out)
     rank, world = dist_rank()
+    set_threads(cfg.threads)
     if lm is None:
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     spec = spec.resolve(lm)
+    rendered, truncated = render_items(lm, items, cfg)
     manifest = {
         "kind": "harvest", "harvest_version": HARVEST_VERSION, "model": lm.identity.to_dict(),
         "prompts": cfg.prompts, "n_items": len(items), "compat": cfg.compat(), "config": asdict(cfg),
         "feature_schema": spec.schema(), "versions": package_versions(),
-        "items_fingerprint": stable_hash("\n".join(it.id for it in items)),
+        "items_fingerprint": stable_hash("\n".join(it.id for it in items)), "truncated_prompts": truncated,
     }
+    created = not out.exists()
     if rank == 0:
         _check_compatible(out, manifest)
         if not (out / MANIFEST).is_file():
@@ -247,6 +295,92 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     else:
         _wait_for(out / MANIFEST)
         _check_compatible(out, manifest)
+    try:
+        _harvest_shards(cfg, lm, spec, items, rendered, out, rank, world, progress, merge)
+    except BaseException as e:
+        if rank == 0:
+            _abandon(out, created, e)
+        raise
+    return out
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads of this process: ``threads`` if given; under torchrun, the cores shared out among
+    the ranks of this machine (processes that each take every core slow each other down many times)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if local > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def render_items(lm, items, cfg: HarvestConfig):
+    """Rendered prompts for every item, checked against the model's context before anything is written.
+
+    A prompt that leaves no room for ``max_new_tokens`` is refused, naming its file and line (or set and
+    id); with ``truncate_prompts`` its question is cut from the end instead and its id is returned in the
+    second list.
+    """
+    from .models import context_length, render
+
+    ctx = context_length(lm)
+    rps = [render(lm.tokenizer, it.prompt, it.answer_kind, cfg.prompt_style) for it in items]
+    if ctx is None:
+        return rps, []
+    budget = ctx - cfg.max_new_tokens
+    if budget < 8:
+        raise UserError(f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in this model's context of "
+                        f"{ctx} tokens", field="max_new_tokens")
+    lengths = [len(x) for x in lm.tokenizer([r.text for r in rps], add_special_tokens=True)["input_ids"]]
+    truncated = []
+    for i, (it, n) in enumerate(zip(items, lengths)):
+        if n <= budget:
+            continue
+        where = dict(file=it.meta.get("file"), line=it.meta.get("line")) if it.meta.get("file") else {}
+        if not cfg.truncate_prompts:
+            raise UserError(f"prompt of item {it.id!r} ({it.set}) is {n} tokens; with max_new_tokens "
+                            f"{cfg.max_new_tokens} the model's context ({ctx}) allows {budget}. Shorten it, or set "
+                            "truncate_prompts: true", field="question", **where)
+        q_ids = lm.tokenizer(it.prompt, add_special_tokens=False)["input_ids"]
+        keep = max(1, len(q_ids) - (n - budget))
+        q = lm.tokenizer.decode(q_ids[:keep], skip_special_tokens=True)
+        rps[i] = render(lm.tokenizer, q, it.answer_kind, cfg.prompt_style)
+        truncated.append(it.id)
+    return rps, truncated
+
+
+def _abandon(out: Path, created: bool, err: BaseException) -> None:
+    """After a failed harvest: remove what this run created if it finished nothing, else mark it failed
+    (finished shards are kept for a resume). A user's folder is never removed."""
+    shards = out / "shards"
+    finished = list(shards.glob("shard-*/state.json")) if shards.is_dir() else []
+    if created and not finished and out.is_dir() and not isinstance(err, KeyboardInterrupt):
+        ours = {MANIFEST, "shards"}
+        if {p.name for p in out.iterdir()} <= ours:
+            shutil.rmtree(out, ignore_errors=True)
+            return
+    if (out / MANIFEST).is_file():
+        try:
+            m = json.loads((out / MANIFEST).read_text())
+            if m.get("status") != "complete":
+                m.update(status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                         error=f"{type(err).__name__}: {str(err)[:300]}")
+                atomic_write_json(out / MANIFEST, m)
+        except (OSError, ValueError):
+            pass
+
+
+def _harvest_shards(cfg, lm, spec, items, rendered, out: Path, rank: int, world: int, progress: bool,
+                    merge: bool) -> None:
+    from tqdm.auto import tqdm
+
+    from . import prompts as P
+    from .generation import generate
+    from .signatures import Capture
+
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = (len(items) + cfg.shard_size - 1) // cfg.shard_size
@@ -266,7 +400,7 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
         rows: list[dict[str, Any]] = []
         for b in range(0, len(shard_items), cfg.batch_size):
             batch = shard_items[b: b + cfg.batch_size]
-            rps = [render(lm.tokenizer, it.prompt, it.answer_kind, cfg.prompt_style) for it in batch]
+            rps = rendered[idx0 + b: idx0 + b + len(batch)]
             cap = Capture(lm, spec)
             with cap:
                 gens = generate(lm, rps, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
@@ -291,7 +425,6 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
         if world > 1:
             _wait_for(*[shard_dir / f"shard-{s:05d}" / "state.json" for s in range(n_shards)])
         merge_shards(out, n_shards)
-    return out
 
 
 def _wait_for(*paths: Path, timeout: float = 24 * 3600) -> None:

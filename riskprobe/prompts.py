@@ -24,6 +24,7 @@ from .errors import UserError
 from .fsutil import stable_hash
 
 CATEGORIES = ("factual", "reasoning")
+MAX_QUESTION_CHARS = 100_000
 ANSWER_KINDS = ("alias", "number", "yesno")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("RISKPROBE_DATA", REPO_ROOT / "data"))
@@ -117,17 +118,12 @@ def _hub_rows(hub: tuple[str, ...]) -> Iterator[dict]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=n) from None
-            if not isinstance(obj, dict):
-                raise UserError("expected a JSON object", file=path, line=n)
-            yield n, obj
+    from .fsutil import iter_jsonl
+
+    for n, obj, problem in iter_jsonl(path):
+        if problem:
+            raise UserError(problem, file=path, line=n)
+        yield n, obj
 
 
 def _dedupe(items: Iterable[Item]) -> Iterator[Item]:
@@ -304,6 +300,8 @@ def jsonl_items(path: str | Path, set_name: str | None = None) -> Iterator[Item]
         q = o.get("question", o.get("prompt"))
         if not isinstance(q, str) or not q.strip():
             raise bad("missing or empty (give 'question' or 'prompt')", "question")
+        if len(q) > MAX_QUESTION_CHARS:
+            raise bad(f"is {len(q)} characters long; at most {MAX_QUESTION_CHARS} are read", "question")
         answers = o.get("answers", o.get("answer"))
         if isinstance(answers, (str, int, float)) and not isinstance(answers, bool):
             answers = [answers]
@@ -322,7 +320,8 @@ def jsonl_items(path: str | Path, set_name: str | None = None) -> Iterator[Item]
         if iid in seen:
             raise bad(f"duplicate id {iid!r}", "id")
         seen.add(iid)
-        yield Item(id=iid, set=set_name, category=cat, prompt=q.strip(), answers=tuple(answers), answer_kind=kind)
+        yield Item(id=iid, set=set_name, category=cat, prompt=q.strip(), answers=tuple(answers), answer_kind=kind,
+                   meta={"file": str(path), "line": n})
 
 
 # ---------------------------------------------------------------------------------------------- entry

@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 from .scoring import MAX_CHARS, Scorer
 
 
+MAX_BODY_BYTES = 4 * MAX_CHARS + 1024
+
+
 class ScoreRequest(BaseModel):
     """Body of ``POST /score``: a prompt, and optionally the response to score (teacher forced)."""
 
@@ -23,17 +26,74 @@ class ScoreRequest(BaseModel):
     answer_kind: str = Field(default="alias", pattern="^(alias|number|yesno)$")
 
 
+class _BodyLimit:
+    """ASGI middleware: a request body larger than ``limit`` bytes is answered 413, counting the bytes
+    actually received (a chunked body has no Content-Length to trust), without reading the rest."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and (not v.isdigit() or int(v) > self.limit):
+                return await _json(send, 413, {"error": f"request body larger than {self.limit} bytes"})
+        body, more = bytearray(), True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if len(body) > self.limit:
+                return await _json(send, 413, {"error": f"request body larger than {self.limit} bytes"})
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _json(send, status: int, obj) -> None:
+    import json
+
+    data = json.dumps(obj).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
 def create_app(scorer: Scorer, lm, *, max_batch: int = 16, max_wait_ms: float = 20.0, max_new_tokens: int = 33,
-               allow_model_mismatch: bool = False):
-    """The FastAPI application (see module doc)."""
+               max_queue: int = 256, max_body_bytes: int = MAX_BODY_BYTES, allow_model_mismatch: bool = False):
+    """The FastAPI application (see module doc).
+
+    Each request is validated alone (stripped texts, fits the model's context) before it joins a batch,
+    and a batch that fails is retried row by row, so one bad request fails only itself. At most
+    ``max_queue`` requests wait; beyond that the answer is 503.
+    """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
+    from .errors import UserError
+    from .scoring import request_problem, token_problem
+
     scorer.check_model(lm, allow_model_mismatch=allow_model_mismatch)
 
-    state: dict[str, Any] = {"queue": None, "served": 0, "batches": 0, "started": time.time()}
+    state: dict[str, Any] = {"queue": None, "served": 0, "failed": 0, "batches": 0, "rejected": 0,
+                             "started": time.time()}
+
+    def run(reqs):
+        return scorer.score(lm, [r.prompt for r in reqs], [r.response for r in reqs],
+                            answer_kinds=[r.answer_kind for r in reqs], max_new_tokens=max_new_tokens,
+                            allow_model_mismatch=allow_model_mismatch)
 
     async def worker():
         q: asyncio.Queue = state["queue"]
@@ -52,23 +112,32 @@ def create_app(scorer: Scorer, lm, *, max_batch: int = 16, max_wait_ms: float = 
                     break
             reqs = [r for r, _ in items]
             try:
-                res = await loop.run_in_executor(None, lambda: scorer.score(
-                    lm, [r.prompt for r in reqs], [r.response for r in reqs], answer_kinds=[r.answer_kind for r in reqs],
-                    max_new_tokens=max_new_tokens, allow_model_mismatch=allow_model_mismatch))
-                for (_, fut), r in zip(items, res):
+                res = await loop.run_in_executor(None, run, reqs)
+                outcomes = [(fut, r, None) for (_, fut), r in zip(items, res)]
+            except Exception:  # noqa: BLE001 - find the row at fault: each alone
+                outcomes = []
+                for req, fut in items:
+                    try:
+                        outcomes.append((fut, (await loop.run_in_executor(None, run, [req]))[0], None))
+                    except Exception as e:  # noqa: BLE001
+                        outcomes.append((fut, None, e))
+            for fut, r, err in outcomes:
+                if fut.done():  # the client went away
+                    continue
+                if err is not None:
+                    fut.set_exception(err)
+                    state["failed"] += 1
+                else:
                     r.pop("n_tokens", None)
                     fut.set_result(r)
-            except Exception as e:  # noqa: BLE001
-                for _, fut in items:
-                    fut.set_exception(e)
-            state["served"] += len(items)
+                    state["served"] += 1
             state["batches"] += 1
 
     app = FastAPI(title="riskprobe", version="1")
 
     @app.on_event("startup")
     async def _start():
-        state["queue"] = asyncio.Queue()
+        state["queue"] = asyncio.Queue(maxsize=max_queue)
         state["task"] = asyncio.create_task(worker())
 
     @app.exception_handler(RequestValidationError)
@@ -80,29 +149,33 @@ def create_app(scorer: Scorer, lm, *, max_batch: int = 16, max_wait_ms: float = 
     async def _http(_req: Request, exc: HTTPException):
         return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)})
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and int(size) > 4 * MAX_CHARS + 1024:
-            return JSONResponse(status_code=413, content={"error": "request body too large"})
-        return await call_next(request)
-
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": lm.identity.name, "probe_k": scorer.k, "threshold": scorer.threshold,
-                "served": state["served"], "batches": state["batches"]}
+                "served": state["served"], "failed": state["failed"], "batches": state["batches"],
+                "rejected": state["rejected"], "queued": state["queue"].qsize() if state["queue"] else 0}
 
     @app.post("/score")
     async def score(req: "ScoreRequest"):
+        problem = request_problem(req.model_dump()) or token_problem(lm, req.prompt, req.response, max_new_tokens)
+        if problem:
+            return JSONResponse(status_code=422, content={"error": problem})
         fut = asyncio.get_running_loop().create_future()
-        await state["queue"].put((req, fut))
+        try:
+            state["queue"].put_nowait((req, fut))
+        except asyncio.QueueFull:
+            state["rejected"] += 1
+            return JSONResponse(status_code=503, content={"error": f"busy: {max_queue} requests are waiting; retry"},
+                                headers={"Retry-After": "1"})
         try:
             res = await fut
-        except Exception as e:  # noqa: BLE001
+        except UserError as e:
             return JSONResponse(status_code=422, content={"error": str(e)})
+        except Exception as e:  # noqa: BLE001
+            return JSONResponse(status_code=500, content={"error": f"{type(e).__name__}: {str(e)[:200]}"})
         return {**res, "model": lm.identity.name}
 
-    return app
+    return _BodyLimit(app, max_body_bytes)
 
 
 def serve(scorer: Scorer, lm, *, host: str = "127.0.0.1", port: int = 8321, **kw) -> None:

@@ -9,6 +9,8 @@ from riskprobe.harvest import MANIFEST, _features, _write_shard, merge_shards
 from riskprobe.prompts import split_of
 from riskprobe.signatures import FeatureSpec
 
+K = 4
+
 
 def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_labels=False, K=4, model_fp="f" * 64,
                  ids=None):
@@ -45,3 +47,34 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
     _write_shard(path / "shards" / "shard-00000", rows, _features(spec.hf_features()))
     merge_shards(path, 1)
     return path
+
+
+def make_artifact(lm, out, probe="mlp", seed=0):
+    """A probe artifact for ``lm``'s signature with random (but fixed) weights and calibration."""
+    import torch
+
+    from riskprobe.export import export_checkpoint
+    from riskprobe.generation import generate
+    from riskprobe.models import render
+    from riskprobe.signatures import Capture
+    from riskprobe.data import FeatureSelection, inputs_from_signatures, step_feature_names
+    from riskprobe.training import ProbeModule, save_calibrated
+
+    spec = FeatureSpec(K=K, lens_steps=2, raw_steps=2, raw_layers="sparse2").resolve(lm)
+    cap = Capture(lm, spec)
+    with cap:
+        g = generate(lm, [render(lm.tokenizer, "x?")], max_new_tokens=6)
+    sig = cap.finish([x.token_ids for x in g])
+    sel = FeatureSelection(["commitment", "sync", "trajectory", "lens", "raw"], K)
+    x = inputs_from_signatures({k: torch.from_numpy(v) for k, v in sig.items()}, sel)
+    dims = {"n_steps": x["seq"].shape[1], "n_feat": x["seq"].shape[2], "n_static": x["static"].shape[1]}
+    torch.manual_seed(seed)
+    mod = ProbeModule(probe=probe, hidden=8)
+    mod.build({"selection": sel.to_dict(), "dims": dims, "step_features": step_feature_names(spec.schema(), sel.families),
+               "feature_schema": spec.schema(), "model_identity": lm.identity.to_dict(), "data_fingerprint": "test"})
+    mod.risk_model.calib.copy_(torch.tensor([0.5, -0.2]))
+    ck = out / "final.ckpt"
+    ck.parent.mkdir(parents=True, exist_ok=True)
+    save_calibrated(mod, ck)
+    art = export_checkpoint(ck, out / "artifact", metrics={"calibration": {"threshold": 0.4}})
+    return art, mod

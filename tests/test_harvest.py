@@ -100,8 +100,10 @@ def _harvest_args(model_dir, prompts, out, cfg):
 @pytest.fixture
 def small_cfg(tmp_path):
     p = tmp_path / "small.yaml"
-    p.write_text("version: 1\nmax_new_tokens: 6\nbatch_size: 4\nshard_size: 4\nfeatures:\n  K: 4\n  lens_steps: 2\n"
-                 "  raw_steps: 2\n")
+    # threads: 1 pins the intra-op thread count: float sums are reduced in a thread-count-dependent order,
+    # and these tests compare processes bit for bit (torchrun gives each rank one thread by default).
+    p.write_text("version: 1\nmax_new_tokens: 6\nbatch_size: 4\nshard_size: 4\nthreads: 1\nfeatures:\n  K: 4\n"
+                 "  lens_steps: 2\n  raw_steps: 2\n")
     return p
 
 
@@ -133,7 +135,8 @@ def test_two_processes_under_torchrun_equal_one(tmp_path, tiny_model_dir, mini_p
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "riskprobe", *_harvest_args(tiny_model_dir, mini_prompts, two, small_cfg)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the config's threads decide, not the env
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     timings = sorted(x.name for x in (two / "shards").glob("timing-rank*.json"))
     assert timings == ["timing-rank0.json", "timing-rank1.json"]  # both ranks worked

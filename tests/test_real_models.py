@@ -47,11 +47,13 @@ def test_smollm2_harvest_is_graded_and_finite(tmp_path):
     assert ent.min() >= 0 and ent.max() <= math.log(49152) + 1e-3
     m = read_manifest(out)
     assert m["model"]["fingerprint"] == BUNDLED["smollm2-135m"].sha256
-    # the float cache makes the second load fast
-    import time
-    t0 = time.perf_counter()
-    load_model("smollm2-135m", device="cpu")
-    assert time.perf_counter() - t0 < 10
+    # the second load reads the float cache, not the GGUF file (asserted by what it reads, not by a clock)
+    from unittest import mock
+
+    import riskprobe.models.loader as loader
+
+    with mock.patch.object(loader, "_load_gguf_file", side_effect=AssertionError("dequantised again")):
+        load_model("smollm2-135m", device="cpu")
 
 
 def test_gemma3_loads_and_answers_few_shot():

@@ -12,38 +12,11 @@ import torch
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
-from riskprobe.export import export_checkpoint
 from riskprobe.generation import generate
 from riskprobe.models import load_model, render
 from riskprobe.scoring import Scorer, onnx_risk, score_file
-from riskprobe.signatures import Capture, FeatureSpec
-
-K = 4
-
-
-def make_artifact(lm, out, probe="mlp", seed=0):
-    """A probe artifact for ``lm``'s signature with random (but fixed) weights and calibration."""
-    from riskprobe.data import FeatureSelection, inputs_from_signatures, step_feature_names
-    from riskprobe.training import ProbeModule, save_calibrated
-
-    spec = FeatureSpec(K=K, lens_steps=2, raw_steps=2, raw_layers="sparse2").resolve(lm)
-    cap = Capture(lm, spec)
-    with cap:
-        g = generate(lm, [render(lm.tokenizer, "x?")], max_new_tokens=6)
-    sig = cap.finish([x.token_ids for x in g])
-    sel = FeatureSelection(["commitment", "sync", "trajectory", "lens", "raw"], K)
-    x = inputs_from_signatures({k: torch.from_numpy(v) for k, v in sig.items()}, sel)
-    dims = {"n_steps": x["seq"].shape[1], "n_feat": x["seq"].shape[2], "n_static": x["static"].shape[1]}
-    torch.manual_seed(seed)
-    mod = ProbeModule(probe=probe, hidden=8)
-    mod.build({"selection": sel.to_dict(), "dims": dims, "step_features": step_feature_names(spec.schema(), sel.families),
-               "feature_schema": spec.schema(), "model_identity": lm.identity.to_dict(), "data_fingerprint": "test"})
-    mod.risk_model.calib.copy_(torch.tensor([0.5, -0.2]))
-    ck = out / "final.ckpt"
-    ck.parent.mkdir(parents=True, exist_ok=True)
-    save_calibrated(mod, ck)
-    art = export_checkpoint(ck, out / "artifact", metrics={"calibration": {"threshold": 0.4}})
-    return art, mod
+from riskprobe.signatures import Capture
+from synth import K, make_artifact
 
 
 @pytest.fixture
@@ -89,7 +62,7 @@ def test_tampered_hash_and_wrong_model_are_refused(tmp_path, dir_lm, artifact, t
     data = bytearray(w.read_bytes())
     data[-1] ^= 0xFF
     w.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="weights hash mismatch"):
+    with pytest.raises(UserError, match="probe.safetensors hash mismatch"):
         Scorer.load(artifact)
     art2, _ = make_artifact(dir_lm, tmp_path / "second")
     with pytest.raises(UserError, match="trained for model"):
@@ -214,7 +187,7 @@ def test_http_service_concurrent_and_bad_bodies(dir_lm, artifact):
         assert [b.status_code for b in bad] == [400, 400, 400, 400]
         assert all("error" in b.json() for b in bad)
         big = httpx.post(f"{base}/score", content=b"x" * 100_000, headers={"content-type": "application/json"})
-        assert big.status_code == 413 and big.json()["error"] == "request body too large"
+        assert big.status_code == 413 and "larger than" in big.json()["error"]
     finally:
         server.should_exit = True
         th.join(timeout=10)

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -95,9 +94,7 @@ def test_cli_fit_writes_metrics_config_checkpoint(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     h = make_harvest(tmp_path / "h", n=300, signal=2.0)
-    t0 = time.perf_counter()
     assert main(_fit_args(tmp_path, h, "--data.families", "[commitment,sync,raw]")) == 0
-    assert time.perf_counter() - t0 < 120
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for entry in [m["probe"], *m["baselines"].values()]:
         for key in ("auroc", "auroc_ci", "auprc", "prr", "brier", "ece", "n", "n_incorrect"):

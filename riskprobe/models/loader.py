@@ -112,10 +112,19 @@ def _load_dir(path: Path, dtype, device):
     return model, tok
 
 
+def _load_gguf_file(gguf: Path):
+    """Dequantise a GGUF file into a float32 model and its tokenizer (slow: 20-60 s)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    return model, tok
+
+
 def _load_gguf(gguf: Path, sha: str, dtype, device):
     """Load a GGUF file, through the float safetensors cache keyed by the file's sha256."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cdir = cache_root() / "models" / f"{sha[:24]}-v{CACHE_VERSION}"
     if (cdir / "riskprobe-cache.json").is_file():
@@ -125,8 +134,7 @@ def _load_gguf(gguf: Path, sha: str, dtype, device):
     if importlib.util.find_spec("gguf") is None:
         raise UserError("loading a .gguf file needs the 'gguf' package: pip install gguf") from None
     log.info("dequantising %s once (cached in %s)", gguf.name, cdir)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model, tok = _load_gguf_file(gguf)
     # A GGUF-loaded model refuses save_pretrained until its quantizer record is gone.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -157,6 +165,39 @@ def _resolve_dtype(dtype):
         raise UserError(f"unknown dtype '{dtype}' (use float32, bfloat16 or float16)", field="dtype") from None
 
 
+def context_length(lm: "LoadedModel") -> int | None:
+    """How many tokens (prompt plus answer) the model takes, from its config (``None`` if it does not say)."""
+    cfg = lm.model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it; a UserError naming the option otherwise."""
+    import re
+
+    import torch
+
+    d = str(device)
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", d):
+        raise UserError(f"unknown device {d[:40]!r} (cpu, cuda, cuda:N or mps)", field="device")
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {d!r} asked for, but this machine has no CUDA GPU (or torch is a CPU build)",
+                            field="device")
+        n = int(d.split(":")[1]) if ":" in d else 0
+        if n >= torch.cuda.device_count():
+            raise UserError(f"device {d!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)",
+                            field="device")
+    if d == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' asked for, but it is not available here", field="device")
+    return d
+
+
 def default_device() -> str:
     import torch
 
@@ -178,7 +219,7 @@ def load_model(spec: str, *, device: str | None = None, dtype=None, revision: st
     """
     import torch
 
-    device = device or default_device()
+    device = check_device(device or default_device())
     tdtype = _resolve_dtype(dtype)
     if tdtype is None:
         tdtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -222,5 +263,5 @@ def clear_cache() -> None:
         shutil.rmtree(cache_root() / sub, ignore_errors=True)
 
 
-__all__ = ["ModelIdentity", "LoadedModel", "load_model", "wrap_model", "prepare_tokenizer", "clear_cache",
+__all__ = ["ModelIdentity", "LoadedModel", "load_model", "context_length", "check_device", "wrap_model", "prepare_tokenizer", "clear_cache",
            "check_sha256", "default_device"]

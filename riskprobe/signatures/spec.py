@@ -20,6 +20,11 @@ FAMILIES = ("commitment", "sync", "trajectory", "lens", "raw")
 NORMALISATIONS = ("raw", "final_norm", "unit")
 
 
+def _short(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
 def resolve_layers(sel: Any, n_layers: int, what: str) -> list[int]:
     """Concrete layer indices (0..L) for a selection: ``all``, ``early``, ``middle``, ``late``,
     ``sparseN`` (N evenly spaced, ending at L), ``none``, or an explicit list (negative counts from L+1)."""
@@ -79,14 +84,28 @@ class FeatureSpec:
             if k not in known:
                 raise UserError(f"unknown feature setting (known: {', '.join(sorted(known))})", field=f"features.{k}")
         spec = cls(**d)
+        if not isinstance(spec.families, list) or not all(isinstance(f, str) for f in spec.families):
+            raise UserError(f"expected a list of family names, got {_short(spec.families)}", field="features.families")
+        for k in ("layers", "lens_layers", "raw_layers"):
+            v = getattr(spec, k)
+            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                         for x in v))):
+                raise UserError(f"expected a layer set name or a list of ints, got {_short(v)}", field=f"features.{k}")
+        if not isinstance(spec.normalisation, str):
+            raise UserError(f"expected a string, got {_short(spec.normalisation)}", field="features.normalisation")
         for f in spec.families:
             if f not in FAMILIES:
                 raise UserError(f"unknown feature family '{f}' (known: {', '.join(FAMILIES)})", field="features.families")
         if spec.normalisation not in NORMALISATIONS:
             raise UserError(f"must be one of {', '.join(NORMALISATIONS)}", field="features.normalisation")
         for k in ("K", "lens_steps", "raw_steps"):
-            if not isinstance(getattr(spec, k), int) or getattr(spec, k) < 0:
-                raise UserError("must be a non-negative integer", field=f"features.{k}")
+            v = getattr(spec, k)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 4096:
+                raise UserError(f"must be an integer from 0 to 4096, got {_short(v)}", field=f"features.{k}")
+        for k in ("n_layers", "hidden_size"):
+            v = getattr(spec, k)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise UserError(f"must be a positive integer, got {_short(v)}", field=f"features.{k}")
         return spec
 
     @property
