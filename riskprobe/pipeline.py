@@ -13,6 +13,7 @@ from .harvest import HarvestConfig, harvest, read_manifest
 from .prompts import REPO_ROOT
 
 DEMO_PROMPTS = "builtin+triviaqa:300"
+DEMO_ENTRIES = {"harvest", "fit", "checkpoints", "probe", "sample.jsonl", "scored.jsonl", "report"}
 COMPARE_PROMPTS = "builtin-factual:200+triviaqa:200"
 
 
@@ -50,6 +51,9 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", prompts:
     from .prompts import load_items
 
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(e.name not in DEMO_ENTRIES for e in out.iterdir())):
+        raise UserError("exists and holds files that are not a riskprobe demo's; choose another --out", file=out,
+                        field="out")
     if prompts == DEMO_PROMPTS:
         try:
             load_items("triviaqa", limit=1)

@@ -286,12 +286,29 @@ def harvest_section(d: Path, h, out: Path, tag: str, k: int) -> tuple[list[str],
     return md, {"summary": summary, "prof": prof, "meta": m}
 
 
+REPORT_FILE = lambda name: name.endswith((".md", ".json", ".png"))  # noqa: E731 - what a report folder holds
+
+
 def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8) -> Path:
-    """Write ``report.md`` (+ PNGs, ``report.json``) for fit runs and harvests into ``out``."""
-    from .data import load_harvests
+    """Write ``report.md`` (+ PNGs, ``report.json``) for fit runs and harvests into ``out``.
+
+    The folder is written whole or not at all; an existing ``out`` is replaced only if it holds nothing but
+    report files."""
+    from .fsutil import atomic_dir, owned_dir
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    mine = owned_dir(REPORT_FILE)
+    if (out.exists() or out.is_symlink()) and not mine(out):
+        raise UserError("exists and holds files that are not a riskprobe report's; choose another --out", file=out,
+                        field="out")
+    with atomic_dir(out, replace=mine) as tmp:
+        _write_report_into(runs, tmp, k)
+    return out / "report.md"
+
+
+def _write_report_into(runs: list[str | Path], out: Path, k: int) -> None:
+    from .data import load_harvests
+
     md = ["# riskprobe report", ""]
     js: dict[str, Any] = {"fits": [], "harvests": []}
     harvests = []
@@ -348,4 +365,3 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8) -> Path
             md.append("")
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     atomic_write_json(out / "report.json", js)
-    return out / "report.md"

@@ -18,6 +18,7 @@ from .features import COMMITMENT, LENS, SYNC, TRAJECTORY
 SCHEMA_VERSION = 1
 FAMILIES = ("commitment", "sync", "trajectory", "lens", "raw")
 NORMALISATIONS = ("raw", "final_norm", "unit")
+LAYER_SETS = ("all", "none", "early", "middle", "late")
 
 
 def _short(v: Any, n: int = 60) -> str:
@@ -91,6 +92,10 @@ class FeatureSpec:
             if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
                                                                          for x in v))):
                 raise UserError(f"expected a layer set name or a list of ints, got {_short(v)}", field=f"features.{k}")
+            if isinstance(v, str) and not (v in LAYER_SETS or (v.startswith("sparse") and v[6:].isdigit()
+                                                               and int(v[6:]) > 0)):
+                raise UserError(f"unknown layer set {_short(v)} (all, early, middle, late, sparseN, none, or a list)",
+                                field=f"features.{k}")
         if not isinstance(spec.normalisation, str):
             raise UserError(f"expected a string, got {_short(spec.normalisation)}", field="features.normalisation")
         for f in spec.families:
