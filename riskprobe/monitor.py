@@ -35,6 +35,8 @@ class RiskMonitor:
         self.scorer, self.lm, self.stop = scorer, lm, stop
         self.threshold = scorer.threshold if threshold is None else float(threshold)
         self._eos = eos_ids(lm)
+        self._eos_t = torch.tensor(sorted(self._eos), dtype=torch.long)
+        self._no: torch.Tensor | None = None
         self.cap = Capture(lm, scorer.feature_spec())
         self.spec = self.cap.spec
         self.risk: np.ndarray | None = None
@@ -44,11 +46,14 @@ class RiskMonitor:
     def __enter__(self) -> "RiskMonitor":
         self.risk = self.risk_by_step = self.flagged = None
         self._prompt_len = None
+        self._last = None
         self._active = True
         self.cap.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is None and self.risk is None and self._last is not None and self._active:
+            self.finalize(self._last)
         self._release()
 
     def _release(self) -> None:
@@ -57,15 +62,11 @@ class RiskMonitor:
             self._active = False
 
     def _rows(self, gen: torch.Tensor) -> list[list[int]]:
-        out = []
-        for row in gen.tolist():
-            ids = []
-            for t in row:
-                ids.append(t)
-                if t in self._eos:
-                    break
-            out.append(ids)
-        return out
+        """Each row's tokens up to and including its first EOS (one transfer, once, at step k)."""
+        ended = torch.isin(gen, self._eos_t.to(gen.device))
+        first = torch.where(ended.any(-1), ended.float().argmax(-1) + 1, torch.full_like(ended[:, 0], gen.shape[1],
+                                                                                       dtype=torch.long))
+        return [row[:n] for row, n in zip(gen.tolist(), first.tolist())]
 
     def _compute(self, gen: torch.Tensor) -> None:
         sig = self.cap.finish(self._rows(gen))
@@ -76,20 +77,25 @@ class RiskMonitor:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         B = input_ids.shape[0]
-        no = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        if self._no is None or self._no.shape[0] != B:
+            self._no = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         if self._prompt_len is None:
             self._prompt_len = input_ids.shape[1] - 1
         if self.risk is not None or not self._active:
-            return no
+            return self._no
+        self._last = input_ids
         gen = input_ids[:, self._prompt_len:]
-        all_done = all(any(t in self._eos for t in row) for row in gen.tolist())
-        if self.cap.t >= self.spec.K + 1 or all_done:
+        # Steps 0..k: nothing is read back from the device until step k (a host sync per step costs more
+        # than the capture itself on a GPU). When every row ends before step k, leaving the context computes
+        # the risk from what was generated.
+        if self.cap.t >= self.spec.K + 1:
             self._compute(gen)
             if self.stop:
                 return torch.as_tensor(self.flagged, device=input_ids.device)
-        return no
+        return self._no
 
     def finalize(self, sequences: torch.Tensor) -> None:
-        """Compute the risk from a finished generation that ended before step k (rarely needed)."""
-        if self.risk is None and self._prompt_len is not None:
+        """Compute the risk from a finished generation that ended before step k (the context manager's exit
+        does this already; call it when using the monitor without ``with``)."""
+        if self.risk is None and self._prompt_len is not None and self.cap.t > 0:
             self._compute(sequences[:, self._prompt_len:])

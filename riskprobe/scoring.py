@@ -83,11 +83,17 @@ class Scorer:
                             "pass --allow-model-mismatch to score anyway", field="model")
 
     def feature_spec(self) -> FeatureSpec:
-        """The signature the probe reads, captured only up to step k."""
+        """The signature the probe reads: its families only (the logit lens too where the commitment depth,
+        a commitment feature, needs it), captured only up to step k."""
         sch = dict(self.meta["feature_spec"]["feature_schema"])
         fields = {k: sch[k] for k in FeatureSpec.__dataclass_fields__ if k in sch}
         spec = FeatureSpec(**fields)
-        return replace(spec, K=self.k, lens_steps=min(spec.lens_steps, self.k), raw_steps=min(spec.raw_steps, self.k))
+        read = set(self.selection.families)
+        if "commitment" in read:
+            read.add("lens")
+        families = [f for f in spec.families if f in read]
+        return replace(spec, K=self.k, families=families, lens_steps=min(spec.lens_steps, self.k),
+                       raw_steps=min(spec.raw_steps, self.k))
 
     # ------------------------------------------------------------------ from signatures
     def _inputs(self, sig: dict[str, Any]) -> dict[str, torch.Tensor]:

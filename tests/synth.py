@@ -49,7 +49,7 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
     return path
 
 
-def make_artifact(lm, out, probe="mlp", seed=0):
+def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", "trajectory", "lens", "raw")):
     """A probe artifact for ``lm``'s signature with random (but fixed) weights and calibration."""
     import torch
 
@@ -65,7 +65,7 @@ def make_artifact(lm, out, probe="mlp", seed=0):
     with cap:
         g = generate(lm, [render(lm.tokenizer, "x?")], max_new_tokens=6)
     sig = cap.finish([x.token_ids for x in g])
-    sel = FeatureSelection(["commitment", "sync", "trajectory", "lens", "raw"], K)
+    sel = FeatureSelection(list(families), K)
     x = inputs_from_signatures({k: torch.from_numpy(v) for k, v in sig.items()}, sel)
     dims = {"n_steps": x["seq"].shape[1], "n_feat": x["seq"].shape[2], "n_static": x["static"].shape[1]}
     torch.manual_seed(seed)

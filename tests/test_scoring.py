@@ -143,6 +143,32 @@ def test_monitor_matches_scorer_and_can_stop(dir_lm, artifact):
     assert mon.flagged.all() and out.shape[1] - enc["input_ids"].shape[1] == K + 1  # stopped at step k
 
 
+def test_monitor_captures_only_what_the_probe_reads(tmp_path, dir_lm):
+    from transformers import StoppingCriteriaList
+
+    from riskprobe.generation import tokenize
+    from riskprobe.monitor import RiskMonitor
+
+    art, _ = make_artifact(dir_lm, tmp_path, families=("raw",))
+    sc = Scorer.load(art, model=dir_lm)
+    assert sc.feature_spec().families == ["raw"]
+    art2, _ = make_artifact(dir_lm, tmp_path / "c", families=("commitment", "raw"))
+    assert Scorer.load(art2).feature_spec().families == ["commitment", "lens", "raw"]  # lens: commitment depth
+    prompts = ["What is one?", "Name a longer thing please?"]
+    full = Scorer.load(art2, model=dir_lm)
+    sig, _ = _capture(dir_lm, full, prompts, n=10)  # the harvest's full signature
+    enc = tokenize(dir_lm, [render(dir_lm.tokenizer, p) for p in prompts])
+    with RiskMonitor(sc, dir_lm) as mon:
+        dir_lm.model.generate(**enc, max_new_tokens=10, do_sample=False, stopping_criteria=StoppingCriteriaList([mon]),
+                              pad_token_id=dir_lm.tokenizer.pad_token_id)
+    np.testing.assert_allclose(mon.risk, sc.risk(sig), atol=1e-5)  # the raw-only capture gives the same risk
+    # every row ends before step k: leaving the monitor computes the risk from what was generated
+    with RiskMonitor(sc, dir_lm) as mon:
+        dir_lm.model.generate(**enc, max_new_tokens=2, do_sample=False, stopping_criteria=StoppingCriteriaList([mon]),
+                              pad_token_id=dir_lm.tokenizer.pad_token_id)
+    assert mon.risk is not None and mon.risk.shape == (2,)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
