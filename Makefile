@@ -36,12 +36,12 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Reproduce the shipped probe (checkpoints/default) from the public TriviaQA set and the built-in set.
+# Reproduce the shipped probe (riskprobe/assets/probes/default) from the public TriviaQA set and the built-in set.
 default-probe: setup
 	$(VENV)/bin/riskprobe harvest --prompts triviaqa --out runs/default/harvest-triviaqa
 	$(VENV)/bin/riskprobe harvest --prompts builtin --out runs/default/harvest-builtin
 	$(VENV)/bin/riskprobe fit --config configs/fit/shipped.yaml
-	$(VENV)/bin/riskprobe export --ckpt runs/default/ckpt/final.ckpt --out checkpoints/default
+	$(VENV)/bin/riskprobe export --ckpt runs/default/ckpt/final.ckpt --out riskprobe/assets/probes/default
 
 # The same prompts on every bundled model, one report.
 compare: setup

@@ -23,7 +23,9 @@ def main():
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
-    from riskprobe.training import HarvestDataModule, calibrate_and_evaluate, fit_probe
+    from riskprobe.training.data import HarvestDataModule
+    from riskprobe.training.evaluate import calibrate_and_evaluate
+    from riskprobe.training.module import fit_probe
 
     all_f = ["commitment", "sync", "trajectory", "lens", "raw"]
     k = args.k

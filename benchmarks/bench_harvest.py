@@ -25,7 +25,7 @@ def _hidden_states_generate(lm, rps, max_new_tokens):
     """The alternative to hooks: ask generate for every layer's states at every step (kept until the end)."""
     import torch
 
-    from riskprobe.generation import finish_rows, tokenize
+    from riskprobe.models.generation import finish_rows, tokenize
 
     enc = tokenize(lm, rps)
     with torch.inference_mode():
@@ -36,8 +36,8 @@ def _hidden_states_generate(lm, rps, max_new_tokens):
 
 
 def _gen_rate(lm, items, spec, batch_size, max_new_tokens):
-    from riskprobe.generation import generate
     from riskprobe.models import render
+    from riskprobe.models.generation import generate
     from riskprobe.signatures import Capture
 
     n_tok, t0 = 0, time.perf_counter()
@@ -69,7 +69,7 @@ def batch_table(args):
     import torch
 
     from riskprobe.models import load_model
-    from riskprobe.prompts import load_items
+    from riskprobe.prompts.sets import load_items
     from riskprobe.signatures import FeatureSpec
 
     if args.threads:
@@ -102,7 +102,7 @@ def speed(args):
     import torch
 
     from riskprobe.models import load_model
-    from riskprobe.prompts import load_items
+    from riskprobe.prompts.sets import load_items
     from riskprobe.signatures import FeatureSpec
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -140,9 +140,10 @@ def _peak_rss_of(cmd: list[str]) -> tuple[float, float]:
 
 
 def _child(mode: str, model: str, prompts: str, n: int, out: str, max_new_tokens: int, batch_size: int):
-    from riskprobe.harvest import HarvestConfig, harvest
+    from riskprobe.harvest.config import HarvestConfig
+    from riskprobe.harvest.run import harvest
     from riskprobe.models import load_model
-    from riskprobe.prompts import load_items
+    from riskprobe.prompts.sets import load_items
 
     if mode == "plain":
         lm = load_model(model)

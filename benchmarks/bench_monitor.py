@@ -33,11 +33,11 @@ def main():
     import torch
     from transformers import StoppingCriteriaList
 
-    from riskprobe.generation import eos_ids, tokenize
     from riskprobe.models import load_model, render
-    from riskprobe.monitor import RiskMonitor
-    from riskprobe.prompts import load_items
-    from riskprobe.scoring import Scorer
+    from riskprobe.models.generation import eos_ids, tokenize
+    from riskprobe.prompts.sets import load_items
+    from riskprobe.serving.monitor import RiskMonitor
+    from riskprobe.serving.scorer import Scorer
 
     scorer = Scorer.load(args.probe)
     lm = load_model(args.model or scorer.model_identity["name"], device=args.device, dtype=args.dtype)

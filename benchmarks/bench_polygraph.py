@@ -22,7 +22,11 @@ def main():
     ap.add_argument("--limit", type=int, default=300)
     args = ap.parse_args()
     try:
-        from lm_polygraph.estimators import MaximumSequenceProbability, MeanTokenEntropy, Perplexity
+        from lm_polygraph.estimators import (
+            MaximumSequenceProbability,
+            MeanTokenEntropy,
+            Perplexity,
+        )
         from lm_polygraph.utils.manager import estimate_uncertainty
         from lm_polygraph.utils.model import WhiteboxModel
     except ImportError:
@@ -31,9 +35,9 @@ def main():
     import datasets
     import numpy as np
 
-    from riskprobe.baselines import training_free_scores
-    from riskprobe.data import load_harvests
-    from riskprobe.metrics import auroc
+    from riskprobe.evaluation.baselines import training_free_scores
+    from riskprobe.evaluation.metrics import auroc
+    from riskprobe.harvest.store import load_harvests
 
     h = load_harvests([args.harvest])
     ds = datasets.load_from_disk(args.harvest)

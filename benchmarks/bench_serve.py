@@ -51,9 +51,9 @@ def main():
     import uvicorn
 
     from riskprobe.models import load_model
-    from riskprobe.prompts import load_items
-    from riskprobe.scoring import Scorer
-    from riskprobe.serve import create_app
+    from riskprobe.prompts.sets import load_items
+    from riskprobe.serving.http import create_app
+    from riskprobe.serving.scorer import Scorer
 
     scorer = Scorer.load(args.probe)
     lm = load_model(args.model or scorer.model_identity["name"])

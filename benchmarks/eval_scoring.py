@@ -24,9 +24,9 @@ def main():
     ap.add_argument("--out", default="runs/eval-scoring")
     args = ap.parse_args()
 
-    from riskprobe.grading import grade
-    from riskprobe.metrics import evaluate
-    from riskprobe.prompts import load_items, split_of
+    from riskprobe.evaluation.metrics import evaluate
+    from riskprobe.prompts.grading import grade
+    from riskprobe.prompts.sets import load_items, split_of
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

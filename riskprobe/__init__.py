@@ -10,6 +10,6 @@ The stages, each importable on its own:
 
 __version__ = "0.1.0"
 
-from .errors import UserError  # noqa: E402
+from .errors import UserError
 
 __all__ = ["UserError", "__version__"]

@@ -15,14 +15,13 @@ from pathlib import Path
 
 from .errors import UserError
 
-DEFAULT_HARVEST_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "harvest" / "default.yaml"
-
 
 def _harvest_parser(sub) -> None:
     p = sub.add_parser("harvest", help="generate, grade and record signatures into a dataset",
                        description="Generate answers to labelled prompts, grade them, record per-step signatures, "
                                    "and write a resumable `datasets` dataset with a riskprobe.json manifest.")
-    p.add_argument("--config", help="YAML config (default: configs/harvest/default.yaml)")
+    p.add_argument("--config", help="YAML config: a file, or a shipped one by name (default, triviaqa, gemma3); "
+                   "default: the shipped default")
     p.add_argument("--model", help="bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), .gguf file, directory or hub id")
     p.add_argument("--prompts", help="set name (builtin, triviaqa, nq_open, gsm8k, ...), name+name, or a .jsonl file")
     p.add_argument("--limit", type=int, help="take this many items (a deterministic subsample)")
@@ -40,9 +39,12 @@ def _harvest_parser(sub) -> None:
 
 
 def cmd_harvest(args) -> int:
-    from .harvest import harvest, load_config, read_manifest
+    from .harvest.config import load_config
+    from .harvest.run import harvest
+    from .harvest.store import read_manifest
+    from .resources import resolve_config
 
-    cfg_path = args.config or (DEFAULT_HARVEST_CONFIG if DEFAULT_HARVEST_CONFIG.is_file() else None)
+    cfg_path = resolve_config("harvest", args.config or "default")
     over = {k: getattr(args, k) for k in ("model", "prompts", "limit", "max_new_tokens", "batch_size", "out", "device",
                                           "dtype", "seed", "datasets_root")}
     cfg = load_config(cfg_path, over)
@@ -53,7 +55,7 @@ def cmd_harvest(args) -> int:
     cfg.features = feats
     t0 = time.perf_counter()
     out = harvest(cfg, progress=not args.no_progress)
-    from .harvest import dist_rank
+    from .harvest.run import dist_rank
 
     if dist_rank()[0] != 0:
         return 0
@@ -67,7 +69,7 @@ def cmd_harvest(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .harvest import merge_shards, read_manifest
+    from .harvest.store import merge_shards, read_manifest
 
     ds = merge_shards(args.out)
     m = read_manifest(args.out)
@@ -95,7 +97,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_sets(args) -> int:
-    from .prompts import REGISTRY, datasets_root
+    from .prompts.sets import REGISTRY
+    from .resources import datasets_root
 
     print(f"public sets root: {datasets_root()}")
     for name, (_, desc) in REGISTRY.items():
@@ -133,7 +136,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_checkpoint
+    from .probes.artifact import export_checkpoint
 
     out = export_checkpoint(args.ckpt, args.out, force=args.force)
     meta = json.loads((out / "probe.json").read_text())
@@ -151,7 +154,7 @@ def _positive(value: int | None, field: str, hi: int = 1 << 20) -> None:
 def _scorer_and_model(args):
     """Load the probe (all its checks), check the options, then load the model: cheap checks first."""
     from .models import check_device, load_model
-    from .scoring import Scorer
+    from .serving.scorer import Scorer
 
     _positive(getattr(args, "batch_size", None), "batch-size", 4096)
     _positive(getattr(args, "max_new_tokens", None), "max-new-tokens", 4096)
@@ -170,7 +173,7 @@ def _scorer_and_model(args):
 
 
 def cmd_score(args) -> int:
-    from .scoring import _same_file, read_requests, score_file
+    from .serving.jsonl import _same_file, read_requests, score_file
 
     inp, outp = Path(args.input), Path(args.output)
     if not inp.is_file():
@@ -192,7 +195,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from .serving.http import serve
 
     scorer, lm = _scorer_and_model(args)
     serve(scorer, lm, host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
@@ -201,7 +204,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_eval_given(args) -> int:
-    from .scoring import evaluate_given
+    from .serving.given import evaluate_given
 
     scorer, lm = _scorer_and_model(args)
     r = evaluate_given(scorer, lm, args.set, limit=args.limit, progress=not args.no_progress)
@@ -215,7 +218,7 @@ def cmd_eval_given(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report.build import write_report
 
     if args.k < 0:
         raise UserError(f"must be a non-negative integer, got {args.k}", field="k")
@@ -225,7 +228,7 @@ def cmd_report(args) -> int:
 
 
 def _probe_args(p, model_required: bool = False) -> None:
-    p.add_argument("--probe", default="default", help="probe artifact directory (default: the shipped checkpoints/default)")
+    p.add_argument("--probe", default="default", help="probe artifact folder, or default (the shipped probe for smollm2-135m)")
     p.add_argument("--model", help="model to run (default: the one the probe was trained for)")
     p.add_argument("--device")
     p.add_argument("--allow-model-mismatch", action="store_true", help="score with a model the probe was not trained for")
@@ -313,24 +316,28 @@ def _option_values(argv: list[str], *names: str) -> list[str]:
 
 
 def _run_lightning(argv: list[str]) -> int:
-    """``fit``/``validate``/``test`` go to LightningCLI (configs/fit/*.yaml, --print_config, overrides)."""
+    """``fit``/``validate``/``test`` go to LightningCLI (a shipped config by name or a YAML file, --print_config, overrides)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
                  "lightning.fabric.utilities.seed", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no banners; metrics tables are printed
     from .fsutil import load_yaml
+    from .resources import resolve_config
 
+    for i, a in enumerate(argv[:-1]):  # a shipped config by name: --config default, --config raw_linear
+        if a in ("--config", "-c"):
+            argv[i + 1] = str(resolve_config("fit", argv[i + 1]))
     for path in _option_values(argv, "--config", "-c"):  # safe parse first: no aliases, UTF-8, <= 1 MiB, a mapping
         data = load_yaml(path)
         if not isinstance(data, dict):
             raise UserError("expected a mapping at the top level", file=path)
     for path in _option_values(argv, "--ckpt_path"):  # never let a checkpoint's pickle run code
         if path not in ("best", "last", "null", "None"):
-            from .export import check_checkpoint
+            from .probes.artifact import check_checkpoint
 
             check_checkpoint(path)
     try:
-        from .training import cli_main
+        from .training.cli import cli_main
     except ImportError as e:
         raise UserError(f"training needs the 'train' extras ({e.name} is missing): pip install 'riskprobe[train]'") from None
     try:

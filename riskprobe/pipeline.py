@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .harvest import HarvestConfig, harvest, read_manifest
-from .prompts import REPO_ROOT
+from .harvest.config import HarvestConfig
+from .harvest.run import harvest
+from .harvest.store import read_manifest
+from .resources import shipped_configs
 
 DEMO_PROMPTS = "builtin+triviaqa:300"
 DEMO_ENTRIES = {"harvest", "fit", "checkpoints", "probe", "sample.jsonl", "scored.jsonl", "report"}
@@ -40,15 +42,15 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", prompts:
          sweep_ks: str = "[0,1,2,4,8]", progress: bool = True) -> dict[str, Any]:
     """Harvest the built-in set plus a TriviaQA slice, fit a probe (with an AUROC-vs-k sweep), export it,
     score a sample file and write the report. Returns the paths and the headline numbers."""
-    from .export import export_checkpoint
-    from .models import load_model
-    from .report import write_report
-    from .scoring import Scorer, score_file
-    from .training import cli_main
-
     import sys
 
-    from .prompts import load_items
+    from .models import load_model
+    from .probes.artifact import export_checkpoint
+    from .prompts.sets import load_items
+    from .report.build import write_report
+    from .serving.jsonl import score_file
+    from .serving.scorer import Scorer
+    from .training.cli import cli_main
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(e.name not in DEMO_ENTRIES for e in out.iterdir())):
@@ -62,7 +64,7 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", prompts:
             prompts = "builtin"
     h = harvest(HarvestConfig(model=model, prompts=prompts, out=str(out / "harvest")), progress=progress)
     fit_dir, ck = out / "fit", out / "checkpoints"
-    cli_main(["fit", "--config", str(REPO_ROOT / "configs" / "fit" / "default.yaml"), "--data.paths", f"[{h}]",
+    cli_main(["fit", "--config", str(shipped_configs("fit")["default"]), "--data.paths", f"[{h}]",
               "--trainer.default_root_dir", str(fit_dir), "--checkpoint_dir", str(ck), "--run_name", "demo",
               "--sweep_ks", sweep_ks, "--n_boot", "300", "--trainer.enable_progress_bar", str(progress).lower()])
     metrics = json.loads((fit_dir / "metrics.json").read_text())
@@ -85,7 +87,7 @@ def compare(models: list[str], out: str | Path = "runs/compare", *, prompts: str
 
     Optional bundled models that are not installed are skipped with a note.
     """
-    from .report import write_report
+    from .report.build import write_report
 
     out = Path(out)
     done, skipped = [], []

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from riskprobe.fsutil import atomic_write_json
-from riskprobe.harvest import MANIFEST, _features, _write_shard, merge_shards
-from riskprobe.prompts import split_of
+from riskprobe.harvest.store import (
+    MANIFEST,
+    _features,
+    _write_shard,
+    hf_features,
+    merge_shards,
+)
+from riskprobe.prompts.sets import split_of
 from riskprobe.signatures import FeatureSpec
 
 K = 4
@@ -44,7 +50,7 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
              "hidden_size": 8, "vocab_size": 10, "has_chat_template": True}
     atomic_write_json(path / MANIFEST, {"kind": "harvest", "model": model, "feature_schema": spec.schema(),
                                         "prompts": set_name, "status": "running", "compat": {}})
-    _write_shard(path / "shards" / "shard-00000", rows, _features(spec.hf_features()))
+    _write_shard(path / "shards" / "shard-00000", rows, _features(hf_features(spec)))
     merge_shards(path, 1)
     return path
 
@@ -53,12 +59,16 @@ def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", 
     """A probe artifact for ``lm``'s signature with random (but fixed) weights and calibration."""
     import torch
 
-    from riskprobe.export import export_checkpoint
-    from riskprobe.generation import generate
     from riskprobe.models import render
+    from riskprobe.models.generation import generate
+    from riskprobe.probes.artifact import export_checkpoint
+    from riskprobe.probes.inputs import (
+        FeatureSelection,
+        inputs_from_signatures,
+        step_feature_names,
+    )
     from riskprobe.signatures import Capture
-    from riskprobe.data import FeatureSelection, inputs_from_signatures, step_feature_names
-    from riskprobe.training import ProbeModule, save_calibrated
+    from riskprobe.training.module import ProbeModule, save_calibrated
 
     spec = FeatureSpec(K=K, lens_steps=2, raw_steps=2, raw_layers="sparse2").resolve(lm)
     cap = Capture(lm, spec)

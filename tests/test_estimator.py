@@ -3,8 +3,8 @@
 import numpy as np
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from riskprobe.estimator import RiskProbe
-from riskprobe.metrics import auroc
+from riskprobe.evaluation.metrics import auroc
+from riskprobe.probes.estimator import RiskProbe
 
 
 @parametrize_with_checks([RiskProbe(epochs=10)])

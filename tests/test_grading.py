@@ -2,7 +2,14 @@
 
 import pytest
 
-from riskprobe.grading import answer_span, grade, is_correct, normalize, numbers, parse_number
+from riskprobe.prompts.grading import (
+    answer_span,
+    grade,
+    is_correct,
+    normalize,
+    numbers,
+    parse_number,
+)
 
 Q_FR = "What is the capital of France?"
 Q_CHOICE = "Who wrote Yesterday, John Lennon or Paul McCartney?"

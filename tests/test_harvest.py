@@ -13,7 +13,9 @@ import torch
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
-from riskprobe.harvest import HarvestConfig, harvest, load_config, read_manifest
+from riskprobe.harvest.config import HarvestConfig, load_config
+from riskprobe.harvest.run import harvest
+from riskprobe.harvest.store import read_manifest
 
 SMALL = {"K": 4, "lens_steps": 2, "raw_steps": 2}
 
@@ -49,7 +51,7 @@ def test_harvest_writes_dataset_and_manifest(tmp_path, llama_lm, mini_prompts):
     assert isinstance(t["commitment"], torch.Tensor) and tuple(t["commitment"].shape) == (24, 5, 6)
     assert t["step_mask"].dtype == torch.bool and tuple(t["raw"].shape)[:2] == (24, 3)
     assert ds.features["raw"].dtype == "float16"  # stored as float16 (torch formatting upcasts to float32)
-    from riskprobe.harvest import signature_tensors
+    from riskprobe.harvest.store import signature_tensors
 
     sig = signature_tensors(ds)
     assert sig["raw"].dtype == torch.float16 and tuple(sig["raw"].shape) == (24, 3, 3, 32)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from synth import make_artifact, make_harvest
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
-from synth import make_artifact, make_harvest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIT_CFG = str(ROOT / "configs" / "fit" / "default.yaml")
@@ -303,7 +303,7 @@ def test_the_table_is_large_enough():
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=400))
 def test_prompt_reader_fuzz(tmp_path_factory, data):
-    from riskprobe.prompts import jsonl_items
+    from riskprobe.prompts.sets import jsonl_items
 
     p = tmp_path_factory.mktemp("fz") / "f.jsonl"
     p.write_bytes(data)
@@ -320,7 +320,7 @@ def test_prompt_reader_fuzz(tmp_path_factory, data):
                                                     st.lists(st.integers(), max_size=3)), max_size=5)
                           .map(lambda d: json.dumps(d).encode())), max_size=8))
 def test_request_reader_fuzz(tmp_path_factory, lines):
-    from riskprobe.scoring import read_requests
+    from riskprobe.serving.jsonl import read_requests
 
     p = tmp_path_factory.mktemp("fz") / "r.jsonl"
     p.write_bytes(b"\n".join(lines))

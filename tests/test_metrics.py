@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from riskprobe import metrics as M
+from riskprobe.evaluation import metrics as M
 
 
 def test_auroc_by_hand():

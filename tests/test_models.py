@@ -5,9 +5,9 @@ import hashlib
 import pytest
 
 from riskprobe.errors import UserError
-from riskprobe.generation import generate
 from riskprobe.models import load_model, render
 from riskprobe.models.bundled import BUNDLED, check_sha256
+from riskprobe.models.generation import generate
 
 
 def test_tiny_architectures_generate(tiny_lm):

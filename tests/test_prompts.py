@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from riskprobe import prompts as P
 from riskprobe.errors import UserError
+from riskprobe.prompts import sets as P
 
 
 @pytest.fixture
@@ -130,7 +130,9 @@ def test_limit_is_a_nested_deterministic_subsample():
 
 
 def test_shared_datasets_when_present():
-    root = P.datasets_root()
+    from riskprobe.resources import datasets_root
+
+    root = datasets_root()
     if root is None or not (root / "triviaqa").is_dir():
         pytest.skip("public sets not present beside the repository")
     for name, n_min in [("triviaqa", 2900), ("nq_open", 3500), ("truthfulqa", 780), ("gsm8k", 1300), ("svamp", 1000),

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from riskprobe.errors import UserError
-from riskprobe.harvest import HarvestConfig, harvest, read_manifest
+from riskprobe.harvest.config import HarvestConfig
+from riskprobe.harvest.run import harvest
+from riskprobe.harvest.store import read_manifest
 from riskprobe.models import load_model
 from riskprobe.models.bundled import BUNDLED, resolve_bundled
 
@@ -61,8 +63,8 @@ def test_gemma3_loads_and_answers_few_shot():
     lm = load_model("gemma3-270m", device="cpu")
     assert (lm.identity.architecture, lm.identity.n_layers, lm.identity.hidden_size) == ("gemma3_text", 18, 640)
     assert not lm.identity.has_chat_template
-    from riskprobe.generation import generate
     from riskprobe.models import render
+    from riskprobe.models.generation import generate
 
     rp = render(lm.tokenizer, "Who wrote the play Hamlet?")
     assert rp.style == "fewshot"

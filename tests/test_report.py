@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from riskprobe import profiles as PF
 from synth import make_harvest
+
+from riskprobe.report import profiles as PF
 
 
 def _summary(n, rng):

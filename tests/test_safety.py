@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synth import make_artifact, make_harvest
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
-from riskprobe.export import export_checkpoint, read_artifact
 from riskprobe.models import load_model
-from riskprobe.scoring import Scorer, score_file
-from synth import make_artifact, make_harvest
+from riskprobe.probes.artifact import export_checkpoint, read_artifact
+from riskprobe.serving.jsonl import score_file
+from riskprobe.serving.scorer import Scorer
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -171,7 +172,7 @@ def _asgi(app, body: bytes, chunks: int = 1, path: str = "/score"):
 def test_http_one_bad_request_fails_alone_and_body_limit_counts_bytes(dir_lm, art):
     from fastapi.testclient import TestClient
 
-    from riskprobe.serve import create_app
+    from riskprobe.serving.http import create_app
 
     flaky = _FlakyScorer(Scorer.load(art, model=dir_lm))
     app = create_app(flaky, dir_lm, max_batch=8, max_wait_ms=200)
@@ -199,7 +200,7 @@ def test_http_full_queue_answers_503(dir_lm, art):
 
     from fastapi.testclient import TestClient
 
-    from riskprobe.serve import create_app
+    from riskprobe.serving.http import create_app
 
     gate = threading.Event()
 
@@ -232,7 +233,8 @@ def test_http_full_queue_answers_503(dir_lm, art):
 
 # ---------------------------------------------------------------------------------------------- 4. resume
 def test_resume_refuses_a_changed_prompt_file(tmp_path, llama_lm, mini_prompts):
-    from riskprobe.harvest import HarvestConfig, harvest
+    from riskprobe.harvest.config import HarvestConfig
+    from riskprobe.harvest.run import harvest
 
     out = tmp_path / "h"
     cfg = HarvestConfig(prompts=str(mini_prompts), out=str(out), max_new_tokens=3, batch_size=4, shard_size=8,
@@ -303,7 +305,9 @@ def test_shape_is_checked_even_when_mismatch_is_allowed(art):
 
 # ---------------------------------------------------------------------------------------------- 7. long prompts
 def test_prompt_longer_than_context_is_refused_with_its_line_or_truncated(tmp_path, tiny_model_dir):
-    from riskprobe.harvest import HarvestConfig, harvest, read_manifest
+    from riskprobe.harvest.config import HarvestConfig
+    from riskprobe.harvest.run import harvest
+    from riskprobe.harvest.store import read_manifest
 
     p = tmp_path / "long.jsonl"
     p.write_text(json.dumps({"id": "ok", "question": "Short?", "answers": ["a"]}) + "\n"
@@ -345,7 +349,7 @@ def test_fit_into_a_user_folder_is_refused_before_training(tmp_path, monkeypatch
 
 
 def test_harvest_failing_after_model_load_leaves_nothing(tmp_path, llama_lm, mini_prompts, monkeypatch):
-    import riskprobe.harvest as H
+    import riskprobe.harvest.run as H
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
@@ -400,8 +404,8 @@ def test_checkpoints_are_never_unpickled(tmp_path, monkeypatch, capsys):
 
 # ---------------------------------------------------------------------------------------------- 10. baselines
 def test_baseline_auroc_and_interval_come_from_one_score():
-    from riskprobe import metrics as M
-    from riskprobe.training import baseline_metrics
+    from riskprobe.evaluation import metrics as M
+    from riskprobe.training.evaluate import baseline_metrics
 
     rng = np.random.default_rng(0)
     yv, yt = rng.random(400) < 0.5, rng.random(400) < 0.5

@@ -9,14 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from synth import K, make_artifact
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
-from riskprobe.generation import generate
 from riskprobe.models import load_model, render
-from riskprobe.scoring import Scorer, onnx_risk, score_file
+from riskprobe.models.generation import generate
+from riskprobe.serving.jsonl import score_file
+from riskprobe.serving.scorer import Scorer, onnx_risk
 from riskprobe.signatures import Capture
-from synth import K, make_artifact
 
 
 @pytest.fixture
@@ -123,8 +124,8 @@ def test_score_file_resume_and_malformed_lines(tmp_path, dir_lm, artifact, tiny_
 def test_monitor_matches_scorer_and_can_stop(dir_lm, artifact):
     from transformers import StoppingCriteriaList
 
-    from riskprobe.generation import tokenize
-    from riskprobe.monitor import RiskMonitor
+    from riskprobe.models.generation import tokenize
+    from riskprobe.serving.monitor import RiskMonitor
 
     sc = Scorer.load(artifact, model=dir_lm)
     prompts = ["What is one?", "Name a longer thing please?"]
@@ -146,8 +147,8 @@ def test_monitor_matches_scorer_and_can_stop(dir_lm, artifact):
 def test_monitor_captures_only_what_the_probe_reads(tmp_path, dir_lm):
     from transformers import StoppingCriteriaList
 
-    from riskprobe.generation import tokenize
-    from riskprobe.monitor import RiskMonitor
+    from riskprobe.models.generation import tokenize
+    from riskprobe.serving.monitor import RiskMonitor
 
     art, _ = make_artifact(dir_lm, tmp_path, families=("raw",))
     sc = Scorer.load(art, model=dir_lm)
@@ -179,7 +180,7 @@ def test_http_service_concurrent_and_bad_bodies(dir_lm, artifact):
     import httpx
     import uvicorn
 
-    from riskprobe.serve import create_app
+    from riskprobe.serving.http import create_app
 
     sc = Scorer.load(artifact, model=dir_lm)
     port = _free_port()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from riskprobe.generation import generate
 from riskprobe.models import render
+from riskprobe.models.generation import generate
 from riskprobe.signatures import Capture, FeatureSpec, resolve_layers
 from riskprobe.signatures import features as F
 

@@ -9,12 +9,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from synth import make_harvest
 
 from riskprobe.cli import main
-from riskprobe.data import Standardizer, load_harvests
 from riskprobe.errors import UserError
-from riskprobe.training import HarvestDataModule, calibrate_and_evaluate, fit_probe
-from synth import make_harvest
+from riskprobe.harvest.store import load_harvests
+from riskprobe.probes.inputs import Standardizer
+from riskprobe.training.data import HarvestDataModule
+from riskprobe.training.evaluate import calibrate_and_evaluate
+from riskprobe.training.module import fit_probe
 
 FAST = dict(max_epochs=40, patience=6)
 

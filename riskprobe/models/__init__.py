@@ -1,7 +1,15 @@
 """Models: loading (bundled, GGUF, directory, hub), identity, and prompting."""
 
 from .bundled import BUNDLED, DEFAULT_MODEL, BundledModel, cache_root
-from .loader import LoadedModel, ModelIdentity, check_device, context_length, default_device, load_model, wrap_model
+from .loader import (
+           LoadedModel,
+           ModelIdentity,
+           check_device,
+           context_length,
+           default_device,
+           load_model,
+           wrap_model,
+)
 from .prompting import RenderedPrompt, render
 
 __all__ = ["BUNDLED", "DEFAULT_MODEL", "BundledModel", "cache_root", "LoadedModel", "ModelIdentity", "check_device", "context_length",

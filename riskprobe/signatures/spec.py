@@ -162,17 +162,3 @@ class FeatureSpec:
         d["schema_version"] = SCHEMA_VERSION
         d["columns"] = {k: {"shape": list(s), "dtype": t, "names": list(n)} for k, (s, t, n) in self.shapes().items()}
         return d
-
-    def hf_features(self) -> dict[str, Any]:
-        """``datasets`` feature types for the signature columns (fixed-shape arrays)."""
-        import datasets as hd
-
-        out: dict[str, Any] = {}
-        for name, (shape, dtype, _) in self.shapes().items():
-            if len(shape) == 1:
-                out[name] = hd.Sequence(hd.Value(dtype), length=shape[0])
-            elif len(shape) == 2:
-                out[name] = hd.Array2D(shape=shape, dtype=dtype)
-            else:
-                out[name] = hd.Array3D(shape=shape, dtype=dtype)
-        return out

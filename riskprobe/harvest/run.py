@@ -21,130 +21,23 @@ import platform
 import shutil
 import sys
 import time
-from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .fsutil import atomic_dir, atomic_write_json, stable_hash
+from ..errors import UserError
+from ..fsutil import atomic_write_json, stable_hash
+from .config import HarvestConfig, _short
+from .store import (
+    HARVEST_VERSION,
+    MANIFEST,
+    _features,
+    _write_shard,
+    hf_features,
+    merge_shards,
+)
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "riskprobe.json"
-HARVEST_VERSION = 1
-
-
-@dataclass
-class HarvestConfig:
-    """Everything that decides what a harvest produces (see ``configs/harvest/default.yaml``)."""
-
-    model: str = "smollm2-135m"
-    prompts: str = "builtin"
-    limit: int | None = None
-    out: str = "runs/harvest"
-    max_new_tokens: int = 33
-    batch_size: int = 16
-    shard_size: int = 256
-    seed: int = 0
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    prompt_style: str = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    datasets_root: str | None = None
-    threads: int | None = None
-    truncate_prompts: bool = False
-    features: dict[str, Any] = field(default_factory=dict)
-
-    # Keys that change rows: a rerun into the same directory must agree on these.
-    COMPAT = ("model", "prompts", "limit", "max_new_tokens", "shard_size", "seed", "do_sample", "temperature",
-              "top_p", "prompt_style", "dtype", "truncate_prompts", "features")
-    # Expected types, checked before anything is loaded (bool is not an int here).
-    TYPES = {"model": str, "prompts": str, "limit": (int, type(None)), "out": str, "max_new_tokens": int,
-             "batch_size": int, "shard_size": int, "seed": int, "do_sample": bool, "temperature": (int, float),
-             "top_p": (int, float), "prompt_style": str, "device": (str, type(None)), "dtype": (str, type(None)),
-             "datasets_root": (str, type(None)), "threads": (int, type(None)), "truncate_prompts": bool,
-             "features": dict}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> "HarvestConfig":
-        known = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in known:
-                raise UserError(f"unknown key (known: {', '.join(sorted(known))})", file=source, field=k)
-        cfg = cls(**d)
-        cfg.validate(source)
-        return cfg
-
-    def validate(self, source: str | None = None) -> None:
-        def need(cond: bool, key: str, msg: str):
-            if not cond:
-                raise UserError(msg, file=source, field=key)
-
-        for key, typ in self.TYPES.items():
-            v = getattr(self, key)
-            typs = typ if isinstance(typ, tuple) else (typ,)
-            if (isinstance(v, bool) and bool not in typs) or not isinstance(v, typs):
-                names = " or ".join("null" if t is type(None) else t.__name__ for t in typs)
-                raise UserError(f"expected {names}, got {type(v).__name__} {_short(v)}", file=source, field=key)
-        need(self.model.strip() != "", "model", "must not be empty")
-        need(self.prompts.strip() != "", "prompts", "must not be empty")
-        need(self.out.strip() != "", "out", "must not be empty")
-        need(0 < self.temperature <= 100, "temperature", "must be in (0, 100]")
-        need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        need(self.threads is None or 1 <= self.threads <= 1024, "threads", "must be a positive integer")
-        need(self.dtype is None or self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
-             "dtype", "must be float32, bfloat16 or float16")
-        need(self.device is None or _valid_device(self.device), "device", "must be cpu, cuda, cuda:N or mps")
-        need(self.limit is None or (isinstance(self.limit, int) and self.limit > 0), "limit", "must be a positive integer")
-        need(isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 4096, "max_new_tokens",
-             "must be an integer from 1 to 4096")
-        need(isinstance(self.batch_size, int) and self.batch_size > 0, "batch_size", "must be a positive integer")
-        need(isinstance(self.shard_size, int) and self.shard_size > 0, "shard_size", "must be a positive integer")
-        need(self.prompt_style in ("auto", "chat", "fewshot"), "prompt_style", "must be auto, chat or fewshot")
-        need(isinstance(self.features, dict), "features", "must be a mapping")
-        from .signatures import FeatureSpec
-
-        try:
-            FeatureSpec.from_dict(self.features)
-        except UserError as e:
-            raise UserError(e.message, file=source, field=e.field) from None
-
-    def compat(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.COMPAT}
-
-
-def _short(v: Any, n: int = 60) -> str:
-    r = repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
-
-
-def _valid_device(d: str) -> bool:
-    import re
-
-    return re.fullmatch(r"cpu|mps|cuda(:\d+)?", d) is not None
-
-
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HarvestConfig:
-    """A :class:`HarvestConfig` from a YAML file (``version: 1``) plus overrides (``None`` values ignored)."""
-    from .fsutil import load_yaml
-
-    data: dict[str, Any] = {}
-    src = None
-    if path is not None:
-        src = str(path)
-        p = Path(path)
-        data = load_yaml(p) or {}
-        if not isinstance(data, dict):
-            raise UserError("expected a mapping at the top level", file=p)
-        version = data.pop("version", 1)
-        if version != 1:
-            raise UserError(f"unsupported config version {_short(version)} (this riskprobe reads version 1)", file=p,
-                            field="version")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return HarvestConfig.from_dict(data, src)
 
 
 def package_versions() -> dict[str, str]:
@@ -168,7 +61,7 @@ def dist_rank() -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------ rows
 def grade_rows(items, gens, rendered, split_fn) -> list[dict[str, Any]]:
     """Rows for a batch: the item, its answer, and its grade."""
-    from .grading import grade
+    from ..prompts.grading import grade
 
     rows = []
     for it, g, rp in zip(items, gens, rendered):
@@ -180,39 +73,6 @@ def grade_rows(items, gens, rendered, split_fn) -> list[dict[str, Any]]:
             "n_tokens": g.n_tokens, "finish": g.finish, "split": split_fn(it.id),
         })
     return rows
-
-
-def _write_shard(path: Path, rows: list[dict[str, Any]], features) -> None:
-    import datasets
-
-    datasets.disable_progress_bars()
-    with atomic_dir(path, replace=True) as tmp:
-        ds = datasets.Dataset.from_list(rows, features=features)
-        ds.save_to_disk(str(tmp))
-
-
-def _features(extra=None):
-    import datasets as hd
-
-    f = {
-        "index": hd.Value("int64"), "id": hd.Value("string"), "set": hd.Value("string"),
-        "category": hd.Value("string"), "prompt": hd.Value("string"), "input_text": hd.Value("string"),
-        "answers": hd.Sequence(hd.Value("string")), "answer_kind": hd.Value("string"),
-        "response": hd.Value("string"), "correct": hd.Value("bool"), "label": hd.Value("int8"),
-        "echo_discounted": hd.Value("bool"), "n_tokens": hd.Value("int32"), "finish": hd.Value("string"),
-        "split": hd.Value("string"),
-    }
-    f.update(extra or {})
-    return hd.Features(f)
-
-
-# -------------------------------------------------------------------------------------------- manifest
-def read_manifest(out: str | Path) -> dict[str, Any]:
-    """The manifest of a harvest directory (raises a UserError when there is none)."""
-    p = Path(out) / MANIFEST
-    if not p.is_file():
-        raise UserError(f"not a riskprobe harvest (no {MANIFEST})", file=out)
-    return json.loads(p.read_text())
 
 
 def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
@@ -261,9 +121,9 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
         progress: show a progress bar with tokens/s.
         merge: merge the shards into the dataset at the end (rank 0, once all shards are there).
     """
-    from . import prompts as P
-    from .models import load_model
-    from .signatures import FeatureSpec
+    from ..models import load_model
+    from ..prompts import sets as P
+    from ..signatures import FeatureSpec
 
     cfg.validate()
     if cfg.datasets_root:
@@ -324,7 +184,7 @@ def render_items(lm, items, cfg: HarvestConfig):
     id); with ``truncate_prompts`` its question is cut from the end instead and its id is returned in the
     second list.
     """
-    from .models import context_length, render
+    from ..models import context_length, render
 
     ctx = context_length(lm)
     rps = [render(lm.tokenizer, it.prompt, it.answer_kind, cfg.prompt_style) for it in items]
@@ -377,9 +237,9 @@ def _harvest_shards(cfg, lm, spec, items, rendered, out: Path, rank: int, world:
                     merge: bool) -> None:
     from tqdm.auto import tqdm
 
-    from . import prompts as P
-    from .generation import generate
-    from .signatures import Capture
+    from ..models.generation import generate
+    from ..prompts import sets as P
+    from ..signatures import Capture
 
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -389,7 +249,7 @@ def _harvest_shards(cfg, lm, spec, items, rendered, out: Path, rank: int, world:
     for s in todo:  # leftovers of a killed run: temporary folders of shards that never finished
         for stale in shard_dir.glob(f".shard-{s:05d}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
-    features = _features(spec.hf_features())
+    features = _features(hf_features(spec))
     n_todo = sum(len(items[s * cfg.shard_size:(s + 1) * cfg.shard_size]) for s in todo)
     bar = tqdm(total=n_todo, desc=f"harvest {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
                unit="q", disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -433,97 +293,3 @@ def _wait_for(*paths: Path, timeout: float = 24 * 3600) -> None:
         if time.time() - t0 > timeout:
             raise TimeoutError(f"gave up waiting for {paths[0]}")
         time.sleep(0.5)
-
-
-def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
-    """Merge the finished shards of ``out`` into one dataset, ordered by item index, and finish the manifest."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    out = Path(out)
-    manifest = read_manifest(out)
-    shard_dir = out / "shards"
-    names = sorted(p.name for p in shard_dir.glob("shard-*") if (p / "state.json").is_file())
-    if n_shards is not None and len(names) != n_shards:
-        raise UserError(f"{n_shards - len(names)} shards are unfinished; rerun the harvest to complete them", file=out)
-    ds = datasets.concatenate_datasets([datasets.load_from_disk(str(shard_dir / n)) for n in names])
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # pyarrow's deprecation inside datasets' sort
-        ds = ds.sort("index")
-    tmp = out / ".merge.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
-    for old in list(out.glob("data-*.arrow")) + [out / "state.json"]:
-        old.unlink(missing_ok=True)
-    for f in sorted(tmp.iterdir(), key=lambda p: p.name == "state.json"):  # state.json last
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-    timings = [json.loads(p.read_text()) for p in shard_dir.glob("timing-rank*.json")]
-    manifest.update(status="complete", n_rows=len(ds), summary=summarize(ds),
-                    timing={"tokens": sum(t["tokens"] for t in timings),
-                            "seconds": max((t["seconds"] for t in timings), default=0.0)})
-    atomic_write_json(out / MANIFEST, manifest)
-    return datasets.load_from_disk(str(out))
-
-
-def _leaf_values(arr):
-    """The flat primitive values of a (nested, fixed-shape) arrow array, without copying."""
-    import pyarrow as pa
-
-    if isinstance(arr.type, pa.ExtensionType):
-        arr = arr.storage
-    while not pa.types.is_primitive(arr.type) and not pa.types.is_boolean(arr.type):
-        arr = arr.flatten() if pa.types.is_fixed_size_list(arr.type) else arr.values.slice(
-            arr.offsets[0].as_py(), arr.offsets[-1].as_py() - arr.offsets[0].as_py())
-    return arr
-
-
-def signature_tensors(ds, columns: list[str] | None = None) -> dict[str, "Any"]:
-    """Signature columns of a harvest dataset as torch tensors ``[N, *shape]`` in their stored dtype.
-
-    Fixed-shape float columns are read straight from the memory-mapped arrow buffers (zero-copy: the
-    tensor shares memory with the file mapping, read-only) when the dataset is one contiguous chunk;
-    otherwise the chunks are concatenated once.
-    """
-    import numpy as np
-    import torch
-
-    from .signatures.spec import FAMILIES
-
-    columns = columns or [c for c in (*FAMILIES, "step_mask") if c in ds.column_names]
-    out = {}
-    table = ds.with_format(None).data
-    if ds._indices is not None:  # a selected/shuffled view: materialise it once
-        table = ds.flatten_indices().data
-    for name in columns:
-        feat = ds.features[name]
-        shape = tuple(getattr(feat, "shape", None) or (feat.length,))
-        parts = []
-        for chunk in table.column(name).chunks:
-            vals = _leaf_values(chunk)
-            if vals.type == "bool" or str(vals.type) == "bool":
-                parts.append(np.asarray(vals.to_pylist(), dtype=bool))
-            else:
-                parts.append(vals.to_numpy(zero_copy_only=True))
-        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        arr = flat.reshape(len(ds), *shape)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # read-only memory map: torch warns that it is not writable
-                out[name] = torch.from_numpy(arr)
-    return out
-
-
-def summarize(ds) -> dict[str, dict[str, float]]:
-    """Per set: rows, correct rate, and the rate of answers discounted as question echoes."""
-    acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for s, c, e in zip(ds["set"], ds["correct"], ds["echo_discounted"]):
-        a = acc[s]
-        a[0] += 1
-        a[1] += int(c)
-        a[2] += int(e)
-    return {s: {"n": n, "correct_rate": round(c / n, 4), "echo_rate": round(e / n, 4)} for s, (n, c, e) in sorted(acc.items())}

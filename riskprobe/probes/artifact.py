@@ -23,14 +23,19 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
-from .fsutil import sha256_files
-from .probes import RiskModel, build_probe
+from ..errors import UserError
+from ..fsutil import sha256_files
+from .modules import RiskModel, build_probe
 
 ARTIFACT_VERSION = 2
+
+
 READABLE_VERSIONS = (1, 2)  # version 1 had no json_sha256; its content is still checked field by field
+
+
 ARTIFACT_FILES = ("probe.json", "probe.safetensors", "probe.onnx")
-SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
 
 
 def build_risk_model(meta: dict[str, Any]) -> RiskModel:
@@ -81,7 +86,6 @@ def check_checkpoint(path: str | Path, field: str = "ckpt_path") -> dict:
     return state
 
 
-
 def artifact_digest(meta: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``meta`` without its ``json_sha256`` field."""
     import hashlib
@@ -92,7 +96,7 @@ def artifact_digest(meta: dict[str, Any]) -> str:
 
 
 def _is_artifact_dir(path: Path) -> bool:
-    from .fsutil import owned_dir
+    from ..fsutil import owned_dir
 
     return owned_dir(lambda name: name in ARTIFACT_FILES)(path)
 
@@ -100,7 +104,7 @@ def _is_artifact_dir(path: Path) -> bool:
 def prepare_out(out: str | Path, *, force: bool = False) -> Path | None:
     """Check that ``out`` may be written: new, or a folder holding only ``probe.*`` files (replaced).
     With ``force`` anything else there is renamed aside (never deleted); returns that new name."""
-    from .fsutil import move_aside
+    from ..fsutil import move_aside
 
     out = Path(out)
     if not (out.exists() or out.is_symlink()) or _is_artifact_dir(out):
@@ -121,7 +125,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
     ``metrics.json``) is looked up beside the run when not given.
     """
 
-    from . import __version__
+    from .. import __version__
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
@@ -174,7 +178,7 @@ def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, forc
     (see :func:`prepare_out` for when an existing ``out`` may be replaced)."""
     from safetensors.torch import save_file
 
-    from .fsutil import atomic_dir
+    from ..fsutil import atomic_dir
 
     meta = dict(meta, artifact_version=ARTIFACT_VERSION)
     moved = prepare_out(out, force=force)
@@ -196,10 +200,12 @@ def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, forc
 
 
 def resolve_artifact(path: str | Path) -> Path:
-    """An artifact directory; ``default`` names the shipped probe in ``checkpoints/default``."""
+    """An artifact directory; ``default`` names the shipped probe (``riskprobe/assets/probes/default``)."""
     p = Path(path)
     if str(path) == "default" and not p.exists():
-        p = SHIPPED / "default"
+        from ..resources import shipped_probe
+
+        p = shipped_probe("default")
     if not (p / "probe.json").is_file():
         raise UserError("not a probe artifact (no probe.json); create one with `riskprobe export`", file=p,
                         field="probe")
@@ -216,7 +222,7 @@ def validate_meta(meta: Any, file: Path) -> None:
     field otherwise)."""
     import math
 
-    from .probes import PROBES
+    from .modules import PROBES
 
     _need(isinstance(meta, dict), "expected a JSON object", file, "probe.json")
 
@@ -260,7 +266,7 @@ def read_artifact(path: str | Path) -> tuple[RiskModel, dict[str, Any]]:
     weights and ONNX graph."""
     from safetensors.torch import load_file
 
-    from .fsutil import read_text
+    from ..fsutil import read_text
 
     p = resolve_artifact(path)
     jf = p / "probe.json"

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .signatures.features import masked_step_mean
+from ..signatures.features import masked_step_mean
 
 REGIMES = ("committed", "turbulent_resolved", "turbulent_unresolved", "other")
 

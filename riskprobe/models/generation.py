@@ -13,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from .models.loader import LoadedModel
-from .models.prompting import RenderedPrompt
+from .loader import LoadedModel
+from .prompting import RenderedPrompt
 
 
 @dataclass

@@ -20,14 +20,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .errors import UserError
-from .fsutil import stable_hash
+from ..errors import UserError
+from ..fsutil import stable_hash
 
 CATEGORIES = ("factual", "reasoning")
+
+
 MAX_QUESTION_CHARS = 100_000
+
+
 ANSWER_KINDS = ("alias", "number", "yesno")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("RISKPROBE_DATA", REPO_ROOT / "data"))
+
+
+
+
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ def split_of(item_id: str, fractions: tuple[float, float, float] = (0.7, 0.15, 0
 
 # -------------------------------------------------------------------------------------------- registry
 Loader = Callable[[], Iterator[Item]]
+
+
 REGISTRY: dict[str, tuple[Loader, str]] = {}
 
 
@@ -84,16 +92,10 @@ def register(name: str, description: str):
     return deco
 
 
-def datasets_root(override: str | Path | None = None) -> Path | None:
-    """The local root of the public sets: ``override``, ``RISKPROBE_DATASETS``, or ``../shared/datasets``."""
-    for cand in (override, os.environ.get("RISKPROBE_DATASETS"), REPO_ROOT.parent / "shared" / "datasets"):
-        if cand:
-            return Path(cand)
-    return None
-
-
 def _public_file(set_name: str, rel: str, hub: tuple[str, ...] | None = None) -> Path | None:
     """The local file of a public set, or None when the hub should be used; else a UserError."""
+    from ..resources import datasets_root
+
     root = datasets_root()
     looked = []
     if root is not None:
@@ -118,7 +120,7 @@ def _hub_rows(hub: tuple[str, ...]) -> Iterator[dict]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    from .fsutil import iter_jsonl
+    from ..fsutil import iter_jsonl
 
     for n, obj, problem in iter_jsonl(path):
         if problem:
@@ -146,9 +148,11 @@ def _qid(set_name: str, question: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- built-in
-@register("builtin-factual", "riskprobe's own factual questions with aliases (data/builtin/factual.jsonl)")
+@register("builtin-factual", "riskprobe's own factual questions with aliases (shipped in the package)")
 def builtin_factual() -> Iterator[Item]:
-    path = DATA_DIR / "builtin" / "factual.jsonl"
+    from ..resources import builtin_dir
+
+    path = builtin_dir() / "factual.jsonl"
     for n, obj in _read_jsonl(path):
         yield Item(id=obj["id"], set="builtin", category="factual", prompt=obj["question"],
                    answers=tuple(obj["answers"]), answer_kind="alias",
@@ -157,6 +161,8 @@ def builtin_factual() -> Iterator[Item]:
 
 _NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kemi", "Liam",
           "Maya", "Nikhil", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara"]
+
+
 _THINGS = ["apples", "books", "marbles", "stickers", "pencils", "coins", "cards", "shells", "stamps", "cookies"]
 
 

@@ -65,7 +65,7 @@ PROBES = {"linear": LinearProbe, "mlp": MLPProbe, "temporal": TemporalProbe}
 def build_probe(kind: str, n_steps: int, n_feat: int, n_static: int = 0, **hparams) -> nn.Module:
     """A probe by name (``linear``, ``mlp``, ``temporal``)."""
     if kind not in PROBES:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"unknown probe '{kind}' (known: {', '.join(PROBES)})", field="model.probe")
     return PROBES[kind](n_steps, n_feat, n_static, **hparams)

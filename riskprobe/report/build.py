@@ -15,91 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
+from ..fsutil import atomic_write_json, atomic_write_text
 from . import profiles as PF
-from .errors import UserError
-from .fsutil import atomic_savefig, atomic_write_json, atomic_write_text
-
-TRAJ = [("entropy", "next-token entropy (nats)"), ("sync", "inter-layer cos(h_l, h_l+1), mean over layers"),
-        ("curvature", "curvature (rad), mean over layers"), ("commit_depth", "commitment depth (fraction of lens layers)")]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> str:
-    atomic_savefig(fig, path)
-    _plt().close(fig)
-    return path.name
-
-
-def _label(d: Path, m: dict) -> str:
-    if m.get("kind") == "harvest":
-        return f"{m['model']['name']} / {m['prompts']}"
-    return d.name
-
-
-# ------------------------------------------------------------------------------------------ fit runs
-def plot_reliability(rel: list[dict], path: Path, title: str) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    x = [r["mean_risk"] for r in rel]
-    y = [r["error_rate"] for r in rel]
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.scatter(x, y, s=[max(8, r["n"]) for r in rel], alpha=0.7)
-    ax.plot(x, y, lw=1)
-    ax.set_xlabel("predicted risk (bin mean)")
-    ax.set_ylabel("observed error rate")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def risk_coverage(label: np.ndarray, risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Error rate of the answers kept when only the ``c`` least risky fraction is kept."""
-    order = np.argsort(risk, kind="mergesort")
-    err = np.cumsum(label[order]) / np.arange(1, len(label) + 1)
-    return np.arange(1, len(label) + 1) / len(label), err
-
-
-def plot_risk_coverage(pred: dict, path: Path, title: str) -> str:
-    plt = _plt()
-    y, r = np.asarray(pred["label"], float), np.asarray(pred["risk"], float)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    c, e = risk_coverage(y, r)
-    ax.plot(c, e, label="probe")
-    c2, e2 = risk_coverage(y, y + 1e-6 * np.arange(len(y)))
-    ax.plot(c2, e2, ls=":", label="oracle")
-    ax.axhline(y.mean(), ls="--", color="grey", lw=0.8, label="no selection")
-    ax.set_xlabel("coverage (fraction of answers kept, least risky first)")
-    ax.set_ylabel("error rate among kept answers")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_importance(imp: dict[str, dict[str, float]], path: Path, title: str) -> str:
-    plt = _plt()
-    kinds = [k for k in ("family", "layer") if imp.get(k)]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.2), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        items = list(imp[kind].items())
-        ax.barh([n for n, _ in items], [v for _, v in items])
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_xlabel("test AUROC drop when shuffled")
-        ax.set_title(f"importance by {kind}", fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+from .plots import (
+    plot_importance,
+    plot_reliability,
+    plot_risk_coverage,
+    plot_side_by_side,
+    plot_trajectories,
+)
 
 
 def _metrics_table(m: dict) -> str:
@@ -112,7 +37,7 @@ def _metrics_table(m: dict) -> str:
 
 
 def sweep_table(sweep: dict) -> str:
-    from .training import sweep_series
+    from ..evaluation.tables import sweep_series
 
     rows = sweep["rows"]
     out = ["| score | " + " | ".join(f"k={r['k']}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
@@ -123,7 +48,7 @@ def sweep_table(sweep: dict) -> str:
 
 
 def fit_section(d: Path, out: Path, tag: str) -> list[str]:
-    from .training import plot_sweep
+    from .plots import plot_sweep
 
     m = json.loads((d / "metrics.json").read_text())
     md = [f"## Fit run `{d}`", "", _metrics_table(m), ""]
@@ -146,76 +71,9 @@ def fit_section(d: Path, out: Path, tag: str) -> list[str]:
     return md
 
 
-# ------------------------------------------------------------------------------------------ harvests
-def _traj_series(t) -> dict[str, np.ndarray]:
-    c = t["commitment"].float().numpy()
-    return {"entropy": c[..., 0], "sync": t["sync"].float().numpy()[..., 0].mean(-1),
-            "curvature": t["trajectory"].float().numpy()[..., 1].mean(-1), "commit_depth": c[..., 5]}
-
-
-def _mean_ci(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n = m.sum(0)
-    mean = np.where(n > 0, (x * m).sum(0) / np.maximum(n, 1), np.nan)
-    var = np.where(n > 1, ((x - mean) ** 2 * m).sum(0) / np.maximum(n - 1, 1), np.nan)
-    return mean, 1.96 * np.sqrt(var / np.maximum(n, 1))
-
-
-def plot_trajectories(h, path: Path, title: str, max_step: int = 16) -> str:
-    """Mean trajectories, correct vs wrong, one row of panels per category."""
-    plt = _plt()
-    t = h.tensors
-    mask = t["step_mask"].numpy().astype(float)
-    series = _traj_series(t)
-    y = np.asarray(h.meta["label"])
-    cats = sorted(set(h.meta["category"]))
-    catarr = np.asarray(h.meta["category"])
-    lens_steps = h.schema.get("lens_steps", max_step)
-    fig, axes = plt.subplots(len(cats), len(TRAJ), figsize=(4 * len(TRAJ), 3.1 * len(cats)), squeeze=False)
-    for i, cat in enumerate(cats):
-        for j, (name, ylabel) in enumerate(TRAJ):
-            ax = axes[i][j]
-            S = min(max_step, (lens_steps if name == "commit_depth" else mask.shape[1] - 1)) + 1
-            for lab, color, text in ((0, "tab:green", "correct"), (1, "tab:red", "wrong")):
-                rows = (catarr == cat) & (y == lab)
-                if rows.sum() < 2:
-                    continue
-                mn, ci = _mean_ci(series[name][rows][:, :S], mask[rows][:, :S])
-                ax.plot(range(S), mn, color=color, label=f"{text} (n={rows.sum()})")
-                ax.fill_between(range(S), mn - ci, mn + ci, color=color, alpha=0.15)
-            ax.set_title(f"{cat}: {name}", fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylabel(ylabel, fontsize=7)
-            ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_side_by_side(hs: list[tuple[str, Any]], path: Path, max_step: int = 16) -> str:
-    """Mean trajectories of several harvests (models) on the same axes."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(TRAJ), figsize=(4 * len(TRAJ), 3.3), squeeze=False)
-    for label, h in hs:
-        t = h.tensors
-        mask = t["step_mask"].numpy().astype(float)
-        s = _traj_series(t)
-        for j, (name, ylabel) in enumerate(TRAJ):
-            S = min(max_step, (h.schema.get("lens_steps", max_step) if name == "commit_depth" else mask.shape[1] - 1)) + 1
-            mn, ci = _mean_ci(s[name][:, :S], mask[:, :S])
-            ax = axes[0][j]
-            ax.plot(range(S), mn, label=label)
-            ax.fill_between(range(S), mn - ci, mn + ci, alpha=0.12)
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylabel(ylabel, fontsize=7)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def profile_harvest(h, k: int = 8, layers=None) -> dict[str, Any]:
     """Thresholds (fitted on the train split), regimes, per-category table and H1/H2 for one harvest."""
-    from .prompts import split_of
+    from ..prompts.sets import split_of
 
     s = PF.early_summary(h.tensors, k, layers)
     split = np.asarray([split_of(i) for i in h.meta["id"]])
@@ -294,7 +152,7 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8) -> Path
 
     The folder is written whole or not at all; an existing ``out`` is replaced only if it holds nothing but
     report files."""
-    from .fsutil import atomic_dir, owned_dir
+    from ..fsutil import atomic_dir, owned_dir
 
     out = Path(out)
     mine = owned_dir(REPORT_FILE)
@@ -307,7 +165,7 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8) -> Path
 
 
 def _write_report_into(runs: list[str | Path], out: Path, k: int) -> None:
-    from .data import load_harvests
+    from ..harvest.store import load_harvests
 
     md = ["# riskprobe report", ""]
     js: dict[str, Any] = {"fits": [], "harvests": []}
@@ -329,7 +187,7 @@ def _write_report_into(runs: list[str | Path], out: Path, k: int) -> None:
         md += ["## Harvests side by side", "",
                f"![side by side]({plot_side_by_side([(i['summary']['title'], h) for _, h, i in harvests], out / 'side_by_side.png')})", ""]
         # Profiles on shared axes: one set of thresholds, fitted on the pooled training rows of all harvests.
-        from .prompts import split_of
+        from ..prompts.sets import split_of
 
         summ = [PF.early_summary(h.tensors, k) for _, h, _ in harvests]
         trains = [np.asarray([split_of(i) == "train" for i in h.meta["id"]]) for _, h, _ in harvests]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .generation import eos_ids
-from .signatures import Capture
+from ..models.generation import eos_ids
+from ..signatures import Capture
 
 
 class RiskMonitor:

@@ -12,8 +12,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
-from .scoring import MAX_CHARS, Scorer
-
+from .scorer import MAX_CHARS, Scorer
 
 MAX_BODY_BYTES = 4 * MAX_CHARS + 1024
 
@@ -82,8 +81,8 @@ def create_app(scorer: Scorer, lm, *, max_batch: int = 16, max_wait_ms: float = 
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    from .errors import UserError
-    from .scoring import request_problem, token_problem
+    from ..errors import UserError
+    from .scorer import request_problem, token_problem
 
     scorer.check_model(lm, allow_model_mismatch=allow_model_mismatch)
 

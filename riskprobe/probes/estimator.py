@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .probes import build_probe
+from .modules import build_probe
 
 
 class RiskProbe(ClassifierMixin, BaseEstimator):

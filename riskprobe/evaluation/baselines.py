@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .signatures.features import masked_step_mean
+from ..signatures.features import masked_step_mean
 
 # commitment columns (see riskprobe.signatures.features.COMMITMENT)
 ENT, TOP1, MARGIN, LOGP = 0, 1, 2, 3

@@ -1,0 +1,39 @@
+"""Metrics as text tables: the probe beside its baselines, and AUROC by k."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """The metrics of the probe and baselines as a text table."""
+    rows = [(res["probe"]["name"], res["probe"])] + list(res.get("baselines", {}).items())
+    lines = [f"{'score':<30}{'AUROC [95% CI]':>22}{'AUPRC':>8}{'PRR':>8}{'Brier':>8}{'ECE':>7}{'n':>6}{'wrong':>6}"]
+    for name, r in rows:
+        ci = r["auroc_ci"]
+        lines.append(f"{name:<30}{r['auroc']:>8.3f} [{ci[0]:.3f}, {ci[1]:.3f}]{r['auprc']:>8.3f}{r['prr']:>8.3f}"
+                     f"{r['brier']:>8.3f}{r['ece']:>7.3f}{r['n']:>6}{r['n_incorrect']:>6}")
+    if "margin" in res:
+        m = res["margin"]
+        lines.append(f"probe - best baseline ({m['best_baseline']}): {m['auroc_margin']:+.3f} AUROC; "
+                     f"- best training-free ({m['best_training_free']}): {m['auroc_margin_training_free']:+.3f}")
+    return "\n".join(lines)
+
+
+def sweep_series(sweep: dict[str, Any]) -> dict[str, list[dict[str, Any] | None]]:
+    """Per score (``probe`` and each baseline, named without its ``@k``), its metrics at each k of a sweep."""
+    rows = sweep["rows"]
+    series: dict[str, list] = {"probe": [r["probe"] for r in rows]}
+    for name in rows[0]["baselines"]:
+        base = name.split("@k")[0]
+        series[base] = [next((v for kk, v in r["baselines"].items() if kk.split("@k")[0] == base), None) for r in rows]
+    return series
+
+
+def format_sweep(sweep: dict[str, Any]) -> str:
+    """AUROC [95% CI] by k for the probe and every baseline."""
+    lines = [f"{'score':<28}" + "".join(f"{'k=' + str(r['k']):>22}" for r in sweep["rows"])]
+    for name, ms in sweep_series(sweep).items():
+        cells = [f"{m['auroc']:.3f} [{m['auroc_ci'][0]:.2f},{m['auroc_ci'][1]:.2f}]" if m else "-" for m in ms]
+        lines.append(f"{name:<28}" + "".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)

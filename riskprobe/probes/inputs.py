@@ -1,0 +1,124 @@
+"""Read harvests into probe inputs: feature families, the first k steps, id-hash splits, standardisation.
+
+Nothing here knows how features were computed: it reads the columns and the schema of a harvest's
+manifest. A probe input has two parts:
+
+* ``seq``  ``[N, k+1, F]``: per-step scalar features of steps 0..k (commitment, synchronisation,
+  trajectory, lens), with ``mask`` ``[N, k+1]`` false after the row's end;
+* ``static`` ``[N, G]``: pooled raw hidden states (step 0, and the mean of steps 1..k) when the ``raw``
+  family is selected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+STEP_FAMILIES = ("commitment", "sync", "trajectory", "lens")
+
+
+ALL_FAMILIES = (*STEP_FAMILIES, "raw")
+
+
+@dataclass
+class FeatureSelection:
+    """Which families and how many early steps a probe sees.
+
+    Attributes:
+        families: any of ``commitment``, ``sync``, ``trajectory``, ``lens``, ``raw``.
+        k: steps after step 0 (``k = 0``: before generation).
+        raw_layers: indices into the harvest's ``raw_layers`` (``None`` = all stored).
+    """
+
+    families: list[str] = field(default_factory=lambda: ["commitment", "sync", "trajectory", "lens"])
+    k: int = 4
+    raw_layers: list[int] | None = None
+
+    def validate(self, schema: dict[str, Any]) -> None:
+        for f in self.families:
+            if f not in ALL_FAMILIES:
+                raise UserError(f"unknown feature family '{f}' (known: {', '.join(ALL_FAMILIES)})", field="data.families")
+            if f not in schema["columns"]:
+                raise UserError(f"feature family '{f}' was not harvested (harvested: "
+                                f"{', '.join(c for c in schema['columns'] if c != 'step_mask')})", field="data.families")
+        if not self.families:
+            raise UserError("select at least one feature family", field="data.families")
+        if not isinstance(self.k, int) or self.k < 0 or self.k > schema["K"]:
+            raise UserError(f"k = {self.k} is outside 0..K = 0..{schema['K']} of this harvest", field="data.k")
+        if self.raw_layers is not None and "raw" in schema["columns"]:
+            n = len(schema["raw_layers"])
+            if any(not 0 <= i < n for i in self.raw_layers):
+                raise UserError(f"raw layer indices must lie in 0..{n - 1}", field="data.raw_layers")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"families": list(self.families), "k": self.k, "raw_layers": self.raw_layers}
+
+
+def step_feature_names(schema: dict[str, Any], families: list[str]) -> list[str]:
+    """Names of the per-step features, in column order (``family.name@layer``)."""
+    names = []
+    for fam in STEP_FAMILIES:
+        if fam not in families:
+            continue
+        col = schema["columns"][fam]
+        if fam == "commitment":
+            names += [f"commitment.{n}" for n in col["names"]]
+        else:
+            layers = schema["lens_layers"] if fam == "lens" else schema["layers"]
+            names += [f"{fam}.{n}@{l}" for l in layers for n in col["names"]]
+    return names
+
+
+def inputs_from_signatures(t: dict[str, torch.Tensor], sel: FeatureSelection) -> dict[str, torch.Tensor]:
+    """Probe inputs ``seq``, ``mask``, ``static`` from signature tensors ``[N, ...]`` (as harvested or
+    captured live); steps beyond ``k`` are ignored."""
+    k = sel.k
+    mask = t["step_mask"][:, : k + 1].bool()
+    parts = []
+    for fam in STEP_FAMILIES:
+        if fam in sel.families:
+            x = t[fam][:, : k + 1].float()
+            parts.append(x.reshape(x.shape[0], k + 1, -1))
+    N = int(t["step_mask"].shape[0])
+    seq = torch.cat(parts, dim=-1) if parts else torch.zeros(N, k + 1, 0)
+    static = torch.zeros(N, 0)
+    if "raw" in sel.families:
+        raw = t["raw"]  # [N, R, M, H]
+        if sel.raw_layers is not None:
+            raw = raw[:, :, sel.raw_layers]
+        raw = raw.float()
+        pooled = [raw[:, 0].reshape(N, -1)]
+        kk = min(k, raw.shape[1] - 1)
+        if kk >= 1:
+            m = t["step_mask"][:, 1: kk + 1].float().view(N, kk, 1, 1)
+            mean = (raw[:, 1: kk + 1] * m).sum(1) / m.sum(1).clamp_min(1.0)
+            pooled.append(mean.reshape(N, -1))
+        static = torch.cat(pooled, dim=-1)
+    return {"seq": seq, "mask": mask, "static": static}
+
+
+@dataclass
+class Standardizer:
+    """Per-feature mean and standard deviation fitted on training rows (valid steps only)."""
+
+    seq_mean: torch.Tensor
+    seq_std: torch.Tensor
+    static_mean: torch.Tensor
+    static_std: torch.Tensor
+
+    @classmethod
+    def fit(cls, seq: torch.Tensor, mask: torch.Tensor, static: torch.Tensor) -> "Standardizer":
+        valid = seq[mask] if seq.shape[-1] else torch.zeros(1, 0)
+        if valid.shape[0] == 0:
+            valid = torch.zeros(1, seq.shape[-1])
+        sm, ss = valid.mean(0), valid.std(0, unbiased=False)
+        if static.shape[0] and static.shape[1]:
+            gm, gs = static.mean(0), static.std(0, unbiased=False)
+        else:
+            gm, gs = torch.zeros(static.shape[1]), torch.ones(static.shape[1])
+        fix = lambda s: torch.where(s > 1e-6, s, torch.ones_like(s))  # noqa: E731
+        return cls(sm, fix(ss), gm, fix(gs))

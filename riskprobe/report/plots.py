@@ -1,0 +1,195 @@
+"""The report's figures (PNG, written atomically): AUROC vs k, reliability, risk-coverage, importance,
+mean trajectories, harvests side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..evaluation.tables import sweep_series
+from ..fsutil import atomic_savefig
+
+
+def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
+    """AUROC vs k with 95% intervals, probe and baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sweep["rows"]
+    ks = [r["k"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, ms in sweep_series(sweep).items():
+        a = np.array([m["auroc"] for m in ms])
+        lo = np.array([m["auroc_ci"][0] for m in ms])
+        hi = np.array([m["auroc_ci"][1] for m in ms])
+        lw = 2.5 if name == "probe" else 1.2
+        ax.plot(ks, a, marker="o", lw=lw, label=name)
+        if name == "probe":
+            ax.fill_between(ks, lo, hi, alpha=0.2)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("k (early steps seen)")
+    ax.set_ylabel("test AUROC (wrong answer)")
+    ax.set_title("How early is the risk visible?")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    from ..fsutil import atomic_savefig
+
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+
+
+TRAJ = [("entropy", "next-token entropy (nats)"), ("sync", "inter-layer cos(h_l, h_l+1), mean over layers"),
+        ("curvature", "curvature (rad), mean over layers"), ("commit_depth", "commitment depth (fraction of lens layers)")]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    atomic_savefig(fig, path)
+    _plt().close(fig)
+    return path.name
+
+
+def _label(d: Path, m: dict) -> str:
+    if m.get("kind") == "harvest":
+        return f"{m['model']['name']} / {m['prompts']}"
+    return d.name
+
+
+# ------------------------------------------------------------------------------------------ fit runs
+def plot_reliability(rel: list[dict], path: Path, title: str) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    x = [r["mean_risk"] for r in rel]
+    y = [r["error_rate"] for r in rel]
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    ax.scatter(x, y, s=[max(8, r["n"]) for r in rel], alpha=0.7)
+    ax.plot(x, y, lw=1)
+    ax.set_xlabel("predicted risk (bin mean)")
+    ax.set_ylabel("observed error rate")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def risk_coverage(label: np.ndarray, risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Error rate of the answers kept when only the ``c`` least risky fraction is kept."""
+    order = np.argsort(risk, kind="mergesort")
+    err = np.cumsum(label[order]) / np.arange(1, len(label) + 1)
+    return np.arange(1, len(label) + 1) / len(label), err
+
+
+def plot_risk_coverage(pred: dict, path: Path, title: str) -> str:
+    plt = _plt()
+    y, r = np.asarray(pred["label"], float), np.asarray(pred["risk"], float)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    c, e = risk_coverage(y, r)
+    ax.plot(c, e, label="probe")
+    c2, e2 = risk_coverage(y, y + 1e-6 * np.arange(len(y)))
+    ax.plot(c2, e2, ls=":", label="oracle")
+    ax.axhline(y.mean(), ls="--", color="grey", lw=0.8, label="no selection")
+    ax.set_xlabel("coverage (fraction of answers kept, least risky first)")
+    ax.set_ylabel("error rate among kept answers")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_importance(imp: dict[str, dict[str, float]], path: Path, title: str) -> str:
+    plt = _plt()
+    kinds = [k for k in ("family", "layer") if imp.get(k)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        items = list(imp[kind].items())
+        ax.barh([n for n, _ in items], [v for _, v in items])
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel("test AUROC drop when shuffled")
+        ax.set_title(f"importance by {kind}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------ harvests
+def _traj_series(t) -> dict[str, np.ndarray]:
+    c = t["commitment"].float().numpy()
+    return {"entropy": c[..., 0], "sync": t["sync"].float().numpy()[..., 0].mean(-1),
+            "curvature": t["trajectory"].float().numpy()[..., 1].mean(-1), "commit_depth": c[..., 5]}
+
+
+def _mean_ci(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = m.sum(0)
+    mean = np.where(n > 0, (x * m).sum(0) / np.maximum(n, 1), np.nan)
+    var = np.where(n > 1, ((x - mean) ** 2 * m).sum(0) / np.maximum(n - 1, 1), np.nan)
+    return mean, 1.96 * np.sqrt(var / np.maximum(n, 1))
+
+
+def plot_trajectories(h, path: Path, title: str, max_step: int = 16) -> str:
+    """Mean trajectories, correct vs wrong, one row of panels per category."""
+    plt = _plt()
+    t = h.tensors
+    mask = t["step_mask"].numpy().astype(float)
+    series = _traj_series(t)
+    y = np.asarray(h.meta["label"])
+    cats = sorted(set(h.meta["category"]))
+    catarr = np.asarray(h.meta["category"])
+    lens_steps = h.schema.get("lens_steps", max_step)
+    fig, axes = plt.subplots(len(cats), len(TRAJ), figsize=(4 * len(TRAJ), 3.1 * len(cats)), squeeze=False)
+    for i, cat in enumerate(cats):
+        for j, (name, ylabel) in enumerate(TRAJ):
+            ax = axes[i][j]
+            S = min(max_step, (lens_steps if name == "commit_depth" else mask.shape[1] - 1)) + 1
+            for lab, color, text in ((0, "tab:green", "correct"), (1, "tab:red", "wrong")):
+                rows = (catarr == cat) & (y == lab)
+                if rows.sum() < 2:
+                    continue
+                mn, ci = _mean_ci(series[name][rows][:, :S], mask[rows][:, :S])
+                ax.plot(range(S), mn, color=color, label=f"{text} (n={rows.sum()})")
+                ax.fill_between(range(S), mn - ci, mn + ci, color=color, alpha=0.15)
+            ax.set_title(f"{cat}: {name}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel, fontsize=7)
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_side_by_side(hs: list[tuple[str, Any]], path: Path, max_step: int = 16) -> str:
+    """Mean trajectories of several harvests (models) on the same axes."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(TRAJ), figsize=(4 * len(TRAJ), 3.3), squeeze=False)
+    for label, h in hs:
+        t = h.tensors
+        mask = t["step_mask"].numpy().astype(float)
+        s = _traj_series(t)
+        for j, (name, ylabel) in enumerate(TRAJ):
+            S = min(max_step, (h.schema.get("lens_steps", max_step) if name == "commit_depth" else mask.shape[1] - 1)) + 1
+            mn, ci = _mean_ci(s[name][:, :S], mask[:, :S])
+            ax = axes[0][j]
+            ax.plot(range(S), mn, label=label)
+            ax.fill_between(range(S), mn - ci, mn + ci, alpha=0.12)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel, fontsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,205 @@
+"""Score generations with an exported probe: :class:`Scorer`, offline JSONL scoring, given answers.
+
+A :class:`Scorer` holds a probe artifact (see :mod:`riskprobe.export`) and knows which signature it
+needs. It scores new prompts (generate + capture), or given (prompt, response) pairs by teacher forcing
+the response, which runs exactly the computation of a generated answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..models.loader import LoadedModel, ModelIdentity
+from ..probes.artifact import read_artifact
+from ..probes.inputs import FeatureSelection, inputs_from_signatures
+from ..signatures import Capture, FeatureSpec
+
+MAX_CHARS = 8000
+
+
+class Scorer:
+    """A loaded probe artifact. Use :meth:`load`.
+
+    Attributes:
+        risk_model: the ``nn.Module`` (standardise -> probe -> calibrate).
+        meta: the artifact's ``probe.json``.
+        threshold: risk at or above which an answer is flagged.
+    """
+
+    def __init__(self, risk_model, meta: dict[str, Any], path: Path | None = None):
+        self.risk_model = risk_model
+        self.meta = meta
+        self.path = path
+        self.threshold = float(meta.get("threshold", 0.5))
+        sel = meta["feature_spec"]["selection"]
+        self.selection = FeatureSelection(sel["families"], sel["k"], sel.get("raw_layers"))
+
+    @classmethod
+    def load(cls, path: str | Path, *, model: ModelIdentity | LoadedModel | None = None,
+             allow_model_mismatch: bool = False) -> "Scorer":
+        """Load an artifact (checks its version and weights hash); with ``model``, refuse a probe trained
+        for another model unless ``allow_model_mismatch``."""
+        from ..probes.artifact import resolve_artifact
+
+        p = resolve_artifact(path)
+        rm, meta = read_artifact(p)
+        sc = cls(rm, meta, p)
+        if model is not None:
+            sc.check_model(model, allow_model_mismatch=allow_model_mismatch)
+        return sc
+
+    @property
+    def k(self) -> int:
+        return self.selection.k
+
+    @property
+    def model_identity(self) -> dict[str, Any]:
+        return self.meta["model_identity"]
+
+    def check_model(self, model: ModelIdentity | LoadedModel, *, allow_model_mismatch: bool = False) -> None:
+        """Refuse a model the probe was not trained for. ``allow_model_mismatch`` accepts other weights of
+        the same shape (layer count and hidden size), never another shape: the features would not fit."""
+        ident = model.identity if isinstance(model, LoadedModel) else model
+        want = self.model_identity
+        if (ident.n_layers, ident.hidden_size) != (want["n_layers"], want["hidden_size"]):
+            raise UserError(f"this probe reads {want['n_layers']} layers of width {want['hidden_size']} "
+                            f"({want['name']}); '{ident.name}' has {ident.n_layers} layers of width "
+                            f"{ident.hidden_size}, so its signatures cannot be scored by it", field="model")
+        keys = ("fingerprint", "architecture")
+        if any(getattr(ident, k) != want[k] for k in keys) and not allow_model_mismatch:
+            raise UserError(f"this probe was trained for model '{want['name']}' ({want['architecture']}, "
+                            f"{want['n_layers']} layers, sha {str(want['fingerprint'])[:12]}), not '{ident.name}' "
+                            f"({ident.architecture}, {ident.n_layers} layers, sha {ident.fingerprint[:12]}); "
+                            "pass --allow-model-mismatch to score anyway", field="model")
+
+    def feature_spec(self) -> FeatureSpec:
+        """The signature the probe reads: its families only (the logit lens too where the commitment depth,
+        a commitment feature, needs it), captured only up to step k."""
+        sch = dict(self.meta["feature_spec"]["feature_schema"])
+        fields = {k: sch[k] for k in FeatureSpec.__dataclass_fields__ if k in sch}
+        spec = FeatureSpec(**fields)
+        read = set(self.selection.families)
+        if "commitment" in read:
+            read.add("lens")
+        families = [f for f in spec.families if f in read]
+        return replace(spec, K=self.k, families=families, lens_steps=min(spec.lens_steps, self.k),
+                       raw_steps=min(spec.raw_steps, self.k))
+
+    # ------------------------------------------------------------------ from signatures
+    def _inputs(self, sig: dict[str, Any]) -> dict[str, torch.Tensor]:
+        t = {k: torch.as_tensor(np.asarray(v)) for k, v in sig.items()}
+        return inputs_from_signatures(t, self.selection)
+
+    @torch.no_grad()
+    def risk(self, sig: dict[str, Any]) -> np.ndarray:
+        """Calibrated risk ``[N]`` from signature arrays (harvested or captured)."""
+        x = self._inputs(sig)
+        return self.risk_model(x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def risk_by_step(self, sig: dict[str, Any]) -> np.ndarray:
+        """``[N, k+1]``: the risk seen after steps 0..t (later steps hidden as if the answer had ended)."""
+        x = self._inputs(sig)
+        cols = []
+        for t in range(x["seq"].shape[1]):
+            m = x["mask"].clone()
+            m[:, t + 1:] = False
+            cols.append(self.risk_model(x["seq"], m, x["static"]))
+        return torch.stack(cols, 1).numpy().astype(np.float64)
+
+    # ------------------------------------------------------------------ with a model
+    def score(self, lm: LoadedModel, prompts: Sequence[str], responses: Sequence[str | None] | None = None,
+              *, answer_kinds: Sequence[str] | None = None, max_new_tokens: int = 33, prompt_style: str = "auto",
+              allow_model_mismatch: bool = False) -> list[dict[str, Any]]:
+        """Score one batch. Rows with a response are teacher forced; rows without are generated.
+
+        Returns per row ``{"response", "risk", "risk_by_step", "flagged", "n_tokens"}``.
+        """
+        from ..models import render
+        from ..models.generation import generate, response_ids
+
+        self.check_model(lm, allow_model_mismatch=allow_model_mismatch)
+        responses = list(responses) if responses is not None else [None] * len(prompts)
+        kinds = list(answer_kinds) if answer_kinds is not None else ["alias"] * len(prompts)
+        out: list[dict[str, Any] | None] = [None] * len(prompts)
+        spec = self.feature_spec()
+        for forced_mode in (False, True):
+            rows = [i for i, r in enumerate(responses) if (r is not None) == forced_mode]
+            if not rows:
+                continue
+            rps = [render(lm.tokenizer, prompts[i], kinds[i], prompt_style) for i in rows]
+            forced = response_ids(lm, [responses[i] for i in rows]) if forced_mode else None
+            if forced_mode and any(len(f) == 0 for f in forced):
+                raise UserError("a given response is empty", field="response")
+            cap = Capture(lm, spec)
+            with cap:
+                gens = generate(lm, rps, max_new_tokens=max_new_tokens, forced=forced)
+            sig = cap.finish([g.token_ids for g in gens])
+            risk, by_step = self.risk(sig), self.risk_by_step(sig)
+            for j, i in enumerate(rows):
+                out[i] = {"response": responses[i] if forced_mode else gens[j].text, "risk": float(risk[j]),
+                          "risk_by_step": [round(float(v), 6) for v in by_step[j]],
+                          "flagged": bool(risk[j] >= self.threshold), "n_tokens": gens[j].n_tokens,
+                          "teacher_forced": forced_mode}
+        return out  # type: ignore[return-value]
+
+
+def onnx_risk(artifact: str | Path, seq, mask, static) -> np.ndarray:
+    """Risk from the artifact's ONNX graph (onnxruntime), for runtimes without torch."""
+    import onnxruntime as ort
+
+    from ..probes.artifact import read_artifact, resolve_artifact
+
+    read_artifact(artifact)  # checks probe.onnx against the sha256 that probe.json records
+    sess = ort.InferenceSession(str(resolve_artifact(artifact) / "probe.onnx"), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"seq": np.asarray(seq, np.float32), "mask": np.asarray(mask, bool),
+                           "static": np.asarray(static, np.float32)})[0]
+
+
+# ------------------------------------------------------------------------------------- requests
+ANSWER_KINDS = ("alias", "number", "yesno")
+
+
+def request_problem(obj: Any) -> str | None:
+    """Why a scoring request (a JSONL line or an HTTP body) cannot be scored, or ``None`` if it can.
+
+    A request is ``{"prompt" (or "question"): str, "response"?: str | null, "answer_kind"?: str, "id"?}``;
+    texts are judged after stripping whitespace."""
+    if not isinstance(obj, dict):
+        return "expected a JSON object"
+    prompt = obj.get("prompt", obj.get("question"))
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "field 'prompt': missing or empty"
+    resp = obj.get("response")
+    if resp is not None and (not isinstance(resp, str) or not resp.strip()):
+        return "field 'response': must be a non-empty string (or null to generate)"
+    if len(prompt) > MAX_CHARS or len(resp or "") > MAX_CHARS:
+        return f"field '{'prompt' if len(prompt) > MAX_CHARS else 'response'}': longer than {MAX_CHARS} characters"
+    kind = obj.get("answer_kind", "alias")
+    if kind not in ANSWER_KINDS:
+        return f"field 'answer_kind': must be one of {', '.join(ANSWER_KINDS)}"
+    if obj.get("id") is not None and (not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool)):
+        return "field 'id': must be a string or an integer"
+    return None
+
+
+def token_problem(lm: LoadedModel, prompt: str, response: str | None, max_new_tokens: int,
+                  prompt_style: str = "auto") -> str | None:
+    """Why a request does not fit the model's context (prompt + response or answer budget), or ``None``."""
+    from ..models import context_length, render
+
+    ctx = context_length(lm)
+    if ctx is None:
+        return None
+    rp = render(lm.tokenizer, prompt, "alias", prompt_style)
+    n = len(lm.tokenizer(rp.text, add_special_tokens=rp.add_special_tokens)["input_ids"])
+    extra = len(lm.tokenizer(response.strip(), add_special_tokens=False)["input_ids"]) + 1 if response else max_new_tokens
+    if n + extra > ctx:
+        return f"prompt ({n} tokens) + {'response' if response else 'answer budget'} ({extra}) exceeds the model's context ({ctx})"
+    return None

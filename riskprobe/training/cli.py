@@ -1,0 +1,269 @@
+"""Training: a LightningDataModule over harvests, a LightningModule around a plain probe, and the
+LightningCLI behind ``riskprobe fit|validate|test``.
+
+After ``fit``, the best checkpoint is calibrated on the validation split, evaluated on the test split
+against the baselines of :mod:`riskprobe.baselines`, and ``metrics.json`` is written to the run directory
+(``--trainer.default_root_dir``), with an optional sweep over k (``--sweep_ks``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import UserError
+from ..evaluation.tables import format_sweep, format_table
+from ..fsutil import atomic_write_json
+from ..report.plots import plot_sweep
+from .data import HarvestDataModule
+from .evaluate import calibrate_and_evaluate, sweep_k
+from .module import ProbeModule, save_calibrated
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+RUN_ENTRIES = {"config.yaml", "metrics.json", "sweep.json", "auroc_vs_k.png", "csv", "wandb", "lightning_logs", "ckpt"}
+
+
+CKPT_ENTRIES = {"best.ckpt", "final.ckpt", "metrics.json", "config.yaml"}
+
+
+def _is_main_process() -> bool:
+    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+class RunStage:
+    """The run folder and checkpoint folder of a fit, written under staging names and renamed into place
+    only when the fit succeeds, so that a failed fit leaves nothing behind.
+
+    An existing run or checkpoint folder is replaced only if it holds nothing but what a riskprobe run
+    writes (``RUN_ENTRIES``, ``CKPT_ENTRIES``); anything else is refused before training starts.
+    """
+
+    def __init__(self, root: Path, ckdir: Path, *, staged: bool = True):
+        self.final_root, self.final_ckdir, self.staged = Path(root), Path(ckdir), staged
+        inside = self.final_ckdir.resolve().is_relative_to(self.final_root.resolve())
+        self.ck_inside = inside
+        if staged:
+            self.root = self.final_root.with_name(f".{self.final_root.name}.partial")
+            self.ckdir = (self.root / self.final_ckdir.resolve().relative_to(self.final_root.resolve()) if inside
+                          else self.final_ckdir.with_name(f".{self.final_ckdir.name}.partial"))
+        else:
+            self.root, self.ckdir = self.final_root, self.final_ckdir
+
+    @staticmethod
+    def _replaceable(path: Path, allowed: set[str]) -> bool:
+        if not path.exists():
+            return True
+        if path.is_symlink() or not path.is_dir():
+            return False
+        return all(e.name in allowed or e.name.startswith(".") and e.name.endswith(".tmp") for e in os.scandir(path))
+
+    def prepare(self) -> None:
+        if not self.staged:
+            return
+        if not self._replaceable(self.final_root, RUN_ENTRIES):
+            raise UserError("exists and holds files that are not a riskprobe run's; choose another "
+                            "--trainer.default_root_dir", file=self.final_root, field="trainer.default_root_dir")
+        if not self.ck_inside and not self._replaceable(self.final_ckdir, CKPT_ENTRIES):
+            raise UserError("exists and holds files that are not a riskprobe run's checkpoints; choose another "
+                            "--checkpoint_dir", file=self.final_ckdir, field="checkpoint_dir")
+        if _is_main_process():  # leftovers of a crashed fit into the same folders
+            self.discard()
+
+    def final_path(self, p: str | Path) -> str:
+        """Where a path inside the staging folders will be once published."""
+        p = Path(p)
+        for stage, final in ((self.ckdir, self.final_ckdir), (self.root, self.final_root)):
+            try:
+                return str(final / p.relative_to(stage))
+            except ValueError:
+                continue
+        return str(p)
+
+    def _swap(self, stage: Path, final: Path) -> None:
+        import shutil
+        import tempfile
+
+        if not stage.exists():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.rmdir(old)
+            os.replace(final, old)
+            os.replace(stage, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, final)
+
+    def publish(self) -> None:
+        if not self.staged:
+            return
+        if not self.ck_inside:
+            self._swap(self.ckdir, self.final_ckdir)
+        self._swap(self.root, self.final_root)
+
+    def discard(self) -> None:
+        import shutil
+        import sys
+
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish(exit_code=1)  # its writer threads would recreate the folder after removal
+        if self.staged:
+            for d in (self.root, self.ckdir):
+                if d.name.endswith(".partial"):
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def _cli_class():
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import CSVLogger
+
+    class RiskprobeCLI(LightningCLI):
+        """``riskprobe fit|validate|test --config <name or file>`` (LightningCLI)."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--config_version", type=int, default=1, help="version of this config's layout")
+            parser.add_argument("--run_name", type=str, default="default",
+                                help="names the run (runs/<run_name> unless --trainer.default_root_dir is given)")
+            parser.add_argument("--checkpoint_dir", type=Optional[str], default=None,
+                                help="where checkpoints go (default <default_root_dir>/ckpt)")
+            parser.add_argument("--patience", type=int, default=8, help="early stopping patience (epochs, on val AUROC)")
+            parser.add_argument("--sweep_ks", type=Optional[list[int]], default=None,
+                                help="after fit, train and evaluate a probe for each k (AUROC vs k)")
+            parser.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples for 95%% intervals")
+            parser.add_argument("--wandb", type=str, default="offline",
+                                help="offline (default, no key needed), online, or disabled; WANDB_MODE overrides")
+
+        def _cfg(self):
+            return self.config[self.subcommand] if self.subcommand else self.config
+
+        def instantiate_trainer(self, **kwargs):
+            cfg = self._cfg()
+            if cfg.config_version != 1:
+                raise UserError(f"unsupported config_version {cfg.config_version} (this riskprobe reads 1)",
+                                field="config_version")
+            root = Path(cfg.trainer.default_root_dir or os.path.join("runs", cfg.run_name))
+            ckdir = Path(cfg.checkpoint_dir or root / "ckpt")
+            # A fit writes into staging folders that become root and ckdir only when it succeeds.
+            self.stage = RunStage(root, ckdir, staged=self.subcommand == "fit")
+            self.stage.prepare()
+            kwargs["default_root_dir"] = str(self.stage.root)
+            self.checkpoint_dir = str(self.stage.ckdir)
+            callbacks = [ModelCheckpoint(dirpath=self.checkpoint_dir, filename="best", monitor="val_auroc", mode="max",
+                                         enable_version_counter=False),
+                         EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience)]
+            loggers = [CSVLogger(str(self.stage.root), name="csv")]
+            mode = os.environ.get("WANDB_MODE") or cfg.wandb
+            if mode != "disabled" and self.subcommand == "fit":
+                os.environ.setdefault("WANDB_SILENT", "true")
+                try:
+                    from lightning.pytorch.loggers import WandbLogger
+
+                    wl = WandbLogger(project="riskprobe", name=cfg.run_name, save_dir=str(self.stage.root),
+                                     offline=mode != "online")
+                    # Lightning always passes anonymous=None, which wandb answers with a deprecation warning
+                    getattr(wl, "_wandb_init", {}).pop("anonymous", None)
+                    loggers.append(wl)
+                except ModuleNotFoundError:
+                    log.warning("wandb is not installed; logging to CSV only")
+            if cfg.trainer.logger in (None, True):
+                kwargs["logger"] = loggers if self.subcommand == "fit" else False
+            trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+            extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+            return self._instantiate_trainer(trainer_config, extra + callbacks)
+
+        def _resolved_config(self) -> str:
+            return self._parser(self.subcommand).dump(self._cfg(), skip_none=False)
+
+        def _finish(self, best: str | None) -> None:
+            if not self.trainer.is_global_zero:
+                return
+            from ..fsutil import atomic_write_text
+
+            cfg = self._cfg()
+            module, dm = self.model, self.datamodule
+            dm.setup("test")
+            if best:
+                state = torch.load(best, map_location="cpu", weights_only=True)
+                if not isinstance(state, dict) or "state_dict" not in state or "riskprobe" not in state:
+                    raise UserError("not a riskprobe checkpoint (no state_dict or riskprobe section)", file=best,
+                                    field="ckpt_path")
+                if module.risk_model is None:
+                    module.build(state["riskprobe"])
+                module.load_state_dict(state["state_dict"])
+            st = self.stage
+            res = calibrate_and_evaluate(module, dm, n_boot=cfg.n_boot)
+            res["data"] = {k: v for k, v in dm.spec().items() if k not in ("feature_schema",)}
+            res["checkpoint"] = st.final_path(best) if best else None
+            st.ckdir.mkdir(parents=True, exist_ok=True)
+            final = st.ckdir / "final.ckpt"
+            tmp = st.ckdir / ".final.ckpt.tmp"
+            save_calibrated(module, tmp)  # no collective calls: other ranks may have finished
+            os.replace(tmp, final)
+            res["final_checkpoint"] = st.final_path(final)
+            root = st.root
+            root.mkdir(parents=True, exist_ok=True)
+            print(format_table(res))
+            if cfg.sweep_ks:
+                mk = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
+                sw = sweep_k(dm, mk, cfg.sweep_ks, max_epochs=self.trainer.max_epochs or 60, patience=cfg.patience,
+                             n_boot=cfg.n_boot)
+                atomic_write_json(root / "sweep.json", sw)
+                plot_sweep(sw, root / "auroc_vs_k.png")
+                res["sweep"] = {"file": st.final_path(root / "sweep.json"), "plot": st.final_path(root / "auroc_vs_k.png")}
+                print("\nAUROC vs k (95% CI)\n" + format_sweep(sw))
+            text = self._resolved_config()
+            for d in {root, st.ckdir}:
+                atomic_write_json(d / "metrics.json", res)
+                # beside the checkpoint too, so that `riskprobe export` records metrics and config in the artifact
+                atomic_write_text(d / "config.yaml", text)
+            st.publish()
+            print(f"\nmetrics: {st.final_root / 'metrics.json'}   checkpoint: {st.final_ckdir / 'final.ckpt'}")
+
+        def after_fit(self):
+            cb = self.trainer.checkpoint_callback
+            self._finish(cb.best_model_path if cb is not None and cb.best_model_path else None)
+
+        def after_test(self):
+            self._finish(self.config_init[self.subcommand].get("ckpt_path"))
+
+    return RiskprobeCLI
+
+
+def cli_main(args: list[str]) -> int:
+    """Run LightningCLI with ``args`` (``fit|validate|test ...``); user mistakes raise UserError."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    cls = _cli_class()
+    import sys
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    cli = None
+
+    class _Tracked(cls):  # remember the instance, so that a failure can discard its staging folders
+        def instantiate_trainer(self, **kwargs):
+            nonlocal cli
+            cli = self
+            return super().instantiate_trainer(**kwargs)
+
+    try:
+        _Tracked(ProbeModule, HarvestDataModule, args=None if args == sys.argv[1:] else args, seed_everything_default=0,
+                 save_config_callback=None, parser_kwargs={"exit_on_error": False},
+                 trainer_defaults={"max_epochs": 60, "accelerator": "cpu", "devices": 1, "enable_model_summary": False,
+                                   "num_sanity_val_steps": 0, "log_every_n_steps": 5})
+    except BaseException:
+        if cli is not None and getattr(cli, "stage", None) is not None and _is_main_process():
+            cli.stage.discard()
+        raise
+    return 0

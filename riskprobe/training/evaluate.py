@@ -1,0 +1,139 @@
+"""After a fit: calibration on validation, test metrics of the probe and of the baselines in the same run,
+permutation importance, and the sweep over k."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..evaluation import metrics as M
+from ..evaluation.baselines import platt, sklearn_baselines, training_free_scores
+from ..probes.inputs import FeatureSelection, Standardizer, step_feature_names
+from ..probes.modules import RiskModel
+from .data import HarvestDataModule, build_inputs
+from .module import ProbeModule, fit_probe
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def _logits(rm: RiskModel, seq, mask, static) -> torch.Tensor:
+    rm.eval()
+    return rm.logits(seq, mask, static)
+
+
+def baseline_metrics(val_scores, yv, test_scores, yt, *, n_boot: int = 1000) -> dict[str, Any]:
+    """Metrics of a baseline score on the test split: oriented and calibrated on validation (Platt), its
+    threshold chosen there, and every number (AUROC and its interval included) computed from that one
+    calibrated score."""
+    to_p = platt(np.asarray(val_scores), np.asarray(yv))
+    pv, pt = to_p(val_scores), to_p(test_scores)
+    return M.evaluate(np.asarray(yt), pt, threshold=M.best_threshold(np.asarray(yv), pv), n_boot=n_boot)
+
+
+def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot: int = 1000,
+                           baselines: bool = True, cache: dict | None = None) -> dict[str, Any]:
+    """Calibrate the probe on validation, pick its threshold there, and evaluate it and the baselines on
+    the test split. Returns ``{"probe": {...}, "baselines": {name: {...}}, "margin": {...}, ...}``."""
+    rm = module.risk_model
+    vs, vm, vg, vy = dm.split_inputs("val")
+    ts, tm, tg, ty = dm.split_inputs("test")
+    rm.calibrate(_logits(rm, vs, vm, vg), vy)
+    with torch.no_grad():
+        val_risk, test_risk = rm(vs, vm, vg).numpy(), rm(ts, tm, tg).numpy()
+    thr = M.best_threshold(vy.numpy(), val_risk)
+    out: dict[str, Any] = {"probe": {"name": f"{module.hparams.probe}@k{dm.selection.k}",
+                                     **M.evaluate(ty.numpy(), test_risk, threshold=thr, n_boot=n_boot)},
+                           "baselines": {}}
+    if baselines:
+        idx = dm.idx
+        yv, yt = vy.numpy(), ty.numpy()
+        for name, s in training_free_scores(dm.harvests.tensors, dm.selection.k).items():
+            r = baseline_metrics(s[idx["val"]], yv, s[idx["test"]], yt, n_boot=n_boot)
+            out["baselines"][name] = {**r, "kind": "training-free"}
+        for name, d in sklearn_baselines(dm.inputs, dm.harvests.tensors, idx, dm.harvests.schema, cache).items():
+            # class-balanced training skews the probabilities: recalibrate on validation like the probe
+            r = baseline_metrics(d["val"], yv, d["test"], yt, n_boot=n_boot)
+            out["baselines"][name] = {**r, "kind": "sklearn", **d["info"]}
+        best = max(out["baselines"].items(), key=lambda kv: kv[1]["auroc"])
+        tf = [kv for kv in out["baselines"].items() if kv[1]["kind"] == "training-free"]
+        best_tf = max(tf, key=lambda kv: kv[1]["auroc"])
+        out["margin"] = {"best_baseline": best[0], "auroc_margin": out["probe"]["auroc"] - best[1]["auroc"],
+                         "best_training_free": best_tf[0],
+                         "auroc_margin_training_free": out["probe"]["auroc"] - best_tf[1]["auroc"]}
+    out["calibration"] = {"a": float(rm.calib[0]), "b": float(rm.calib[1]), "threshold": thr}
+    out["reliability"] = M.reliability(ty.numpy(), test_risk)
+    te = dm.idx["test"]
+    out["predictions"] = {"id": [dm.harvests.meta["id"][i] for i in te], "set": [dm.harvests.meta["set"][i] for i in te],
+                          "category": [dm.harvests.meta["category"][i] for i in te],
+                          "label": [int(v) for v in ty.tolist()], "risk": [round(float(v), 6) for v in test_risk]}
+    out["importance"] = permutation_importance(rm, dm, ts, tm, tg, ty.numpy())
+    return out
+
+
+def feature_groups(dm: "HarvestDataModule") -> dict[str, dict[str, tuple[list[int], list[int]]]]:
+    """Column groups of the probe input by feature family and by layer: ``{"family": {name: (seq cols,
+    static cols)}, "layer": {...}}``."""
+    names = step_feature_names(dm.harvests.schema, dm.selection.families)
+    fam: dict[str, tuple[list[int], list[int]]] = {}
+    lay: dict[str, tuple[list[int], list[int]]] = {}
+    for j, n in enumerate(names):
+        fam.setdefault(n.split(".")[0], ([], []))[0].append(j)
+        if "@" in n:
+            lay.setdefault(f"layer {int(n.split('@')[1]):02d}", ([], []))[0].append(j)
+    n_static = dm.inputs["static"].shape[1]
+    if n_static:
+        sch = dm.harvests.schema
+        layers = sch["raw_layers"] if dm.selection.raw_layers is None else [sch["raw_layers"][i] for i in dm.selection.raw_layers]
+        H = sch["hidden_size"]
+        fam["raw"] = ([], list(range(n_static)))
+        for c in range(n_static):
+            lay.setdefault(f"layer {layers[(c // H) % len(layers)]:02d}", ([], []))[1].append(c)
+    return {"family": fam, "layer": dict(sorted(lay.items()))}
+
+
+@torch.no_grad()
+def permutation_importance(rm: RiskModel, dm: "HarvestDataModule", seq, mask, static, y: np.ndarray,
+                           repeats: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Test-AUROC drop when a group of columns is shuffled across rows (mean over ``repeats``)."""
+    rng = np.random.default_rng(seed)
+    base = M.auroc(y, rm(seq, mask, static).numpy())
+    out: dict[str, dict[str, float]] = {}
+    for kind, groups in feature_groups(dm).items():
+        out[kind] = {}
+        for name, (sc, gc) in groups.items():
+            drops = []
+            for _ in range(repeats):
+                perm = torch.as_tensor(rng.permutation(len(y)))
+                s2, g2 = seq.clone(), static.clone()
+                if sc:
+                    s2[:, :, sc] = seq[perm][:, :, sc]
+                if gc:
+                    g2[:, gc] = static[perm][:, gc]
+                drops.append(base - M.auroc(y, rm(s2, mask, g2).numpy()))
+            out[kind][name] = float(np.mean(drops))
+    return out
+
+
+def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int], *, max_epochs: int = 60,
+            patience: int = 8, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Probe and baselines for each k: how early the risk becomes visible."""
+    K = dm.harvests.schema["K"]
+    table = []
+    cache: dict = {}
+    for k in sorted({min(int(k), K) for k in ks}):
+        dmk = copy.copy(dm)
+        dmk.selection = FeatureSelection(dm.selection.families, k, dm.selection.raw_layers)
+        dmk.inputs = build_inputs(dm.harvests, dmk.selection)
+        tr = dm.idx["train"]
+        dmk.standardizer = Standardizer.fit(dmk.inputs["seq"][tr], dmk.inputs["mask"][tr], dmk.inputs["static"][tr])
+        mod = fit_probe(dmk, module_kwargs, max_epochs=max_epochs, patience=patience, seed=seed)
+        res = calibrate_and_evaluate(mod, dmk, n_boot=n_boot, cache=cache)
+        table.append({"k": k, "probe": res["probe"], "baselines": res["baselines"]})
+        log.info("k=%d probe AUROC %.3f", k, res["probe"]["auroc"])
+    return {"ks": [r["k"] for r in table], "rows": table}

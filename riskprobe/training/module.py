@@ -1,0 +1,134 @@
+"""The LightningModule around a plain probe, and a quiet one-probe fit (for sweeps)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+
+from ..evaluation import metrics as M
+from ..probes.modules import RiskModel, build_probe
+from .data import HarvestDataModule
+
+log = logging.getLogger(__name__)
+
+
+class ProbeModule(L.LightningModule):
+    """Wraps a plain :class:`~riskprobe.probes.RiskModel`: loss, optimiser, validation AUROC.
+
+    Args:
+        probe: ``linear``, ``mlp`` or ``temporal``.
+        hidden: hidden width (mlp, temporal).
+        dropout: dropout rate (mlp, temporal).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay (the regularisation).
+    """
+
+    def __init__(self, probe: str = "mlp", hidden: int = 64, dropout: float = 0.1, lr: float = 3e-3,
+                 weight_decay: float = 1e-2):
+        super().__init__()
+        self.save_hyperparameters()
+        self.risk_model: Optional[RiskModel] = None
+        self.data_spec: dict[str, Any] = {}
+        self.pos_weight = 1.0
+        self._outs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def build(self, spec: dict[str, Any]) -> None:
+        d = spec["dims"]
+        hp = self.hparams
+        probe = build_probe(hp.probe, d["n_steps"], d["n_feat"], d["n_static"], hidden=hp.hidden, dropout=hp.dropout)
+        self.risk_model = RiskModel(probe, d["n_feat"], d["n_static"])
+        self.data_spec = spec
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is not None:
+            dm.setup(stage)
+            if self.risk_model is None:
+                self.build(dm.spec())
+                self.risk_model.set_standardizer(dm.standardizer)
+            self.pos_weight = dm.pos_weight
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["riskprobe"] = json.loads(json.dumps(self.data_spec, default=str))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.risk_model is None:
+            self.build(checkpoint["riskprobe"])
+
+    def forward(self, seq, mask, static):
+        return self.risk_model(seq, mask, static)
+
+    def training_step(self, batch, _):
+        seq, mask, static, y = batch
+        logits = self.risk_model.logits(seq, mask, static)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, y, pos_weight=torch.tensor(self.pos_weight, device=logits.device))
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def _eval_step(self, batch):
+        seq, mask, static, y = batch
+        self._outs.append((self.risk_model.logits(seq, mask, static).detach().cpu(), y.cpu()))
+
+    def _eval_end(self, prefix: str):
+        if not self._outs:
+            return
+        lg = torch.cat([o[0] for o in self._outs])
+        y = torch.cat([o[1] for o in self._outs])
+        self._outs.clear()
+        if self.trainer.world_size > 1:
+            lg = self.all_gather(lg).reshape(-1).cpu()
+            y = self.all_gather(y).reshape(-1).cpu()
+        a = M.auroc(y.numpy(), lg.numpy())
+        self.log(f"{prefix}_auroc", float(a) if not np.isnan(a) else 0.5, prog_bar=True, sync_dist=False)
+
+    def validation_step(self, batch, _):
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val")
+
+    def test_step(self, batch, _):
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def fit_probe(dm: HarvestDataModule, module_kwargs: dict[str, Any], *, max_epochs: int = 60, patience: int = 8,
+              seed: int = 0, workdir: str | Path | None = None) -> ProbeModule:
+    """Train one probe quietly (no loggers) with early stopping on validation AUROC; return the best."""
+    import tempfile
+
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no per-probe banners in sweeps
+    L.seed_everything(seed, verbose=False)
+    module = ProbeModule(**module_kwargs)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        ck = ModelCheckpoint(dirpath=tmp, monitor="val_auroc", mode="max", filename="best")
+        trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[ck, EarlyStopping(monitor="val_auroc", mode="max", patience=patience)],
+                            accelerator="cpu", devices=1, default_root_dir=tmp, num_sanity_val_steps=0)
+        trainer.fit(module, datamodule=dm)
+        if ck.best_model_path:
+            state = torch.load(ck.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+    return module
+
+
+def save_calibrated(module: ProbeModule, path: str | Path) -> None:
+    """Save a Lightning-compatible checkpoint of a (calibrated) probe from one process."""
+    torch.save({"state_dict": module.state_dict(), "riskprobe": json.loads(json.dumps(module.data_spec, default=str)),
+                "hyper_parameters": {k: v for k, v in module.hparams.items() if not k.startswith("_")},
+                "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": 0}, path)
