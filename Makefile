@@ -30,11 +30,15 @@ models-extra: setup
 demo: setup
 	$(VENV)/bin/riskprobe demo
 
+# All tests: lint, then unit (seconds), integration (processes, servers), acceptance (real models; CI=true makes a
+# missing model wheel a failure).
 test: setup
+	$(VENV)/bin/ruff check riskprobe tests benchmarks
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
+# Unit tests only (tiny random models).
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Reproduce the shipped probe (riskprobe/assets/probes/default) from the public TriviaQA set and the built-in set.
 default-probe: setup

@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--output", required=True, help="JSONL output; rerun to resume (ids already there are skipped)")
     sc.add_argument("--batch-size", type=int, default=16)
     sc.add_argument("--max-new-tokens", type=int, default=33)
-    sc.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="malformed lines: skip (exit 1) or fail (exit 2)")
+    sc.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                    help="malformed lines: skip (exit 1) or fail (exit 2)")
     sc.add_argument("--no-progress", action="store_true")
     sv = sub.add_parser("serve", help="run the HTTP scorer (POST /score, GET /health)")
     _probe_args(sv)
@@ -299,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
-            "eval-given": cmd_eval_given, "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge, "models": cmd_models, "sets": cmd_sets}
+            "eval-given": cmd_eval_given, "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge,
+            "models": cmd_models, "sets": cmd_sets}
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")

@@ -12,6 +12,18 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+def pytest_collection_modifyitems(config, items):
+    """Tests are marked by cost from their folder: unit (seconds), integration (processes, servers),
+    acceptance (real models and public sets)."""
+    for item in items:
+        parts = item.path.parts
+        for kind in ("unit", "integration", "acceptance"):
+            if kind in parts:
+                item.add_marker(getattr(pytest.mark, kind))
+                if kind != "unit":
+                    item.add_marker(pytest.mark.slow)
+
+
 ARCHS = ("llama", "qwen2", "gemma3_text", "gpt2", "opt")
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -97,3 +109,24 @@ def mini_prompts(tmp_path):
     p = tmp_path / "mini.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
+
+
+@pytest.fixture
+def dir_lm(tiny_model_dir):
+    """The tiny llama loaded from its directory, as a user's model would be."""
+    from riskprobe.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def artifact(tmp_path, dir_lm):
+    """A probe artifact (random, fixed weights) for ``dir_lm``."""
+    from synth import make_artifact
+
+    return make_artifact(dir_lm, tmp_path / "made")[0]
+
+
+@pytest.fixture
+def art(artifact):
+    return artifact

@@ -88,3 +88,19 @@ def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", 
     save_calibrated(mod, ck)
     art = export_checkpoint(ck, out / "artifact", metrics={"calibration": {"threshold": 0.4}})
     return art, mod
+
+
+def assert_same_dataset(a, b):
+    assert a.column_names == b.column_names and len(a) == len(b)
+    for col in a.column_names:
+        x, y = a[col], b[col]
+        if col in ("commitment", "sync", "trajectory", "lens", "raw", "step_mask"):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=col)
+        else:
+            assert list(x) == list(y), col
+
+
+def fit_args(tmp_path, h, *extra):
+    return ["fit", "--config", "configs/fit/default.yaml", "--data.paths", f"[{h}]", "--trainer.default_root_dir",
+            str(tmp_path / "run"), "--checkpoint_dir", str(tmp_path / "ck"), "--trainer.max_epochs", "20",
+            "--n_boot", "50", "--sweep_ks", "[0,2]", *extra]

@@ -14,4 +14,16 @@ from .store import (
     signature_tensors,
 )
 
-__all__ = ["HarvestConfig", "Harvests", "MANIFEST", "dist_rank", "harvest", "load_config", "load_harvests", "merge_shards", "read_manifest", "set_threads", "signature_tensors"]
+__all__ = [
+    "HarvestConfig",
+    "Harvests",
+    "MANIFEST",
+    "dist_rank",
+    "harvest",
+    "load_config",
+    "load_harvests",
+    "merge_shards",
+    "read_manifest",
+    "set_threads",
+    "signature_tensors",
+]

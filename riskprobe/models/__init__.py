@@ -2,15 +2,28 @@
 
 from .bundled import BUNDLED, DEFAULT_MODEL, BundledModel, cache_root
 from .loader import (
-           LoadedModel,
-           ModelIdentity,
-           check_device,
-           context_length,
-           default_device,
-           load_model,
-           wrap_model,
+    LoadedModel,
+    ModelIdentity,
+    check_device,
+    context_length,
+    default_device,
+    load_model,
+    wrap_model,
 )
 from .prompting import RenderedPrompt, render
 
-__all__ = ["BUNDLED", "DEFAULT_MODEL", "BundledModel", "cache_root", "LoadedModel", "ModelIdentity", "check_device", "context_length",
-           "default_device", "load_model", "wrap_model", "RenderedPrompt", "render"]
+__all__ = [
+    "BUNDLED",
+    "DEFAULT_MODEL",
+    "BundledModel",
+    "cache_root",
+    "LoadedModel",
+    "ModelIdentity",
+    "check_device",
+    "context_length",
+    "default_device",
+    "load_model",
+    "wrap_model",
+    "RenderedPrompt",
+    "render",
+]

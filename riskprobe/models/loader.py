@@ -263,5 +263,6 @@ def clear_cache() -> None:
         shutil.rmtree(cache_root() / sub, ignore_errors=True)
 
 
-__all__ = ["ModelIdentity", "LoadedModel", "load_model", "context_length", "check_device", "wrap_model", "prepare_tokenizer", "clear_cache",
+__all__ = ["ModelIdentity", "LoadedModel", "load_model", "context_length", "check_device", "wrap_model", "prepare_tokenizer",
+           "clear_cache",
            "check_sha256", "default_device"]

@@ -13,4 +13,16 @@ from .inputs import (
 )
 from .modules import PROBES, RiskModel, build_probe
 
-__all__ = ["FeatureSelection", "PROBES", "RiskModel", "Standardizer", "build_probe", "export_checkpoint", "inputs_from_signatures", "read_artifact", "resolve_artifact", "step_feature_names", "write_artifact"]
+__all__ = [
+    "FeatureSelection",
+    "PROBES",
+    "RiskModel",
+    "Standardizer",
+    "build_probe",
+    "export_checkpoint",
+    "inputs_from_signatures",
+    "read_artifact",
+    "resolve_artifact",
+    "step_feature_names",
+    "write_artifact",
+]

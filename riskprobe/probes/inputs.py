@@ -69,7 +69,7 @@ def step_feature_names(schema: dict[str, Any], families: list[str]) -> list[str]
             names += [f"commitment.{n}" for n in col["names"]]
         else:
             layers = schema["lens_layers"] if fam == "lens" else schema["layers"]
-            names += [f"{fam}.{n}@{l}" for l in layers for n in col["names"]]
+            names += [f"{fam}.{n}@{layer}" for layer in layers for n in col["names"]]
     return names
 
 

@@ -13,4 +13,15 @@ from .sets import (
     split_of,
 )
 
-__all__ = ["ANSWER_KINDS", "CATEGORIES", "Item", "REGISTRY", "arithmetic_items", "grade", "is_correct", "jsonl_items", "load_items", "split_of"]
+__all__ = [
+    "ANSWER_KINDS",
+    "CATEGORIES",
+    "Item",
+    "REGISTRY",
+    "arithmetic_items",
+    "grade",
+    "is_correct",
+    "jsonl_items",
+    "load_items",
+    "split_of",
+]

@@ -153,7 +153,7 @@ def builtin_factual() -> Iterator[Item]:
     from ..resources import builtin_dir
 
     path = builtin_dir() / "factual.jsonl"
-    for n, obj in _read_jsonl(path):
+    for _, obj in _read_jsonl(path):
         yield Item(id=obj["id"], set="builtin", category="factual", prompt=obj["question"],
                    answers=tuple(obj["answers"]), answer_kind="alias",
                    meta={"topic": obj.get("topic"), "difficulty": obj.get("difficulty")})
@@ -300,7 +300,7 @@ def jsonl_items(path: str | Path, set_name: str | None = None) -> Iterator[Item]
     set_name = set_name or path.stem
     seen: set[str] = set()
     for n, o in _read_jsonl(path):
-        def bad(msg: str, fld: str):
+        def bad(msg: str, fld: str, n: int = n):
             return UserError(msg, file=path, line=n, field=fld)
 
         q = o.get("question", o.get("prompt"))

@@ -61,9 +61,10 @@ def fit_section(d: Path, out: Path, tag: str) -> list[str]:
         plot_sweep(sw, out / f"{tag}_auroc_vs_k.png")
         md += ["### Risk by step: AUROC vs k", "", f"![AUROC vs k]({tag}_auroc_vs_k.png)", "", sweep_table(sw), ""]
     if m.get("reliability"):
+        rc_title = "risk-coverage (test)"
         md += ["### Calibration and selective answering", "",
                f"![reliability]({plot_reliability(m['reliability'], out / f'{tag}_reliability.png', 'reliability (test)')}) "
-               + (f"![risk-coverage]({plot_risk_coverage(m['predictions'], out / f'{tag}_risk_coverage.png', 'risk-coverage (test)')})"
+               + (f"![risk-coverage]({plot_risk_coverage(m['predictions'], out / f'{tag}_risk_coverage.png', rc_title)})"
                   if m.get("predictions") else ""), ""]
     if m.get("importance"):
         md += ["### What carries the risk", "",
@@ -108,7 +109,8 @@ def harvest_section(d: Path, h, out: Path, tag: str, k: int) -> tuple[list[str],
     m = json.loads((d / "riskprobe.json").read_text())
     title = f"{m['model']['name']} on {m['prompts']} ({len(h)} answers)"
     md = [f"## Harvest `{d}`: {title}", "",
-          f"Normalisation `{h.schema['normalisation']}`, layers {h.schema['layers'][:3]}...{h.schema['layers'][-1:]}, K = {h.schema['K']}.",
+          f"Normalisation `{h.schema['normalisation']}`, layers {h.schema['layers'][:3]}...{h.schema['layers'][-1:]}, "
+          f"K = {h.schema['K']}.",
           "", "| set | n | correct | echo discounted |", "|---|---|---|---|"]
     for s, v in m.get("summary", {}).items():
         md.append(f"| {s} | {v['n']} | {v['correct_rate']:.1%} | {v['echo_rate']:.1%} |")
@@ -184,8 +186,9 @@ def _write_report_into(runs: list[str | Path], out: Path, k: int) -> None:
         else:
             raise UserError("neither a fit run (metrics.json) nor a harvest (riskprobe.json)", file=d, field="run")
     if len(harvests) > 1:
+        side = out / "side_by_side.png"
         md += ["## Harvests side by side", "",
-               f"![side by side]({plot_side_by_side([(i['summary']['title'], h) for _, h, i in harvests], out / 'side_by_side.png')})", ""]
+               f"![side by side]({plot_side_by_side([(i['summary']['title'], h) for _, h, i in harvests], side)})", ""]
         # Profiles on shared axes: one set of thresholds, fitted on the pooled training rows of all harvests.
         from ..prompts.sets import split_of
 

@@ -201,5 +201,6 @@ def token_problem(lm: LoadedModel, prompt: str, response: str | None, max_new_to
     n = len(lm.tokenizer(rp.text, add_special_tokens=rp.add_special_tokens)["input_ids"])
     extra = len(lm.tokenizer(response.strip(), add_special_tokens=False)["input_ids"]) + 1 if response else max_new_tokens
     if n + extra > ctx:
-        return f"prompt ({n} tokens) + {'response' if response else 'answer budget'} ({extra}) exceeds the model's context ({ctx})"
+        what = "response" if response else "answer budget"
+        return f"prompt ({n} tokens) + {what} ({extra}) exceeds the model's context ({ctx})"
     return None

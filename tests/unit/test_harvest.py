@@ -1,15 +1,10 @@
 """Harvest: dataset and manifest, resume after SIGKILL, two processes under torchrun, refusals, CLI errors."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import datasets
-import numpy as np
 import pytest
 import torch
+from synth import assert_same_dataset
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
@@ -24,16 +19,6 @@ def _cfg(out, prompts, **kw):
     base = dict(prompts=str(prompts), out=str(out), max_new_tokens=5, batch_size=4, shard_size=8, features=SMALL)
     base.update(kw)
     return HarvestConfig(**base)
-
-
-def assert_same_dataset(a, b):
-    assert a.column_names == b.column_names and len(a) == len(b)
-    for col in a.column_names:
-        x, y = a[col], b[col]
-        if col in ("commitment", "sync", "trajectory", "lens", "raw", "step_mask"):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=col)
-        else:
-            assert list(x) == list(y), col
 
 
 def test_harvest_writes_dataset_and_manifest(tmp_path, llama_lm, mini_prompts):
@@ -86,63 +71,6 @@ def test_config_change_is_refused(tmp_path, llama_lm, mini_prompts):
     (tmp_path / "other" / "x.txt").write_text("mine")
     with pytest.raises(UserError, match="not a riskprobe harvest"):
         harvest(_cfg(tmp_path / "other", mini_prompts), lm=llama_lm, progress=False)
-
-
-def _cli(args, env=None, **kw):
-    e = dict(os.environ, **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "riskprobe", *args], env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
-
-
-def _harvest_args(model_dir, prompts, out, cfg):
-    return ["harvest", "--config", str(cfg), "--model", str(model_dir), "--prompts", str(prompts), "--out", str(out),
-            "--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture
-def small_cfg(tmp_path):
-    p = tmp_path / "small.yaml"
-    # threads: 1 pins the intra-op thread count: float sums are reduced in a thread-count-dependent order,
-    # and these tests compare processes bit for bit (torchrun gives each rank one thread by default).
-    p.write_text("version: 1\nmax_new_tokens: 6\nbatch_size: 4\nshard_size: 4\nthreads: 1\nfeatures:\n  K: 4\n"
-                 "  lens_steps: 2\n  raw_steps: 2\n")
-    return p
-
-
-def test_sigkill_and_resume_equals_uninterrupted(tmp_path, tiny_model_dir, mini_prompts, small_cfg):
-    ref = tmp_path / "ref"
-    p = _cli(_harvest_args(tiny_model_dir, mini_prompts, ref, small_cfg))
-    assert p.wait(timeout=300) == 0, p.stderr.read()
-    out = tmp_path / "killed"
-    for delay_shards in (1, 3):  # kill after one shard, then again later in the rerun
-        p = _cli(_harvest_args(tiny_model_dir, mini_prompts, out, small_cfg))
-        t0 = time.time()
-        while time.time() - t0 < 120:
-            done = len(list((out / "shards").glob("shard-*/state.json"))) if (out / "shards").exists() else 0
-            if done >= delay_shards or p.poll() is not None:
-                break
-            time.sleep(0.05)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    p = _cli(_harvest_args(tiny_model_dir, mini_prompts, out, small_cfg))
-    assert p.wait(timeout=300) == 0, p.stderr.read()
-    assert not list(out.rglob("*.tmp"))  # the killed runs' temporary folders are cleaned up
-    assert_same_dataset(datasets.load_from_disk(str(ref)), datasets.load_from_disk(str(out)))
-
-
-def test_two_processes_under_torchrun_equal_one(tmp_path, tiny_model_dir, mini_prompts, small_cfg):
-    one = tmp_path / "one"
-    p = _cli(_harvest_args(tiny_model_dir, mini_prompts, one, small_cfg))
-    assert p.wait(timeout=300) == 0, p.stderr.read()
-    two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "riskprobe", *_harvest_args(tiny_model_dir, mini_prompts, two, small_cfg)]
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the config's threads decide, not the env
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    timings = sorted(x.name for x in (two / "shards").glob("timing-rank*.json"))
-    assert timings == ["timing-rank0.json", "timing-rank1.json"]  # both ranks worked
-    assert_same_dataset(datasets.load_from_disk(str(one)), datasets.load_from_disk(str(two)))
 
 
 def test_config_file_errors(tmp_path):

@@ -1,10 +1,6 @@
 """Export, Scorer, offline scoring, teacher forcing, live monitoring and the HTTP service, on tiny models."""
 
 import json
-import socket
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,21 +9,11 @@ from synth import K, make_artifact
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
-from riskprobe.models import load_model, render
+from riskprobe.models import render
 from riskprobe.models.generation import generate
 from riskprobe.serving.jsonl import score_file
 from riskprobe.serving.scorer import Scorer, onnx_risk
 from riskprobe.signatures import Capture
-
-
-@pytest.fixture
-def dir_lm(tiny_model_dir):
-    return load_model(str(tiny_model_dir), device="cpu")
-
-
-@pytest.fixture
-def artifact(tmp_path, dir_lm):
-    return make_artifact(dir_lm, tmp_path)[0]
 
 
 def _capture(lm, scorer, prompts, n=8):
@@ -170,51 +156,3 @@ def test_monitor_captures_only_what_the_probe_reads(tmp_path, dir_lm):
     assert mon.risk is not None and mon.risk.shape == (2,)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_http_service_concurrent_and_bad_bodies(dir_lm, artifact):
-    import httpx
-    import uvicorn
-
-    from riskprobe.serving.http import create_app
-
-    sc = Scorer.load(artifact, model=dir_lm)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(sc, dir_lm, max_batch=8, max_wait_ms=50), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        prompts = [f"Question number {i}?" for i in range(8)]
-        alone = {p: sc.score(dir_lm, [p])[0]["risk"] for p in prompts}
-        with ThreadPoolExecutor(8) as ex:
-            res = list(ex.map(lambda p: httpx.post(f"{base}/score", json={"prompt": p}, timeout=60), prompts))
-        assert all(r.status_code == 200 for r in res), [(r.status_code, r.text[:200]) for r in res]
-        for p, r in zip(prompts, res):
-            assert r.json()["risk"] == pytest.approx(alone[p], abs=1e-4)
-        health = httpx.get(f"{base}/health").json()
-        assert health["served"] == 8 and health["batches"] < 8  # concurrent requests were batched
-        given = httpx.post(f"{base}/score", json={"prompt": "Q?", "response": "An answer"}, timeout=60).json()
-        assert given["teacher_forced"] and given["response"] == "An answer"
-        bad = [httpx.post(f"{base}/score", json={"response": "x"}),
-               httpx.post(f"{base}/score", content=b"{not json", headers={"content-type": "application/json"}),
-               httpx.post(f"{base}/score", json={"prompt": "x" * 9000}),
-               httpx.post(f"{base}/score", json={"prompt": ""})]
-        assert [b.status_code for b in bad] == [400, 400, 400, 400]
-        assert all("error" in b.json() for b in bad)
-        big = httpx.post(f"{base}/score", content=b"x" * 100_000, headers={"content-type": "application/json"})
-        assert big.status_code == 413 and "larger than" in big.json()["error"]
-    finally:
-        server.should_exit = True
-        th.join(timeout=10)

@@ -295,10 +295,6 @@ def test_hostile_input(name, build, want, assets, tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_the_table_is_large_enough():
-    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
-
-
 # ---------------------------------------------------------------------------------------------- fuzzing
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=400))

