@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..signatures.features import masked_step_mean
+from ..signatures.features import CI, masked_step_mean
 
-# commitment columns (see riskprobe.signatures.features.COMMITMENT)
-ENT, TOP1, MARGIN, LOGP = 0, 1, 2, 3
+ENT, TOP1, LOGP = CI["entropy"], CI["top1_prob"], CI["chosen_logprob"]
 
 
 def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, np.ndarray]:
@@ -36,12 +35,11 @@ def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, 
 
 
 def platt(train_scores: np.ndarray, y: np.ndarray):
-    """A function mapping scores to probabilities, fitted by logistic regression on (score, label)."""
-    from sklearn.linear_model import LogisticRegression
+    """A function mapping scores to probabilities, by the probes' own Platt scaling fitted on (score, label)."""
+    from ..probes.modules import fit_platt
 
-    mu, sd = float(np.mean(train_scores)), float(np.std(train_scores) or 1.0)
-    lr = LogisticRegression(C=1e6, max_iter=1000).fit(((train_scores - mu) / sd).reshape(-1, 1), y)
-    return lambda s: lr.predict_proba(((np.asarray(s) - mu) / sd).reshape(-1, 1))[:, 1]
+    a, b = fit_platt(train_scores, y)
+    return lambda s: 1.0 / (1.0 + np.exp(-(a * np.asarray(s, dtype=np.float64) + b)))
 
 
 def _flat(inputs: dict[str, torch.Tensor]) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fsutil import atomic_write_json, stable_hash
+from ..models.loader import identity_diff
 from .config import HarvestConfig, _short
 from .store import (
     HARVEST_VERSION,
@@ -91,11 +92,12 @@ def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
     defaults = HarvestConfig().compat()
     if isinstance(old.get("compat"), dict):  # keys added in later versions: an old harvest had their defaults
         old["compat"] = {**{k: v for k, v in defaults.items() if k not in old["compat"]}, **old["compat"]}
-    for key in ("compat", "model", "feature_schema", "n_items", "items_fingerprint"):
+    if isinstance(old.get("model"), dict):
+        diffs += identity_diff(old["model"], manifest["model"])
+    else:
+        diffs.append("model: missing")
+    for key in ("compat", "feature_schema", "n_items", "items_fingerprint"):
         a, b = old.get(key), manifest.get(key)
-        if key == "model" and a and b:
-            a = {k: a.get(k) for k in ("fingerprint", "architecture", "n_layers", "hidden_size")}
-            b = {k: b.get(k) for k in ("fingerprint", "architecture", "n_layers", "hidden_size")}
         if a != b:
             if isinstance(a, dict) and isinstance(b, dict):
                 diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..fsutil import atomic_dir, atomic_write_json
+from ..models.loader import same_model
 
 MANIFEST = "riskprobe.json"
 
@@ -217,8 +218,7 @@ def load_harvests(paths: list[str | Path]) -> Harvests:
             first = (p, m)
         else:
             p0, m0 = first
-            ident = lambda d: {k: d["model"][k] for k in ("fingerprint", "architecture", "n_layers", "hidden_size")}  # noqa: E731
-            if ident(m) != ident(m0):
+            if not same_model(m["model"], m0["model"]):
                 raise UserError(f"harvests of different models cannot be mixed: {m['model']['name']} here, "
                                 f"{m0['model']['name']} in {p0}", file=p, field="data.paths")
             if m["feature_schema"] != m0["feature_schema"]:

@@ -47,10 +47,37 @@ class ModelIdentity:
     def from_dict(cls, d: dict[str, Any]) -> "ModelIdentity":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
-    def same_model(self, other: "ModelIdentity") -> bool:
+    def same_model(self, other: "ModelIdentity | dict[str, Any]") -> bool:
         """Whether two identities name the same weights (names and sources may differ)."""
-        return (self.fingerprint, self.architecture, self.n_layers, self.hidden_size) == (
-            other.fingerprint, other.architecture, other.n_layers, other.hidden_size)
+        return same_model(self, other)
+
+    def same_shape(self, other: "ModelIdentity | dict[str, Any]") -> bool:
+        """Whether two models have the same layer count and width (their signatures have the same shapes)."""
+        return same_shape(self, other)
+
+
+# The identity rule, in one place: these fields decide "the same model" (names and sources may differ).
+IDENTITY_KEYS = ("fingerprint", "architecture", "n_layers", "hidden_size")
+SHAPE_KEYS = ("n_layers", "hidden_size")
+
+
+def _get(ident: "ModelIdentity | dict[str, Any]", key: str):
+    return ident.get(key) if isinstance(ident, dict) else getattr(ident, key)
+
+
+def same_model(a: "ModelIdentity | dict[str, Any]", b: "ModelIdentity | dict[str, Any]") -> bool:
+    """Whether two identities (objects or their dicts, as files record them) name the same weights."""
+    return all(_get(a, k) == _get(b, k) for k in IDENTITY_KEYS)
+
+
+def same_shape(a: "ModelIdentity | dict[str, Any]", b: "ModelIdentity | dict[str, Any]") -> bool:
+    """Whether two models' signatures have the same shapes (layer count and width)."""
+    return all(_get(a, k) == _get(b, k) for k in SHAPE_KEYS)
+
+
+def identity_diff(a: "ModelIdentity | dict[str, Any]", b: "ModelIdentity | dict[str, Any]") -> list[str]:
+    """The identity fields that differ, as ``key: a -> b``."""
+    return [f"model.{k}: {_get(a, k)!r} -> {_get(b, k)!r}" for k in IDENTITY_KEYS if _get(a, k) != _get(b, k)]
 
 
 @dataclass

@@ -104,18 +104,32 @@ class RiskModel(nn.Module):
     @torch.no_grad()
     def calibrate(self, logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> None:
         """Fit Platt scaling (a, b) on held-out logits so that a risk of 0.3 means about 30% wrong."""
-        ab = torch.tensor([1.0, 0.0], requires_grad=True)
-        opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=steps)
-        lg, y = logits.detach().float(), labels.float()
+        a, b = fit_platt(logits, labels, steps=steps)
+        self.calib.copy_(torch.tensor([a, b]))
 
-        def closure():
-            opt.zero_grad()
-            with torch.enable_grad():
-                loss = nn.functional.binary_cross_entropy_with_logits(ab[0] * lg + ab[1], y)
-                loss.backward()
-            return loss
 
-        with torch.enable_grad():
-            opt.step(closure)
-        if torch.isfinite(ab).all():
-            self.calib.copy_(ab.detach())
+@torch.no_grad()
+def fit_platt(scores, labels, steps: int = 200) -> tuple[float, float]:
+    """Platt scaling: ``(a, b)`` with ``P(wrong) = sigmoid(a * score + b)``, fitted by maximum likelihood on
+    held-out ``(score, label)`` pairs (the one calibration riskprobe uses, for probes and baselines alike).
+    Scores are standardised for the fit and ``(a, b)`` mapped back; a degenerate fit gives ``(1, 0)``."""
+    s = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    y = torch.as_tensor(labels, dtype=torch.float64).flatten()
+    mu, sd = s.mean(), s.std(unbiased=False)
+    sd = sd if sd > 0 else torch.tensor(1.0, dtype=torch.float64)
+    z = (s - mu) / sd
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    a, b = ab.detach()
+    if not bool(torch.isfinite(ab).all()):
+        return 1.0, 0.0
+    return float(a / sd), float(b - a * mu / sd)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..evaluation.tables import sweep_series
 from ..fsutil import atomic_savefig
+from ..signatures.features import CI, SI, TI
 
 
 def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
@@ -131,8 +132,9 @@ def plot_importance(imp: dict[str, dict[str, float]], path: Path, title: str) ->
 # ------------------------------------------------------------------------------------------ harvests
 def _traj_series(t) -> dict[str, np.ndarray]:
     c = t["commitment"].float().numpy()
-    return {"entropy": c[..., 0], "sync": t["sync"].float().numpy()[..., 0].mean(-1),
-            "curvature": t["trajectory"].float().numpy()[..., 1].mean(-1), "commit_depth": c[..., 5]}
+    return {"entropy": c[..., CI["entropy"]], "sync": t["sync"].float().numpy()[..., SI["layer_cos"]].mean(-1),
+            "curvature": t["trajectory"].float().numpy()[..., TI["curvature"]].mean(-1),
+            "commit_depth": c[..., CI["commit_depth"]]}
 
 
 def _mean_ci(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

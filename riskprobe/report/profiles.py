@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..signatures.features import masked_step_mean
+from ..signatures.features import CI, SI, TI, masked_step_mean
 
 REGIMES = ("committed", "turbulent_resolved", "turbulent_unresolved", "other")
 
@@ -41,13 +41,14 @@ def early_summary(t: dict[str, torch.Tensor], k: int = 8, layers: Sequence[int] 
         sync, traj = sync[:, :, list(layers)], traj[:, :, list(layers)]
     early, late = mask[:, :h], mask[:, h:k + 1]
     stab_mask = mask[:, 1:h].clone() if h > 1 else mask[:, :1]
-    stab = traj[:, 1:h, :, 0].mean(-1) if h > 1 else traj[:, :1, :, 0].mean(-1)
+    st = TI["stability"]
+    stab = traj[:, 1:h, :, st].mean(-1) if h > 1 else traj[:, :1, :, st].mean(-1)
     return {
-        "entropy_early": _mmean(c[:, :h, 0], early),
-        "entropy_late": _mmean(c[:, h:k + 1, 0], late),
-        "curvature_early": _mmean(traj[:, :h, :, 1].mean(-1), early),
+        "entropy_early": _mmean(c[:, :h, CI["entropy"]], early),
+        "entropy_late": _mmean(c[:, h:k + 1, CI["entropy"]], late),
+        "curvature_early": _mmean(traj[:, :h, :, TI["curvature"]].mean(-1), early),
         "stability_early": _mmean(stab, stab_mask),
-        "sync": _mmean(sync[:, : k + 1, :, 0].mean(-1), mask[:, : k + 1]),
+        "sync": _mmean(sync[:, : k + 1, :, SI["layer_cos"]].mean(-1), mask[:, : k + 1]),
         "has_late": late.any(1).numpy(),
     }
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..models.loader import LoadedModel, ModelIdentity
+from ..models.loader import LoadedModel, ModelIdentity, same_model, same_shape
 from ..probes.artifact import read_artifact
 from ..probes.inputs import FeatureSelection, inputs_from_signatures
 from ..signatures import Capture, FeatureSpec
@@ -67,12 +67,11 @@ class Scorer:
         the same shape (layer count and hidden size), never another shape: the features would not fit."""
         ident = model.identity if isinstance(model, LoadedModel) else model
         want = self.model_identity
-        if (ident.n_layers, ident.hidden_size) != (want["n_layers"], want["hidden_size"]):
+        if not same_shape(ident, want):
             raise UserError(f"this probe reads {want['n_layers']} layers of width {want['hidden_size']} "
                             f"({want['name']}); '{ident.name}' has {ident.n_layers} layers of width "
                             f"{ident.hidden_size}, so its signatures cannot be scored by it", field="model")
-        keys = ("fingerprint", "architecture")
-        if any(getattr(ident, k) != want[k] for k in keys) and not allow_model_mismatch:
+        if not same_model(ident, want) and not allow_model_mismatch:
             raise UserError(f"this probe was trained for model '{want['name']}' ({want['architecture']}, "
                             f"{want['n_layers']} layers, sha {str(want['fingerprint'])[:12]}), not '{ident.name}' "
                             f"({ident.architecture}, {ident.n_layers} layers, sha {ident.fingerprint[:12]}); "

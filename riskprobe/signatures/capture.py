@@ -131,7 +131,7 @@ class Capture:
     def _record_chosen(self, tokens: torch.Tensor) -> None:
         t = self.t - 1
         if "commitment" in self.buf and t <= self.spec.K:
-            self.buf["commitment"][:, t, 3] = F.chosen_logprob(self._logp, tokens.to(self._logp.device))
+            self.buf["commitment"][:, t, F.CI["chosen_logprob"]] = F.chosen_logprob(self._logp, tokens.to(self._logp.device))
         self._logp = None
 
     @torch.no_grad()
@@ -148,9 +148,10 @@ class Capture:
         if sp.has("commitment"):
             c = F.commitment(logits)
             row = self.buf["commitment"][:, t]
-            row[:, 0], row[:, 1], row[:, 2], row[:, 4] = c["entropy"], c["top1_prob"], c["margin"], c["branching"]
+            for name in ("entropy", "top1_prob", "margin", "branching"):
+                row[:, F.CI[name]] = c[name]
             self._logp = c["logp"]
-            row[:, 5] = 1.0
+            row[:, F.CI["commit_depth"]] = 1.0
         if sp.has("sync") or sp.has("trajectory"):
             hn = F.normalise(states, sp.normalisation, norm)
             h = hn[:, self._idx["layers"]]
@@ -178,7 +179,7 @@ class Capture:
                 ent[:, -1] = F.entropy_from_logits(logits)
                 agree[:, -1] = 1.0
             if "commitment" in self.buf:
-                self.buf["commitment"][:, t, 5] = F.commitment_depth(agree)
+                self.buf["commitment"][:, t, F.CI["commit_depth"]] = F.commitment_depth(agree)
         if sp.has("raw") and t <= sp.raw_steps:
             self.buf["raw"][:, t] = states[:, self._idx["raw"]].to(torch.float16)
         self._states = [None] * (self.L + 1)

@@ -17,6 +17,11 @@ COMMITMENT = ("entropy", "top1_prob", "margin", "chosen_logprob", "branching", "
 SYNC = ("layer_cos", "update_norm", "update_cos")
 TRAJECTORY = ("stability", "curvature", "displacement")
 LENS = ("lens_entropy", "lens_agree")
+# Column index of each named feature in its family's last axis: the one place that knows the order.
+CI = {n: i for i, n in enumerate(COMMITMENT)}
+SI = {n: i for i, n in enumerate(SYNC)}
+TI = {n: i for i, n in enumerate(TRAJECTORY)}
+LI = {n: i for i, n in enumerate(LENS)}
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
