@@ -227,7 +227,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _probe_args(p, model_required: bool = False) -> None:
+def _probe_args(p) -> None:
     p.add_argument("--probe", default="default", help="probe artifact folder, or default (the shipped probe for smollm2-135m)")
     p.add_argument("--model", help="model to run (default: the one the probe was trained for)")
     p.add_argument("--device")

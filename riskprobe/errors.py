@@ -37,3 +37,17 @@ class UserError(Exception):
             where = f"line {self.line}: "
         fld = f"field '{self.field}': " if self.field else ""
         return f"{where}{fld}{self.message}"
+
+
+def check_version(found, supported: int, *, kind: str, file=None, field: str = "version") -> int:
+    """The version of a file riskprobe wrote (a harvest manifest, a feature schema, a config, an artifact),
+    checked on read: missing means 1 (files written before versions were recorded); a newer one than this
+    riskprobe reads is refused with a clear message."""
+    if found is None:
+        return 1
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise UserError(f"{kind} version must be a positive integer, got {str(found)[:20]!r}", file=file, field=field)
+    if found > supported:
+        raise UserError(f"written by a newer riskprobe ({kind} version {found}; this riskprobe reads up to "
+                        f"{supported}): upgrade riskprobe (pip install -U riskprobe)", file=file, field=field)
+    return found

@@ -19,40 +19,23 @@ def _check(y, s):
 
 
 def auroc(y, s) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count one half); NaN with a single class."""
+    """Area under the ROC curve (scikit-learn's; ties count one half); NaN with a single class."""
+    from sklearn.metrics import roc_auc_score
+
     y, s = _check(y, s)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
+    if y.min() == y.max():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # average ranks over ties
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    r_pos = ranks[y == 1].sum()
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return float(roc_auc_score(y, s))
 
 
 def auprc(y, s) -> float:
-    """Average precision with the wrong answers (label 1) as the positive class."""
+    """Average precision (scikit-learn's) with the wrong answers (label 1) as the positive class."""
+    from sklearn.metrics import average_precision_score
+
     y, s = _check(y, s)
     if y.sum() == 0:
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    ys = y[order]
-    ss = s[order]
-    tp = np.cumsum(ys)
-    # evaluate at the last index of each tied score group
-    last = np.r_[ss[1:] != ss[:-1], True]
-    prec = tp[last] / (np.flatnonzero(last) + 1)
-    rec = tp[last] / y.sum()
-    return float(np.sum(np.diff(np.r_[0.0, rec]) * prec))
+    return float(average_precision_score(y, s))
 
 
 def brier(y, s) -> float:

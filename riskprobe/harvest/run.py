@@ -36,6 +36,7 @@ from .store import (
     _write_shard,
     hf_features,
     merge_shards,
+    read_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,7 @@ def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
         if out.exists() and any(out.iterdir()):
             raise UserError("output directory exists and is not a riskprobe harvest; choose another --out", file=out)
         return
-    try:
-        old = json.loads(p.read_text())
-        if not isinstance(old, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"damaged manifest ({e}); use a new --out", file=p) from None
+    old = read_manifest(out)
     diffs = []
     defaults = HarvestConfig().compat()
     if isinstance(old.get("compat"), dict):  # keys added in later versions: an old harvest had their defaults
@@ -144,7 +140,7 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     spec = spec.resolve(lm)
     rendered, truncated = render_items(lm, items, cfg)
     manifest = {
-        "kind": "harvest", "harvest_version": HARVEST_VERSION, "model": lm.identity.to_dict(),
+        "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(),
         "prompts": cfg.prompts, "n_items": len(items), "compat": cfg.compat(), "config": asdict(cfg),
         "feature_schema": spec.schema(), "versions": package_versions(),
         "items_fingerprint": stable_hash("\n".join(it.id for it in items)), "truncated_prompts": truncated,

@@ -75,10 +75,24 @@ def _features(extra=None):
 # -------------------------------------------------------------------------------------------- manifest
 def read_manifest(out: str | Path) -> dict[str, Any]:
     """The manifest of a harvest directory (raises a UserError when there is none)."""
+    from ..errors import check_version
+    from ..fsutil import read_text
+    from ..signatures.spec import normalise_schema
+
     p = Path(out) / MANIFEST
     if not p.is_file():
         raise UserError(f"not a riskprobe harvest (no {MANIFEST})", file=out)
-    return json.loads(p.read_text())
+    try:
+        m = json.loads(read_text(p))
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"damaged manifest ({str(e)[:80]})", file=p) from None
+    if not isinstance(m, dict):
+        raise UserError("damaged manifest (not a JSON object)", file=p)
+    legacy = m.pop("harvest_version", None)  # the name older harvests used
+    m["version"] = check_version(m.get("version", legacy), HARVEST_VERSION, kind="harvest", file=p)
+    if isinstance(m.get("feature_schema"), dict):
+        m["feature_schema"] = normalise_schema(m["feature_schema"], file=p)
+    return m
 
 
 def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
@@ -211,7 +225,7 @@ def load_harvests(paths: list[str | Path]) -> Harvests:
         if not (p / MANIFEST).is_file():
             raise UserError(f"not a riskprobe harvest (no {MANIFEST}); run `riskprobe harvest --out {p}` first",
                             file=p, field="data.paths")
-        m = json.loads((p / MANIFEST).read_text())
+        m = read_manifest(p)
         if m.get("status") != "complete":
             raise UserError("harvest is not complete; rerun the harvest command to finish it", file=p)
         if first is None:

@@ -27,10 +27,7 @@ from ..errors import UserError
 from ..fsutil import sha256_files
 from .modules import RiskModel, build_probe
 
-ARTIFACT_VERSION = 2
-
-
-READABLE_VERSIONS = (1, 2)  # version 1 had no json_sha256; its content is still checked field by field
+ARTIFACT_VERSION = 3  # 3: the key is "version" (1 and 2 wrote "artifact_version"; 1 had no json_sha256)
 
 
 ARTIFACT_FILES = ("probe.json", "probe.safetensors", "probe.onnx")
@@ -142,7 +139,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
     if "calib" not in sd:
         raise UserError("not a riskprobe checkpoint (no risk_model weights)", file=ckpt, field="state_dict")
     meta: dict[str, Any] = {
-        "artifact_version": ARTIFACT_VERSION,
+        "version": ARTIFACT_VERSION,
         "riskprobe_version": __version__,
         "model_identity": spec["model_identity"],
         "feature_spec": {k: spec[k] for k in ("selection", "step_features", "feature_schema", "dims")},
@@ -180,7 +177,8 @@ def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, forc
 
     from ..fsutil import atomic_dir
 
-    meta = dict(meta, artifact_version=ARTIFACT_VERSION)
+    meta = dict(meta, version=ARTIFACT_VERSION)
+    meta.pop("artifact_version", None)
     moved = prepare_out(out, force=force)
     with atomic_dir(Path(out), replace=_is_artifact_dir) as tmp:
         save_file({k: v.contiguous() for k, v in rm.state_dict().items()}, str(tmp / "probe.safetensors"))
@@ -279,13 +277,16 @@ def read_artifact(path: str | Path) -> tuple[RiskModel, dict[str, Any]]:
     except RecursionError:
         raise UserError("probe.json is nested too deeply", file=jf) from None
     _need(isinstance(meta, dict), "expected a JSON object", jf, "probe.json")
-    if meta.get("artifact_version") not in READABLE_VERSIONS:
-        raise UserError(f"artifact version {str(meta.get('artifact_version'))[:20]!r} is not supported (this riskprobe "
-                        f"reads {', '.join(map(str, READABLE_VERSIONS))})", file=jf, field="artifact_version")
-    if meta["artifact_version"] >= 2 and meta.get("json_sha256") != artifact_digest(meta):
+    from ..errors import check_version
+    from ..signatures.spec import normalise_schema
+
+    key = "version" if "version" in meta else "artifact_version"  # the name versions 1 and 2 used
+    version = check_version(meta.get(key), ARTIFACT_VERSION, kind="artifact", file=jf, field=key)
+    if version >= 2 and meta.get("json_sha256") != artifact_digest(meta):
         raise UserError("probe.json was modified after export (its json_sha256 does not match its content); "
                         "re-export the probe", file=jf, field="json_sha256")
     validate_meta(meta, jf)
+    meta["feature_spec"]["feature_schema"] = normalise_schema(meta["feature_spec"]["feature_schema"], file=jf)
     for name, key in (("probe.safetensors", "weights_sha256"), ("probe.onnx", "onnx_sha256")):
         f = p / name
         if not f.is_file():

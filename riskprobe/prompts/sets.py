@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -59,11 +59,6 @@ class Item:
     answer_kind: str = "alias"
     incorrect: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict, compare=False, hash=False)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["answers"], d["incorrect"] = list(self.answers), list(self.incorrect)
-        return d
 
 
 # --------------------------------------------------------------------------------------------- splits

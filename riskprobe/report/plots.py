@@ -65,12 +65,6 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _label(d: Path, m: dict) -> str:
-    if m.get("kind") == "harvest":
-        return f"{m['model']['name']} / {m['prompts']}"
-    return d.name
-
-
 # ------------------------------------------------------------------------------------------ fit runs
 def plot_reliability(rel: list[dict], path: Path, title: str) -> str:
     plt = _plt()

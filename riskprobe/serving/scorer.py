@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..models.loader import LoadedModel, ModelIdentity, same_model, same_shape
 from ..probes.artifact import read_artifact
 from ..probes.inputs import FeatureSelection, inputs_from_signatures
+from ..prompts.sets import ANSWER_KINDS
 from ..signatures import Capture, FeatureSpec
 
 MAX_CHARS = 8000
@@ -162,7 +163,6 @@ def onnx_risk(artifact: str | Path, seq, mask, static) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- requests
-ANSWER_KINDS = ("alias", "number", "yesno")
 
 
 def request_problem(obj: Any) -> str | None:

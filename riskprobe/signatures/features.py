@@ -7,8 +7,6 @@ Notation: ``h`` is a stack of hidden states ``[B, M, H]`` at ``M`` monitored lay
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 EPS = 1e-8
@@ -107,14 +105,13 @@ def logit_lens(h: torch.Tensor, norm, unembed: torch.Tensor, final_top1: torch.T
         unembed: the unembedding matrix ``[V, H]``.
         final_top1: the model's own top-1 token ``[B]``.
 
-    Returns ``lens_entropy`` ``[B, M]``, ``lens_agree`` ``[B, M]`` (1.0 where the layer's top-1 equals the
-    final top-1) and ``commit_depth`` ``[B]``: the fraction ``m / M`` of the first monitored layer from
-    which the lens top-1 equals the final top-1 and stays so (1.0 when only the last agrees, or none).
+    Returns ``lens_entropy`` ``[B, M]`` and ``lens_agree`` ``[B, M]`` (1.0 where the layer's top-1 equals
+    the final top-1); :func:`commitment_depth` turns the agreement into the commitment depth.
     """
     logits = norm(h.to(unembed.dtype)) @ unembed.T  # [B, M, V]
     ent = entropy_from_logits(logits)
     agree = (logits.argmax(-1) == final_top1.view(-1, 1)).float()
-    return {"lens_entropy": ent, "lens_agree": agree, "commit_depth": commitment_depth(agree)}
+    return {"lens_entropy": ent, "lens_agree": agree}
 
 
 def commitment_depth(agree: torch.Tensor) -> torch.Tensor:
@@ -141,8 +138,3 @@ def normalise(h: torch.Tensor, how: str, norm=None) -> torch.Tensor:
     if how == "final_norm":
         return norm(h)
     raise ValueError(f"unknown normalisation {how!r}")
-
-
-def angle_to_unit(x: float) -> float:
-    """Map an angle in radians to [0, 1] (for plots)."""
-    return x / math.pi

@@ -21,6 +21,17 @@ NORMALISATIONS = ("raw", "final_norm", "unit")
 LAYER_SETS = ("all", "none", "early", "middle", "late")
 
 
+def normalise_schema(schema: dict[str, Any], file=None) -> dict[str, Any]:
+    """A stored feature schema, its version checked (``schema_version`` is the name older files used)."""
+    from ..errors import check_version
+
+    d = dict(schema)
+    v = d.pop("schema_version", None)
+    d["version"] = check_version(d.get("version", v), SCHEMA_VERSION, kind="feature schema", file=file,
+                                 field="feature_schema.version")
+    return d
+
+
 def _short(v: Any, n: int = 60) -> str:
     r = repr(v)
     return r if len(r) <= n else r[: n - 3] + "..."
@@ -159,6 +170,6 @@ class FeatureSpec:
     def schema(self) -> dict[str, Any]:
         """The schema recorded in manifests and probe artifacts; equal schemas mean compatible rows."""
         d = asdict(self)
-        d["schema_version"] = SCHEMA_VERSION
+        d["version"] = SCHEMA_VERSION
         d["columns"] = {k: {"shape": list(s), "dtype": t, "names": list(n)} for k, (s, t, n) in self.shapes().items()}
         return d

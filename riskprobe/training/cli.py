@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, check_version
 from ..evaluation.tables import format_sweep, format_table
 from ..fsutil import atomic_write_json
 from ..report.plots import plot_sweep
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------- CLI
+FIT_CONFIG_VERSION = 1
 RUN_ENTRIES = {"config.yaml", "metrics.json", "sweep.json", "auroc_vs_k.png", "csv", "wandb", "lightning_logs", "ckpt"}
 
 
@@ -131,7 +132,9 @@ def _cli_class():
         """``riskprobe fit|validate|test --config <name or file>`` (LightningCLI)."""
 
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--config_version", type=int, default=1, help="version of this config's layout")
+            parser.add_argument("--version", type=Optional[int], default=None, help="version of this config's layout (1)")
+            parser.add_argument("--config_version", type=Optional[int], default=None,
+                                help="the name older configs used for version")
             parser.add_argument("--run_name", type=str, default="default",
                                 help="names the run (runs/<run_name> unless --trainer.default_root_dir is given)")
             parser.add_argument("--checkpoint_dir", type=Optional[str], default=None,
@@ -148,9 +151,9 @@ def _cli_class():
 
         def instantiate_trainer(self, **kwargs):
             cfg = self._cfg()
-            if cfg.config_version != 1:
-                raise UserError(f"unsupported config_version {cfg.config_version} (this riskprobe reads 1)",
-                                field="config_version")
+            legacy = cfg.config_version is not None and cfg.version is None
+            check_version(cfg.config_version if legacy else cfg.version, FIT_CONFIG_VERSION, kind="fit config",
+                          field="config_version" if legacy else "version")
             root = Path(cfg.trainer.default_root_dir or os.path.join("runs", cfg.run_name))
             ckdir = Path(cfg.checkpoint_dir or root / "ckpt")
             # A fit writes into staging folders that become root and ckdir only when it succeeds.

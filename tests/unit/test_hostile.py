@@ -219,9 +219,10 @@ CASES = [
     ("probe model renamed", lambda c: c.score(probe=c.probe_copy(lambda m: m["model_identity"].update(name="gemma3-270m"))),
      "field 'json_sha256'"),
     ("probe keys missing (v1)", lambda c: c.score(probe=c.probe_copy(
-        lambda m: (m.update(artifact_version=1), m.pop("json_sha256"), m.pop("feature_spec")))), "field 'feature_spec.dims': missing"),
-    ("probe version unknown", lambda c: c.score(probe=c.probe_copy(lambda m: m.update(artifact_version=99))),
-     "field 'artifact_version'"),
+        lambda m: (m.pop("version"), m.update(artifact_version=1), m.pop("json_sha256"), m.pop("feature_spec")))),
+     "field 'feature_spec.dims': missing"),
+    ("probe version newer", lambda c: c.score(probe=c.probe_copy(lambda m: m.update(version=99))),
+     "field 'version': written by a newer riskprobe (artifact version 99"),
     ("probe onnx missing", lambda c: c.score(probe=c.probe_copy(drop="probe.onnx")), "probe.onnx is missing"),
     ("probe weights missing", lambda c: c.score(probe=c.probe_copy(drop="probe.safetensors")), "probe.safetensors is missing"),
     # ------------------------------------------------------------------ export
@@ -243,6 +244,8 @@ CASES = [
     ("fit config not utf-8", lambda c: c.fit(cfg=c.f("f.yaml", b"model:\n  hidden: \xff\n")), "f.yaml: not a UTF-8"),
     ("fit config a list", lambda c: c.fit(cfg=c.f("f.yaml", "- 1\n")), "f.yaml: expected a mapping"),
     ("fit config missing", lambda c: c.fit(cfg=str(c.d / "none.yaml")), "none.yaml: config file not found"),
+    ("fit config newer", lambda c: c.fit(cfg=c.f("f.yaml", "version: 9\n")),
+     "field 'version': written by a newer riskprobe (fit config version 9"),
     ("fit hidden a string", lambda c: c.fit("--model.hidden", "big"), "model.hidden"),
     ("fit unknown key", lambda c: c.fit("--model.vibes", "3"), "vibes"),
     ("fit harvest missing", lambda c: c.fit("--data.paths", f"[{c.d / 'nowhere'}]"), "nowhere: field 'data.paths'"),

@@ -45,3 +45,15 @@ def test_threshold_and_bootstrap():
     assert ev["accuracy"] == 1.0 and ev["n"] == 4 and ev["n_incorrect"] == 2
     lo, hi = M.bootstrap_ci(M.auroc, np.r_[y, y, y], np.r_[s, s[::-1], s], n_boot=300)
     assert lo <= M.auroc(np.r_[y, y, y], np.r_[s, s[::-1], s]) <= hi
+
+
+def test_platt_recovers_a_planted_calibration():
+    from riskprobe.probes.modules import fit_platt
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(3.0, 2.0, 20000)
+    y = rng.random(20000) < 1 / (1 + np.exp(-(0.8 * s - 1.5)))  # true a = 0.8, b = -1.5
+    a, b = fit_platt(s, y)
+    assert a == pytest.approx(0.8, abs=0.05) and b == pytest.approx(-1.5, abs=0.1)
+    a, b = fit_platt(-s, y)  # a reversed score gets a negative slope
+    assert a == pytest.approx(-0.8, abs=0.05)

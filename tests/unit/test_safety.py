@@ -259,6 +259,7 @@ def test_edited_probe_json_is_refused(art, edit, want):
 
 def test_edited_v1_probe_json_is_checked_field_by_field(art):
     def to_v1(m, **changes):
+        m.pop("version")
         m.update(artifact_version=1, **changes)
         m.pop("json_sha256")
 
@@ -404,3 +405,24 @@ def test_baseline_auroc_and_interval_come_from_one_score():
     r = baseline_metrics(sv, yv.astype(float), st, yt.astype(float), n_boot=300)
     assert r["auroc_ci"][0] <= r["auroc"] <= r["auroc_ci"][1]
     assert r["auroc"] == pytest.approx(1 - M.auroc(yt.astype(float), st), abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- versions
+def test_files_from_a_newer_riskprobe_are_refused_and_older_names_read(tmp_path):
+    from riskprobe.harvest.store import MANIFEST, read_manifest
+
+    h = make_harvest(tmp_path / "h", n=20)
+    m = json.loads((h / MANIFEST).read_text())
+    (h / MANIFEST).write_text(json.dumps(dict(m, version=7)))
+    with pytest.raises(UserError, match=r"field 'version': written by a newer riskprobe \(harvest version 7"):
+        read_manifest(h)
+    m.pop("version", None)
+    m["feature_schema"] = dict(m["feature_schema"], schema_version=1)
+    m["feature_schema"].pop("version", None)
+    (h / MANIFEST).write_text(json.dumps(dict(m, harvest_version=1)))  # the names older harvests used
+    got = read_manifest(h)
+    assert got["version"] == 1 and got["feature_schema"]["version"] == 1 and "schema_version" not in got["feature_schema"]
+    m["feature_schema"]["schema_version"] = 5
+    (h / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(UserError, match="feature schema version 5"):
+        read_manifest(h)

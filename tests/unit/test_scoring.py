@@ -28,7 +28,7 @@ def test_export_load_round_trip_torch_and_onnx(tmp_path, dir_lm, probe):
     art, mod = make_artifact(dir_lm, tmp_path, probe=probe)
     assert sorted(p.name for p in art.iterdir()) == ["probe.json", "probe.onnx", "probe.safetensors"]
     meta = json.loads((art / "probe.json").read_text())
-    for key in ("artifact_version", "riskprobe_version", "model_identity", "feature_spec", "calibration", "threshold",
+    for key in ("version", "riskprobe_version", "model_identity", "feature_spec", "calibration", "threshold",
                 "data_fingerprint", "weights_sha256"):
         assert key in meta
     sc = Scorer.load(art, model=dir_lm)

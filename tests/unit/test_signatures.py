@@ -55,7 +55,7 @@ def test_commitment_depth_and_lens_by_hand():
     h = torch.tensor([[[0.0, 5.0], [5.0, 0.0]]])
     lens = F.logit_lens(h, torch.nn.Identity(), torch.eye(2), torch.tensor([0]))
     assert lens["lens_agree"].tolist() == [[0.0, 1.0]]
-    assert lens["commit_depth"].tolist() == [0.5]
+    assert F.commitment_depth(lens["lens_agree"]).tolist() == [0.5]
     p = torch.softmax(torch.tensor([0.0, 5.0]), 0)
     assert lens["lens_entropy"][0, 0].item() == pytest.approx(-(p * p.log()).sum().item(), abs=1e-6)
 
