@@ -35,6 +35,8 @@ def _harvest_parser(sub) -> None:
     p.add_argument("--K", type=int, help="signature steps after step 0 (default 32)")
     p.add_argument("--layers", help="monitored layers: all, early, middle, late, sparseN")
     p.add_argument("--normalisation", help="hidden-state normalisation: raw, final_norm or unit")
+    p.add_argument("--threads", type=int, help="intra-op CPU threads of this process (default: torch's own; "
+                   "under torchrun, the cores shared out among the ranks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -46,7 +48,7 @@ def cmd_harvest(args) -> int:
 
     cfg_path = resolve_config("harvest", args.config or "default")
     over = {k: getattr(args, k) for k in ("model", "prompts", "limit", "max_new_tokens", "batch_size", "out", "device",
-                                          "dtype", "seed", "datasets_root")}
+                                          "dtype", "seed", "datasets_root", "threads")}
     cfg = load_config(cfg_path, over)
     feats = dict(cfg.features)
     for k, v in (("K", args.K), ("layers", args.layers), ("normalisation", args.normalisation)):
@@ -107,8 +109,11 @@ def cmd_sets(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .models import set_threads
     from .pipeline import demo
 
+    _positive(args.threads, "threads", 1024)
+    set_threads(args.threads)
     t0 = time.perf_counter()
     res = demo(args.out, progress=not args.no_progress)
     m = res["metrics"]
@@ -126,8 +131,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from .models import set_threads
     from .pipeline import compare
 
+    _positive(args.threads, "threads", 1024)
+    set_threads(args.threads)
     res = compare(args.models, args.out, prompts=args.prompts, progress=not args.no_progress)
     for s in res["skipped"]:
         print(f"skipped {s}")
@@ -153,7 +161,7 @@ def _positive(value: int | None, field: str, hi: int = 1 << 20) -> None:
 
 def _scorer_and_model(args):
     """Load the probe (all its checks), check the options, then load the model: cheap checks first."""
-    from .models import check_device, load_model
+    from .models import check_device, load_model, set_threads
     from .serving.scorer import Scorer
 
     _positive(getattr(args, "batch_size", None), "batch-size", 4096)
@@ -165,6 +173,8 @@ def _scorer_and_model(args):
         raise UserError(f"must be a port number from 0 to 65535, got {args.port}", field="port")
     if args.device:
         check_device(args.device)
+    _positive(args.threads, "threads", 1024)
+    set_threads(args.threads)
     scorer = Scorer.load(args.probe)
     model = args.model or scorer.model_identity["name"]
     lm = load_model(model, device=getattr(args, "device", None))
@@ -227,15 +237,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _threads_arg(p) -> None:
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's own, one per core); set it "
+                   "when several riskprobe processes share the cores")
+
+
 def _probe_args(p) -> None:
     p.add_argument("--probe", default="default", help="probe artifact folder, or default (the shipped probe for smollm2-135m)")
     p.add_argument("--model", help="model to run (default: the one the probe was trained for)")
-    p.add_argument("--device")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU when there is one)")
     p.add_argument("--allow-model-mismatch", action="store_true", help="score with a model the probe was not trained for")
+    _threads_arg(p)
+
+
+class _Help(argparse.HelpFormatter):
+    """Help lines with the default where there is one worth saying."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in h.lower():
+            h += " (default: %(default)s)"
+        return h
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors as one line (``riskprobe harvest: error: ...``) and exit status 2."""
+    """argparse, with its errors as one line (``riskprobe harvest: error: ...``) and exit status 2, and help that
+    shows each option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())[:300]} (see {self.prog} --help)\n")
@@ -254,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     d = sub.add_parser("demo", help="run the whole job on the bundled default (smollm2-135m, built-in set + TriviaQA)")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _threads_arg(d)
     for name, text in (("fit", "train a risk probe from a YAML config (LightningCLI; see `riskprobe fit --help`)"),
                        ("validate", "run validation of a trained probe (LightningCLI)"),
                        ("test", "evaluate a trained probe on the test split (LightningCLI)")):
@@ -266,13 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if --out holds anything else, keep it under a new name (OUT.bak-N) and write the artifact")
     sc = sub.add_parser("score", help="score a JSONL file of prompts (generated) or prompt/response pairs (teacher forced)")
     _probe_args(sc)
-    sc.add_argument("--input", required=True)
+    sc.add_argument("--input", required=True, help='JSONL, one {"id"?, "prompt", "response"?} per line')
     sc.add_argument("--output", required=True, help="JSONL output; rerun to resume (ids already there are skipped)")
-    sc.add_argument("--batch-size", type=int, default=16)
-    sc.add_argument("--max-new-tokens", type=int, default=33)
+    sc.add_argument("--batch-size", type=int, default=16, help="rows per batch")
+    sc.add_argument("--max-new-tokens", type=int, default=33, help="answer budget for rows without a response")
     sc.add_argument("--on-error", choices=["skip", "fail"], default="skip",
                     help="malformed lines: skip (exit 1) or fail (exit 2)")
-    sc.add_argument("--no-progress", action="store_true")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bar")
     sv = sub.add_parser("serve", help="run the HTTP scorer (POST /score, GET /health)")
     _probe_args(sv)
     sv.add_argument("--host", default="127.0.0.1")
@@ -284,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--set", choices=["halueval", "truthfulqa_mc"], required=True)
     eg.add_argument("--limit", type=int, default=200, help="questions to use")
     eg.add_argument("--json", help="write the result here")
-    eg.add_argument("--no-progress", action="store_true")
+    eg.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp = sub.add_parser("report", help="plots and a Markdown report from fit runs and harvests")
     rp.add_argument("--run", nargs="+", required=True, help="fit run directories (metrics.json) and/or harvests")
     rp.add_argument("--out", default="runs/report")
@@ -293,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"])
     c.add_argument("--prompts", default="builtin-factual:200+triviaqa:200")
     c.add_argument("--out", default="runs/compare")
-    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _threads_arg(c)
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
     return p

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fsutil import atomic_write_json, stable_hash
-from ..models.loader import identity_diff
+from ..models.loader import identity_diff, set_threads
 from .config import HarvestConfig, _short
 from .store import (
     HARVEST_VERSION,
@@ -160,19 +160,6 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
             _abandon(out, created, e)
         raise
     return out
-
-
-def set_threads(threads: int | None) -> None:
-    """Intra-op threads of this process: ``threads`` if given; under torchrun, the cores shared out among
-    the ranks of this machine (processes that each take every core slow each other down many times)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(int(threads))
-        return
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if local > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
 def render_items(lm, items, cfg: HarvestConfig):

@@ -8,6 +8,7 @@ from .loader import (
     context_length,
     default_device,
     load_model,
+    set_threads,
     wrap_model,
 )
 from .prompting import RenderedPrompt, render
@@ -23,6 +24,7 @@ __all__ = [
     "context_length",
     "default_device",
     "load_model",
+    "set_threads",
     "wrap_model",
     "RenderedPrompt",
     "render",

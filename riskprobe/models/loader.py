@@ -225,6 +225,19 @@ def check_device(device: str) -> str:
     return d
 
 
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads of this process: ``threads`` if given; under torchrun, the cores shared out among
+    the ranks of this machine (processes that each take every core slow each other down many times)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if local > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
 def default_device() -> str:
     import torch
 
@@ -290,6 +303,7 @@ def clear_cache() -> None:
         shutil.rmtree(cache_root() / sub, ignore_errors=True)
 
 
-__all__ = ["ModelIdentity", "LoadedModel", "load_model", "context_length", "check_device", "wrap_model", "prepare_tokenizer",
+__all__ = ["ModelIdentity", "LoadedModel", "load_model", "context_length", "check_device", "set_threads", "wrap_model",
+           "prepare_tokenizer",
            "clear_cache",
            "check_sha256", "default_device"]

@@ -22,7 +22,7 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
 
     rows = sweep["rows"]
     ks = [r["k"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for name, ms in sweep_series(sweep).items():
         a = np.array([m["auroc"] for m in ms])
         lo = np.array([m["auroc_ci"][0] for m in ms])
@@ -38,7 +38,7 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
     ax.set_xlabel("k (early steps seen)")
     ax.set_ylabel("test AUROC (wrong answer)")
     ax.set_title("How early is the risk visible?")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: covers no curve
     fig.tight_layout()
     from ..fsutil import atomic_savefig
 
@@ -110,14 +110,18 @@ def plot_risk_coverage(pred: dict, path: Path, title: str) -> str:
 def plot_importance(imp: dict[str, dict[str, float]], path: Path, title: str) -> str:
     plt = _plt()
     kinds = [k for k in ("family", "layer") if imp.get(k)]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.2), squeeze=False)
+    n_max = max(len(imp[k]) for k in kinds)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), max(3.0, 0.24 * n_max + 1.2)), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         items = list(imp[kind].items())
-        ax.barh([n for n, _ in items], [v for _, v in items])
+        colors = ["tab:orange" if n.startswith("raw") else "tab:blue" for n, _ in items]
+        ax.barh(range(len(items)), [v for _, v in items], color=colors)
+        ax.set_yticks(range(len(items)), [n for n, _ in items], fontsize=7)
+        ax.invert_yaxis()
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_xlabel("test AUROC drop when shuffled")
-        ax.set_title(f"importance by {kind}", fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
+        note = " (orange: stored raw states, only at a few layers)" if kind == "layer" and "tab:orange" in colors else ""
+        ax.set_title(f"importance by {kind}{note}", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

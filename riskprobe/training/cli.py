@@ -237,7 +237,24 @@ def _cli_class():
             self._finish(cb.best_model_path if cb is not None and cb.best_model_path else None)
 
         def after_test(self):
-            self._finish(self.config_init[self.subcommand].get("ckpt_path"))
+            """Evaluate a checkpoint as it is: no recalibration, no sweep, nothing written over; the metrics go
+            to ``<default_root_dir>/test_metrics.json``."""
+            if not self.trainer.is_global_zero:
+                return
+            ckpt = self.config_init[self.subcommand].get("ckpt_path")
+            module, dm = self.model, self.datamodule
+            dm.setup("test")
+            if ckpt:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+                if module.risk_model is None:
+                    module.build(state["riskprobe"])
+                module.load_state_dict(state["state_dict"])
+            res = calibrate_and_evaluate(module, dm, n_boot=self._cfg().n_boot, calibrate=False)
+            res["checkpoint"] = str(ckpt) if ckpt else None
+            print(format_table(res))
+            out = Path(self.stage.final_root) / "test_metrics.json"
+            atomic_write_json(out, res)
+            print(f"\ntest metrics: {out}")
 
     return RiskprobeCLI
 

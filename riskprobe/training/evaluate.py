@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from typing import Any
 
 import numpy as np
@@ -37,13 +38,15 @@ def baseline_metrics(val_scores, yv, test_scores, yt, *, n_boot: int = 1000) -> 
 
 
 def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot: int = 1000,
-                           baselines: bool = True, cache: dict | None = None) -> dict[str, Any]:
-    """Calibrate the probe on validation, pick its threshold there, and evaluate it and the baselines on
-    the test split. Returns ``{"probe": {...}, "baselines": {name: {...}}, "margin": {...}, ...}``."""
-    rm = module.risk_model
+                           baselines: bool = True, cache: dict | None = None, calibrate: bool = True) -> dict[str, Any]:
+    """Calibrate the probe on validation (unless ``calibrate=False``: a trained probe is evaluated as it is),
+    pick its threshold there, and evaluate it and the baselines on the test split.
+    Returns ``{"probe": {...}, "baselines": {name: {...}}, "margin": {...}, ...}``."""
+    rm = module.risk_model.eval()  # no dropout when evaluating
     vs, vm, vg, vy = dm.split_inputs("val")
     ts, tm, tg, ty = dm.split_inputs("test")
-    rm.calibrate(_logits(rm, vs, vm, vg), vy)
+    if calibrate:
+        rm.calibrate(_logits(rm, vs, vm, vg), vy)
     with torch.no_grad():
         val_risk, test_risk = rm(vs, vm, vg).numpy(), rm(ts, tm, tg).numpy()
     thr = M.best_threshold(vy.numpy(), val_risk)
@@ -93,7 +96,9 @@ def feature_groups(dm: "HarvestDataModule") -> dict[str, dict[str, tuple[list[in
         H = sch["hidden_size"]
         fam["raw"] = ([], list(range(n_static)))
         for c in range(n_static):
-            lay.setdefault(f"layer {layers[(c // H) % len(layers)]:02d}", ([], []))[1].append(c)
+            # raw states are stored for a few layers only: their own groups, so that they are not read as
+            # "these layers matter most" next to layers that carry only scalar features
+            lay.setdefault(f"raw state, layer {layers[(c // H) % len(layers)]:02d}", ([], []))[1].append(c)
     return {"family": fam, "layer": dict(sorted(lay.items()))}
 
 
@@ -121,12 +126,15 @@ def permutation_importance(rm: RiskModel, dm: "HarvestDataModule", seq, mask, st
 
 
 def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int], *, max_epochs: int = 60,
-            patience: int = 8, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+            patience: int = 8, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Probe and baselines for each k: how early the risk becomes visible."""
     K = dm.harvests.schema["K"]
     table = []
     cache: dict = {}
-    for k in sorted({min(int(k), K) for k in ks}):
+    from tqdm.auto import tqdm
+
+    ks = sorted({min(int(k), K) for k in ks})
+    for k in tqdm(ks, desc="AUROC vs k", unit="k", disable=not progress, file=sys.stderr):
         dmk = copy.copy(dm)
         dmk.selection = FeatureSelection(dm.selection.families, k, dm.selection.raw_layers)
         dmk.inputs = build_inputs(dm.harvests, dmk.selection)

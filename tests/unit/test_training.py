@@ -102,9 +102,19 @@ def test_cli_fit_writes_metrics_config_checkpoint(tmp_path, monkeypatch, capsys)
     assert sweep["ks"] == [0, 2]
     out = capsys.readouterr().out
     assert "AUROC [95% CI]" in out and "probe - best baseline" in out
-    # the test subcommand evaluates the saved checkpoint
+    # the test subcommand evaluates the saved checkpoint as it is: no retraining, nothing written over
+    import hashlib
+
+    def digest(root):
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    before = {**digest(tmp_path / "run"), **digest(tmp_path / "ck")}
     assert main(["test", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path",
-                 str(tmp_path / "ck" / "final.ckpt"), "--sweep_ks", "null"]) == 0
+                 str(tmp_path / "ck" / "final.ckpt")]) == 0  # the saved config asks for a sweep: test ignores it
+    tm = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    after = {**digest(tmp_path / "run"), **digest(tmp_path / "ck")}
+    assert {k: v for k, v in after.items() if not k.endswith("test_metrics.json")} == before
+    assert tm["probe"]["auroc"] == m["probe"]["auroc"]  # the same calibrated probe, the same test rows
 
 
 def test_wandb_offline_needs_no_key(tmp_path, monkeypatch):
