@@ -102,9 +102,14 @@ def cmd_sets(args) -> int:
     from .prompts.sets import REGISTRY
     from .resources import datasets_root
 
-    print(f"public sets root: {datasets_root()}")
+    root = datasets_root()
+    where = root if root is not None and root.is_dir() else f"{root} (not found: set RISKPROBE_DATASETS)"
+    print(f"public sets root: {where}")
+    from .prompts.sets import load_items
+
     for name, (_, desc) in REGISTRY.items():
-        print(f"{name:<20}{desc}")
+        n = f" [{len(load_items(name))} items]" if name.startswith("builtin") else ""
+        print(f"{name:<20}{desc}{n}")
     return 0
 
 

@@ -138,7 +138,7 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     if lm is None:
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     spec = spec.resolve(lm)
-    rendered, truncated = render_items(lm, items, cfg)
+    rendered, truncated, lengths = render_items(lm, items, cfg)
     manifest = {
         "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(),
         "prompts": cfg.prompts, "n_items": len(items), "compat": cfg.compat(), "config": asdict(cfg),
@@ -154,7 +154,7 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
         _wait_for(out / MANIFEST)
         _check_compatible(out, manifest)
     try:
-        _harvest_shards(cfg, lm, spec, items, rendered, out, rank, world, progress, merge)
+        _harvest_shards(cfg, lm, spec, items, rendered, lengths, out, rank, world, progress, merge)
     except BaseException as e:
         if rank == 0:
             _abandon(out, created, e)
@@ -167,19 +167,19 @@ def render_items(lm, items, cfg: HarvestConfig):
 
     A prompt that leaves no room for ``max_new_tokens`` is refused, naming its file and line (or set and
     id); with ``truncate_prompts`` its question is cut from the end instead and its id is returned in the
-    second list.
+    second list. The third list holds each prompt's length in tokens (for batching by length).
     """
     from ..models import context_length, render
 
     ctx = context_length(lm)
     rps = [render(lm.tokenizer, it.prompt, it.answer_kind, cfg.prompt_style) for it in items]
+    lengths = [len(x) for x in lm.tokenizer([r.text for r in rps], add_special_tokens=True)["input_ids"]]
     if ctx is None:
-        return rps, []
+        return rps, [], lengths
     budget = ctx - cfg.max_new_tokens
     if budget < 8:
         raise UserError(f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in this model's context of "
                         f"{ctx} tokens", field="max_new_tokens")
-    lengths = [len(x) for x in lm.tokenizer([r.text for r in rps], add_special_tokens=True)["input_ids"]]
     truncated = []
     for i, (it, n) in enumerate(zip(items, lengths)):
         if n <= budget:
@@ -193,8 +193,9 @@ def render_items(lm, items, cfg: HarvestConfig):
         keep = max(1, len(q_ids) - (n - budget))
         q = lm.tokenizer.decode(q_ids[:keep], skip_special_tokens=True)
         rps[i] = render(lm.tokenizer, q, it.answer_kind, cfg.prompt_style)
+        lengths[i] = budget
         truncated.append(it.id)
-    return rps, truncated
+    return rps, truncated, lengths
 
 
 def _abandon(out: Path, created: bool, err: BaseException) -> None:
@@ -218,7 +219,7 @@ def _abandon(out: Path, created: bool, err: BaseException) -> None:
             pass
 
 
-def _harvest_shards(cfg, lm, spec, items, rendered, out: Path, rank: int, world: int, progress: bool,
+def _harvest_shards(cfg, lm, spec, items, rendered, lengths, out: Path, rank: int, world: int, progress: bool,
                     merge: bool) -> None:
     from tqdm.auto import tqdm
 
@@ -241,11 +242,13 @@ def _harvest_shards(cfg, lm, spec, items, rendered, out: Path, rank: int, world:
     n_tok, t0 = 0, time.perf_counter()
     for s in todo:
         idx0 = s * cfg.shard_size
-        shard_items = items[idx0: idx0 + cfg.shard_size]
+        n = len(items[idx0: idx0 + cfg.shard_size])
+        # batches of similar prompt length (less padding); rows go back to item order before writing
+        order = sorted(range(idx0, idx0 + n), key=lambda i: lengths[i])
         rows: list[dict[str, Any]] = []
-        for b in range(0, len(shard_items), cfg.batch_size):
-            batch = shard_items[b: b + cfg.batch_size]
-            rps = rendered[idx0 + b: idx0 + b + len(batch)]
+        for b in range(0, n, cfg.batch_size):
+            idx = order[b: b + cfg.batch_size]
+            batch, rps = [items[i] for i in idx], [rendered[i] for i in idx]
             cap = Capture(lm, spec)
             with cap:
                 gens = generate(lm, rps, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
@@ -254,13 +257,14 @@ def _harvest_shards(cfg, lm, spec, items, rendered, out: Path, rank: int, world:
             sig = cap.finish([g.token_ids for g in gens])
             batch_rows = grade_rows(batch, gens, rps, P.split_of)
             for j, r in enumerate(batch_rows):
-                r["index"] = idx0 + b + j
+                r["index"] = idx[j]
                 for name, arr in sig.items():
                     r[name] = arr[j]
             rows.extend(batch_rows)
             n_tok += sum(g.n_tokens for g in gens)
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.1f}")
+        rows.sort(key=lambda r: r["index"])
         _write_shard(shard_dir / f"shard-{s:05d}", rows, features)
     bar.close()
     elapsed = time.perf_counter() - t0
