@@ -345,37 +345,9 @@ COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "export": cmd_export, "sco
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
-def _option_values(argv: list[str], *names: str) -> list[str]:
-    out = []
-    for i, a in enumerate(argv):
-        if a in names and i + 1 < len(argv):
-            out.append(argv[i + 1])
-        elif any(a.startswith(n + "=") for n in names):
-            out.append(a.split("=", 1)[1])
-    return out
-
-
 def _run_lightning(argv: list[str]) -> int:
     """``fit``/``validate``/``test`` go to LightningCLI (a shipped config by name or a YAML file, --print_config, overrides)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
-                 "lightning.fabric.utilities.seed", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # no banners; metrics tables are printed
-    from .fsutil import load_yaml
-    from .resources import resolve_config
-
-    for i, a in enumerate(argv[:-1]):  # a shipped config by name: --config default, --config raw_linear
-        if a in ("--config", "-c"):
-            argv[i + 1] = str(resolve_config("fit", argv[i + 1]))
-    for path in _option_values(argv, "--config", "-c"):  # safe parse first: no aliases, UTF-8, <= 1 MiB, a mapping
-        data = load_yaml(path)
-        if not isinstance(data, dict):
-            raise UserError("expected a mapping at the top level", file=path)
-    for path in _option_values(argv, "--ckpt_path"):  # never let a checkpoint's pickle run code
-        if path not in ("best", "last", "null", "None"):
-            from .probes.artifact import check_checkpoint
-
-            check_checkpoint(path)
     try:
         from .training.cli import cli_main
     except ImportError as e:

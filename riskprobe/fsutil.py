@@ -66,16 +66,24 @@ def atomic_dir(path: str | Path, *, replace: bool | Callable[[Path], bool] = Fal
             ok = replace(path) if callable(replace) else bool(replace)
             if not ok or path.is_symlink() or not path.is_dir():
                 raise FileExistsError(path)
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.rmdir(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        swap_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def swap_dir(new: Path, path: Path) -> None:
+    """Put the folder ``new`` at ``path`` by renames: an existing folder there (which the caller has checked
+    is riskprobe's own) is renamed aside first and removed only after the new one is in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.rmdir(old)
+        os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
 
 
 def owned_dir(allowed: Callable[[str], bool]) -> Callable[[Path], bool]:

@@ -21,7 +21,7 @@ from ..fsutil import atomic_write_json
 from ..report.plots import plot_sweep
 from .data import HarvestDataModule
 from .evaluate import calibrate_and_evaluate, sweep_k
-from .module import ProbeModule, save_calibrated
+from .module import ProbeModule, quiet_lightning, save_calibrated
 
 log = logging.getLogger(__name__)
 
@@ -88,20 +88,10 @@ class RunStage:
         return str(p)
 
     def _swap(self, stage: Path, final: Path) -> None:
-        import shutil
-        import tempfile
+        from ..fsutil import swap_dir
 
-        if not stage.exists():
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            os.rmdir(old)
-            os.replace(final, old)
-            os.replace(stage, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, final)
+        if stage.exists():
+            swap_dir(stage, final)
 
     def publish(self) -> None:
         if not self.staged:
@@ -219,6 +209,7 @@ def _cli_class():
             if cfg.sweep_ks:
                 mk = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
                 sw = sweep_k(dm, mk, cfg.sweep_ks, max_epochs=self.trainer.max_epochs or 60, patience=cfg.patience,
+                             progress=self.trainer.progress_bar_callback is not None,
                              n_boot=cfg.n_boot)
                 atomic_write_json(root / "sweep.json", sw)
                 plot_sweep(sw, root / "auroc_vs_k.png")
@@ -259,11 +250,45 @@ def _cli_class():
     return RiskprobeCLI
 
 
+def _option_values(argv: list[str], *names: str) -> list[str]:
+    out = []
+    for i, a in enumerate(argv):
+        if a in names and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif any(a.startswith(n + "=") for n in names):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def check_args(args: list[str]) -> list[str]:
+    """What every entry point (the command, the demo, the Python API) checks before LightningCLI parses:
+    a shipped config may be named (``--config default``); config files are read safely (no aliases, UTF-8,
+    at most 1 MiB, a mapping); a checkpoint is loaded without unpickling anything."""
+    from ..fsutil import load_yaml
+    from ..probes.artifact import check_checkpoint
+    from ..resources import resolve_config
+
+    args = list(args)
+    for i, a in enumerate(args[:-1]):
+        if a in ("--config", "-c"):
+            args[i + 1] = str(resolve_config("fit", args[i + 1]))
+        elif a.startswith("--config="):
+            args[i] = "--config=" + str(resolve_config("fit", a.split("=", 1)[1]))
+    for path in _option_values(args, "--config", "-c"):
+        if not isinstance(load_yaml(path), dict):
+            raise UserError("expected a mapping at the top level", file=path)
+    for path in _option_values(args, "--ckpt_path"):  # never let a checkpoint's pickle run code
+        if path not in ("best", "last", "null", "None"):
+            check_checkpoint(path)
+    return args
+
+
 def cli_main(args: list[str]) -> int:
     """Run LightningCLI with ``args`` (``fit|validate|test ...``); user mistakes raise UserError."""
+    quiet_lightning()
+    args = check_args(args)
     os.environ.setdefault("WANDB_SILENT", "true")
     cls = _cli_class()
-    import sys
     import warnings
 
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
@@ -278,7 +303,7 @@ def cli_main(args: list[str]) -> int:
             return super().instantiate_trainer(**kwargs)
 
     try:
-        _Tracked(ProbeModule, HarvestDataModule, args=None if args == sys.argv[1:] else args, seed_everything_default=0,
+        _Tracked(ProbeModule, HarvestDataModule, args=args, seed_everything_default=0,
                  save_config_callback=None, parser_kwargs={"exit_on_error": False},
                  trainer_defaults={"max_epochs": 60, "accelerator": "cpu", "devices": 1, "enable_model_summary": False,
                                    "num_sanity_val_steps": 0, "log_every_n_steps": 5})

@@ -104,6 +104,14 @@ class ProbeModule(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
+def quiet_lightning() -> None:
+    """No start-up banners (seed, accelerators, tips): the metrics tables are what a user reads."""
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
+                 "lightning.fabric.utilities.seed", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.trainer.connectors.logger_connector.logger_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def fit_probe(dm: HarvestDataModule, module_kwargs: dict[str, Any], *, max_epochs: int = 60, patience: int = 8,
               seed: int = 0, workdir: str | Path | None = None) -> ProbeModule:
     """Train one probe quietly (no loggers) with early stopping on validation AUROC; return the best."""
@@ -111,8 +119,7 @@ def fit_probe(dm: HarvestDataModule, module_kwargs: dict[str, Any], *, max_epoch
 
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # no per-probe banners in sweeps
+    quiet_lightning()  # no per-probe banners in sweeps
     L.seed_everything(seed, verbose=False)
     module = ProbeModule(**module_kwargs)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
