@@ -19,7 +19,7 @@ class HarvestConfig:
     limit: int | None = None
     out: str = "runs/harvest"
     max_new_tokens: int = 33
-    batch_size: int = 16
+    batch_size: int = 32
     shard_size: int = 256
     seed: int = 0
     do_sample: bool = False
