@@ -112,13 +112,10 @@ class Standardizer:
 
     @classmethod
     def fit(cls, seq: torch.Tensor, mask: torch.Tensor, static: torch.Tensor) -> "Standardizer":
-        valid = seq[mask] if seq.shape[-1] else torch.zeros(1, 0)
-        if valid.shape[0] == 0:
-            valid = torch.zeros(1, seq.shape[-1])
-        sm, ss = valid.mean(0), valid.std(0, unbiased=False)
-        if static.shape[0] and static.shape[1]:
-            gm, gs = static.mean(0), static.std(0, unbiased=False)
-        else:
-            gm, gs = torch.zeros(static.shape[1]), torch.ones(static.shape[1])
-        fix = lambda s: torch.where(s > 1e-6, s, torch.ones_like(s))  # noqa: E731
-        return cls(sm, fix(ss), gm, fix(gs))
+        def moments(x: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if width == 0 or x.shape[0] == 0:  # no features, or no rows: the identity transform
+                return torch.zeros(width), torch.ones(width)
+            sd = x.std(0, unbiased=False)
+            return x.mean(0), torch.where(sd > 1e-6, sd, torch.ones_like(sd))  # constant columns stay as they are
+
+        return cls(*moments(seq[mask], seq.shape[-1]), *moments(static, static.shape[1]))
