@@ -23,11 +23,14 @@ def evaluate_given(scorer: Scorer, lm: LoadedModel, name: str, *, limit: int | N
     rows = given_answer_pairs(name, limit)
     risks, labels = [], []
     t0 = time.perf_counter()
-    for b in tqdm(range(0, len(rows), batch_size), desc=f"eval {name}", disable=not progress, file=sys.stderr):
+    bar = tqdm(total=len(rows), desc=f"eval {name}", unit="answer", disable=not progress, file=sys.stderr)
+    for b in range(0, len(rows), batch_size):
         chunk = rows[b:b + batch_size]
         res = scorer.score(lm, [r[0] for r in chunk], [r[1] for r in chunk])
         risks += [r["risk"] for r in res]
         labels += [r[2] for r in chunk]
+        bar.update(len(chunk))
+    bar.close()
     out = M.evaluate(np.array(labels), np.array(risks), n_boot=500)
     out.update(set=name, questions=len({r[3] for r in rows}), seconds=round(time.perf_counter() - t0, 2))
     return out
