@@ -39,6 +39,12 @@ class UserError(Exception):
         return f"{where}{fld}{self.message}"
 
 
+def short(value, n: int = 60) -> str:
+    """``repr(value)`` cut to ``n`` characters, for error messages that quote what the user gave."""
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
 def check_version(found, supported: int, *, kind: str, file=None, field: str = "version") -> int:
     """The version of a file riskprobe wrote (a harvest manifest, a feature schema, a config, an artifact),
     checked on read: missing means 1 (files written before versions were recorded); a newer one than this

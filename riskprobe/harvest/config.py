@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, short
+from ..models.loader import valid_device_name
 
 
 @dataclass
@@ -63,7 +64,7 @@ class HarvestConfig:
             typs = typ if isinstance(typ, tuple) else (typ,)
             if (isinstance(v, bool) and bool not in typs) or not isinstance(v, typs):
                 names = " or ".join("null" if t is type(None) else t.__name__ for t in typs)
-                raise UserError(f"expected {names}, got {type(v).__name__} {_short(v)}", file=source, field=key)
+                raise UserError(f"expected {names}, got {type(v).__name__} {short(v)}", file=source, field=key)
         need(self.model.strip() != "", "model", "must not be empty")
         need(self.prompts.strip() != "", "prompts", "must not be empty")
         need(self.out.strip() != "", "out", "must not be empty")
@@ -72,7 +73,7 @@ class HarvestConfig:
         need(self.threads is None or 1 <= self.threads <= 1024, "threads", "must be a positive integer")
         need(self.dtype is None or self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
              "dtype", "must be float32, bfloat16 or float16")
-        need(self.device is None or _valid_device(self.device), "device", "must be cpu, cuda, cuda:N or mps")
+        need(self.device is None or valid_device_name(self.device), "device", "must be cpu, cuda, cuda:N or mps")
         need(self.limit is None or (isinstance(self.limit, int) and self.limit > 0), "limit", "must be a positive integer")
         need(isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 4096, "max_new_tokens",
              "must be an integer from 1 to 4096")
@@ -91,17 +92,6 @@ class HarvestConfig:
         return {k: getattr(self, k) for k in self.COMPAT}
 
 
-def _short(v: Any, n: int = 60) -> str:
-    r = repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
-
-
-def _valid_device(d: str) -> bool:
-    import re
-
-    return re.fullmatch(r"cpu|mps|cuda(:\d+)?", d) is not None
-
-
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HarvestConfig:
     """A :class:`HarvestConfig` from a YAML file (``version: 1``) plus overrides (``None`` values ignored)."""
     from ..fsutil import load_yaml
@@ -116,7 +106,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise UserError("expected a mapping at the top level", file=p)
         version = data.pop("version", 1)
         if version != 1:
-            raise UserError(f"unsupported config version {_short(version)} (this riskprobe reads version 1)", file=p,
+            raise UserError(f"unsupported config version {short(version)} (this riskprobe reads version 1)", file=p,
                             field="version")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return HarvestConfig.from_dict(data, src)

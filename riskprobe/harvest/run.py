@@ -25,10 +25,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, short
 from ..fsutil import atomic_write_json, stable_hash
 from ..models.loader import identity_diff, set_threads
-from .config import HarvestConfig, _short
+from .config import HarvestConfig
 from .store import (
     HARVEST_VERSION,
     MANIFEST,
@@ -98,7 +98,7 @@ def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
             if isinstance(a, dict) and isinstance(b, dict):
                 diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             else:
-                diffs.append(f"{key}: {_short(a, 30)} -> {_short(b, 30)}")
+                diffs.append(f"{key}: {short(a, 30)} -> {short(b, 30)}")
     if "items_fingerprint" in " ".join(diffs) or "n_items" in " ".join(diffs):
         raise UserError("refusing to resume: the prompt items changed since this harvest started ("
                         + "; ".join(diffs[:4]) + "); resuming would mix rows of different items. Use a new --out",

@@ -203,14 +203,19 @@ def context_length(lm: "LoadedModel") -> int | None:
     return None
 
 
-def check_device(device: str) -> str:
-    """``device`` if this machine has it; a UserError naming the option otherwise."""
+def valid_device_name(device: str) -> bool:
+    """Whether ``device`` is a device name riskprobe takes (``cpu``, ``mps``, ``cuda``, ``cuda:N``), present or not."""
     import re
 
+    return re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(device)) is not None
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it; a UserError naming the option otherwise."""
     import torch
 
     d = str(device)
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", d):
+    if not valid_device_name(d):
         raise UserError(f"unknown device {d[:40]!r} (cpu, cuda, cuda:N or mps)", field="device")
     if d.startswith("cuda"):
         if not torch.cuda.is_available():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, check_version, short
 from .features import COMMITMENT, LENS, SYNC, TRAJECTORY
 
 SCHEMA_VERSION = 1
@@ -23,18 +23,11 @@ LAYER_SETS = ("all", "none", "early", "middle", "late")
 
 def normalise_schema(schema: dict[str, Any], file=None) -> dict[str, Any]:
     """A stored feature schema, its version checked (``schema_version`` is the name older files used)."""
-    from ..errors import check_version
-
     d = dict(schema)
     v = d.pop("schema_version", None)
     d["version"] = check_version(d.get("version", v), SCHEMA_VERSION, kind="feature schema", file=file,
                                  field="feature_schema.version")
     return d
-
-
-def _short(v: Any, n: int = 60) -> str:
-    r = repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 def resolve_layers(sel: Any, n_layers: int, what: str) -> list[int]:
@@ -97,18 +90,18 @@ class FeatureSpec:
                 raise UserError(f"unknown feature setting (known: {', '.join(sorted(known))})", field=f"features.{k}")
         spec = cls(**d)
         if not isinstance(spec.families, list) or not all(isinstance(f, str) for f in spec.families):
-            raise UserError(f"expected a list of family names, got {_short(spec.families)}", field="features.families")
+            raise UserError(f"expected a list of family names, got {short(spec.families)}", field="features.families")
         for k in ("layers", "lens_layers", "raw_layers"):
             v = getattr(spec, k)
             if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
                                                                          for x in v))):
-                raise UserError(f"expected a layer set name or a list of ints, got {_short(v)}", field=f"features.{k}")
+                raise UserError(f"expected a layer set name or a list of ints, got {short(v)}", field=f"features.{k}")
             if isinstance(v, str) and not (v in LAYER_SETS or (v.startswith("sparse") and v[6:].isdigit()
                                                                and int(v[6:]) > 0)):
-                raise UserError(f"unknown layer set {_short(v)} (all, early, middle, late, sparseN, none, or a list)",
+                raise UserError(f"unknown layer set {short(v)} (all, early, middle, late, sparseN, none, or a list)",
                                 field=f"features.{k}")
         if not isinstance(spec.normalisation, str):
-            raise UserError(f"expected a string, got {_short(spec.normalisation)}", field="features.normalisation")
+            raise UserError(f"expected a string, got {short(spec.normalisation)}", field="features.normalisation")
         for f in spec.families:
             if f not in FAMILIES:
                 raise UserError(f"unknown feature family '{f}' (known: {', '.join(FAMILIES)})", field="features.families")
@@ -117,11 +110,11 @@ class FeatureSpec:
         for k in ("K", "lens_steps", "raw_steps"):
             v = getattr(spec, k)
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 4096:
-                raise UserError(f"must be an integer from 0 to 4096, got {_short(v)}", field=f"features.{k}")
+                raise UserError(f"must be an integer from 0 to 4096, got {short(v)}", field=f"features.{k}")
         for k in ("n_layers", "hidden_size"):
             v = getattr(spec, k)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise UserError(f"must be a positive integer, got {_short(v)}", field=f"features.{k}")
+                raise UserError(f"must be a positive integer, got {short(v)}", field=f"features.{k}")
         return spec
 
     @property
