@@ -86,15 +86,17 @@ def swap_dir(new: Path, path: Path) -> None:
         os.replace(new, path)
 
 
-def owned_dir(allowed: Callable[[str], bool]) -> Callable[[Path], bool]:
-    """A ``replace`` predicate for :func:`atomic_dir`: the path is a real folder (no link) whose entries are
-    all plain files with names that ``allowed`` accepts, and nothing else (so no user file can be lost)."""
+def owned_dir(allowed: Callable[[str], bool], *, folders: bool = False) -> Callable[[Path], bool]:
+    """A ``replace`` predicate for :func:`atomic_dir`: the path is a real folder (no link) whose entries all
+    have names that ``allowed`` accepts, and are plain files (or, with ``folders``, files and folders; never
+    links), so that nothing of a user's can be lost with it."""
 
     def check(path: Path) -> bool:
         if path.is_symlink() or not path.is_dir():
             return False
         for e in os.scandir(path):
-            if e.is_symlink() or not e.is_file() or not allowed(e.name):
+            kind_ok = e.is_file(follow_symlinks=False) or (folders and e.is_dir(follow_symlinks=False))
+            if e.is_symlink() or not kind_ok or not allowed(e.name):
                 return False
         return True
 

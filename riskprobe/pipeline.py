@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .fsutil import owned_dir
 from .harvest.config import HarvestConfig
 from .harvest.run import harvest
 from .harvest.store import read_manifest
@@ -53,7 +54,7 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", prompts:
     from .training.cli import cli_main
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(e.name not in DEMO_ENTRIES for e in out.iterdir())):
+    if (out.exists() or out.is_symlink()) and not owned_dir(lambda n: n in DEMO_ENTRIES, folders=True)(out):
         raise UserError("exists and holds files that are not a riskprobe demo's; choose another --out", file=out,
                         field="out")
     if prompts == DEMO_PROMPTS:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, short
-from ..fsutil import atomic_write_json, stable_hash
+from ..fsutil import atomic_write_json, owned_dir, stable_hash
 from ..models.loader import identity_diff, set_threads
 from .config import HarvestConfig
 from .store import (
@@ -203,9 +203,8 @@ def _abandon(out: Path, created: bool, err: BaseException) -> None:
     (finished shards are kept for a resume). A user's folder is never removed."""
     shards = out / "shards"
     finished = list(shards.glob("shard-*/state.json")) if shards.is_dir() else []
-    if created and not finished and out.is_dir() and not isinstance(err, KeyboardInterrupt):
-        ours = {MANIFEST, "shards"}
-        if {p.name for p in out.iterdir()} <= ours:
+    if created and not finished and not isinstance(err, KeyboardInterrupt):
+        if owned_dir(lambda n: n in (MANIFEST, "shards"), folders=True)(out):
             shutil.rmtree(out, ignore_errors=True)
             return
     if (out / MANIFEST).is_file():

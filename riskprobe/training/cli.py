@@ -59,11 +59,10 @@ class RunStage:
 
     @staticmethod
     def _replaceable(path: Path, allowed: set[str]) -> bool:
-        if not path.exists():
-            return True
-        if path.is_symlink() or not path.is_dir():
-            return False
-        return all(e.name in allowed or e.name.startswith(".") and e.name.endswith(".tmp") for e in os.scandir(path))
+        from ..fsutil import owned_dir
+
+        ours = owned_dir(lambda n: n in allowed or n.startswith(".") and n.endswith(".tmp"), folders=True)
+        return not (path.exists() or path.is_symlink()) or ours(path)
 
     def prepare(self) -> None:
         if not self.staged:
