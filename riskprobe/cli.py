@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 from .errors import UserError
 
@@ -188,15 +187,9 @@ def _scorer_and_model(args):
 
 
 def cmd_score(args) -> int:
-    from .serving.jsonl import _same_file, read_requests, score_file
+    from .serving.jsonl import check_paths, read_requests, score_file
 
-    inp, outp = Path(args.input), Path(args.output)
-    if not inp.is_file():
-        raise UserError("input file not found" if not inp.exists() else "is not a file", file=inp, field="input")
-    if _same_file(inp, outp) or inp.resolve() == outp.resolve():
-        raise UserError("--output is the input file; scoring writes a new file", file=outp, field="output")
-    if outp.exists() and not outp.is_file():
-        raise UserError("is not a file; --output must be a JSONL file", file=outp, field="output")
+    inp, _ = check_paths(args.input, args.output)
     if args.on_error == "fail":
         read_requests(inp, "fail", [])  # a malformed line fails before the model loads
     scorer, lm = _scorer_and_model(args)

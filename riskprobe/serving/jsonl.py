@@ -106,6 +106,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def check_paths(input_path: str | Path, output_path: str | Path) -> tuple[Path, Path]:
+    """The input must be a file; the output must not be the input, nor anything but a file (cheap checks,
+    made before a model loads)."""
+    inp, outp = Path(input_path), Path(output_path)
+    if not inp.is_file():
+        raise UserError("input file not found" if not inp.exists() else "is not a file", file=inp, field="input")
+    if _same_file(inp, outp) or inp.resolve() == outp.resolve():
+        raise UserError("--output is the input file; scoring writes a new file", file=outp, field="output")
+    if outp.exists() and not outp.is_file():
+        raise UserError("is not a file; --output must be a JSONL file", file=outp, field="output")
+    return inp, outp
+
+
 def score_file(scorer: Scorer, lm: LoadedModel, input_path: str | Path, output_path: str | Path, *,
                batch_size: int = 16, on_error: str = "skip", max_new_tokens: int = 33, progress: bool = True,
                allow_model_mismatch: bool = False) -> dict[str, Any]:
@@ -117,11 +130,7 @@ def score_file(scorer: Scorer, lm: LoadedModel, input_path: str | Path, output_p
     """
     from tqdm.auto import tqdm
 
-    inp, outp = Path(input_path), Path(output_path)
-    if not inp.is_file():
-        raise UserError("input file not found" if not inp.exists() else "is not a file", file=inp, field="input")
-    if _same_file(inp, outp) or inp.resolve() == outp.resolve():
-        raise UserError("--output is the input file; scoring writes a new file", file=outp, field="output")
+    inp, outp = check_paths(input_path, output_path)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError("must be a positive integer", field="batch_size")
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 4096:

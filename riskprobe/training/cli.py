@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from ..errors import UserError, check_version
 from ..evaluation.tables import format_sweep, format_table
 from ..fsutil import atomic_write_json
@@ -112,6 +110,16 @@ class RunStage:
                     shutil.rmtree(d, ignore_errors=True)
 
 
+def _load_into(module: ProbeModule, path: str | Path) -> None:
+    """Load a fit checkpoint into ``module`` through the one checked loader (no pickled objects)."""
+    from ..probes.artifact import check_checkpoint
+
+    state = check_checkpoint(path)
+    if module.risk_model is None:
+        module.build(state["riskprobe"])
+    module.load_state_dict(state["state_dict"])
+
+
 def _cli_class():
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
@@ -185,13 +193,7 @@ def _cli_class():
             module, dm = self.model, self.datamodule
             dm.setup("test")
             if best:
-                state = torch.load(best, map_location="cpu", weights_only=True)
-                if not isinstance(state, dict) or "state_dict" not in state or "riskprobe" not in state:
-                    raise UserError("not a riskprobe checkpoint (no state_dict or riskprobe section)", file=best,
-                                    field="ckpt_path")
-                if module.risk_model is None:
-                    module.build(state["riskprobe"])
-                module.load_state_dict(state["state_dict"])
+                _load_into(module, best)
             st = self.stage
             res = calibrate_and_evaluate(module, dm, n_boot=cfg.n_boot)
             res["data"] = {k: v for k, v in dm.spec().items() if k not in ("feature_schema",)}
@@ -235,10 +237,7 @@ def _cli_class():
             module, dm = self.model, self.datamodule
             dm.setup("test")
             if ckpt:
-                state = torch.load(ckpt, map_location="cpu", weights_only=True)
-                if module.risk_model is None:
-                    module.build(state["riskprobe"])
-                module.load_state_dict(state["state_dict"])
+                _load_into(module, ckpt)
             res = calibrate_and_evaluate(module, dm, n_boot=self._cfg().n_boot, calibrate=False)
             res["checkpoint"] = str(ckpt) if ckpt else None
             print(format_table(res))
