@@ -15,10 +15,19 @@ import time
 from .errors import UserError
 
 
-def _harvest_parser(sub) -> None:
-    p = sub.add_parser("harvest", help="generate, grade and record signatures into a dataset",
-                       description="Generate answers to labelled prompts, grade them, record per-step signatures, "
-                                   "and write a resumable `datasets` dataset with a riskprobe.json manifest.")
+def _harvest_parser(sub, name: str = "harvest") -> None:
+    if name == "harvest":
+        p = sub.add_parser("harvest", help="generate, grade and record signatures into a dataset",
+                           description="Generate answers to labelled prompts and grade them (a corpus, kept in "
+                                       "OUT/generations), then extract per-step signatures by teacher forcing into a "
+                                       "resumable `datasets` dataset with a riskprobe.json manifest.")
+    else:
+        p = sub.add_parser("generate", help="generate and grade answers into a corpus (no signatures)",
+                           description="Phase one of a harvest alone: graded answers as a small, resumable corpus "
+                                       "(question ids, response token ids and text, labels, generation config, model "
+                                       "fingerprint) with a corpus card; `riskprobe extract` turns it into signatures.")
+        p.add_argument("--samples", type=int, help="sampled answers per question (implies sampling; default 1 greedy)")
+        p.add_argument("--temperature", type=float, help="sampling temperature")
     p.add_argument("--config", help="YAML config: a file, or a shipped one by name (default, triviaqa, gemma3); "
                    "default: the shipped default")
     p.add_argument("--model", help="bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), .gguf file, directory or hub id")
@@ -67,6 +76,72 @@ def cmd_harvest(args) -> int:
     for s, v in m["summary"].items():
         print(f"{s:<14}{v['n']:>7}{v['correct_rate']:>10.1%}{v['echo_rate']:>8.1%}")
     return 0
+
+
+def cmd_generate(args) -> int:
+    from .harvest.config import load_config
+    from .harvest.run import dist_rank, generate
+    from .resources import resolve_config
+
+    cfg_path = resolve_config("harvest", args.config or "default")
+    over = {k: getattr(args, k) for k in ("model", "prompts", "limit", "max_new_tokens", "batch_size", "out", "device",
+                                          "dtype", "seed", "datasets_root", "threads", "samples", "temperature")}
+    if args.samples is not None and args.samples > 1:
+        over["do_sample"] = True
+    cfg = load_config(cfg_path, over)
+    t0 = time.perf_counter()
+    out = generate(cfg, progress=not args.no_progress)
+    if dist_rank()[0] != 0:
+        return 0
+    from .harvest.generations import read_corpus_manifest
+
+    m = read_corpus_manifest(out)
+    print(f"corpus: {out}  ({m['n_rows']} answers, model {m['model']['name']}, {time.perf_counter() - t0:.1f} s)")
+    _print_summary(m["summary"])
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .harvest.extract import extract_corpus
+    from .harvest.run import dist_rank
+    from .harvest.store import read_manifest
+    from .resources import resolve_config
+
+    features: dict = {}
+    if args.features is not None:
+        from .fsutil import load_yaml
+
+        path = resolve_config("harvest", args.features)
+        data = load_yaml(path) if path is not None and path.is_file() else None
+        if data is None:
+            raise UserError("not found (give a harvest config or a YAML file with a 'features:' mapping)",
+                            file=args.features, field="features")
+        features = data.get("features", data) if isinstance(data, dict) else None
+        if not isinstance(features, dict):
+            raise UserError("expected a mapping of feature settings", file=path, field="features")
+        features = dict(features)
+        features.pop("version", None)
+    for k, v in (("K", args.K), ("layers", args.layers), ("normalisation", args.normalisation),
+                 ("raw_layers", args.raw_layers), ("families", args.families)):
+        if v is not None:
+            features[k] = [f.strip() for f in v.split(",")] if k == "families" else v
+    _positive(args.batch_size, "batch_size", 1 << 16)
+    t0 = time.perf_counter()
+    out = extract_corpus(args.generations, args.out, features=features, model=args.model, batch_size=args.batch_size,
+                         device=args.device, dtype=args.dtype, threads=args.threads, progress=not args.no_progress)
+    if dist_rank()[0] != 0:
+        return 0
+    m = read_manifest(out)
+    print(f"extract: {out}  ({m['n_rows']} rows, model {m['model']['name']}, {time.perf_counter() - t0:.1f} s, "
+          f"{m['n_rows'] / max(m['timing']['seconds'], 1e-9):.1f} rows/s)")
+    _print_summary(m["summary"])
+    return 0
+
+
+def _print_summary(summary) -> None:
+    print(f"{'set':<14}{'n':>7}{'correct':>10}{'echo':>8}")
+    for s, v in summary.items():
+        print(f"{s:<14}{v['n']:>7}{v['correct_rate']:>10.1%}{v['echo_rate']:>8.1%}")
 
 
 def cmd_merge(args) -> int:
@@ -279,6 +354,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _harvest_parser(sub)
+    _harvest_parser(sub, "generate")
+    x = sub.add_parser("extract", help="signatures for a corpus's answers by teacher forcing (no generation)",
+                       description="Phase two of a harvest alone: re-extract a corpus (riskprobe generate, or a "
+                                   "harvest's OUT/generations) with another feature spec into a new harvest folder.")
+    x.add_argument("--generations", required=True, help="corpus folder (data/corpora/<model>, or HARVEST/generations)")
+    x.add_argument("--out", required=True, help="harvest folder to write (rerun with the same arguments to resume)")
+    x.add_argument("--features", help="a harvest config (file or shipped name) or YAML whose 'features:' to use "
+                   "(default: the built-in defaults)")
+    x.add_argument("--K", type=int, help="signature steps after step 0")
+    x.add_argument("--layers", help="monitored layers: all, early, middle, late, sparseN")
+    x.add_argument("--normalisation", help="hidden-state normalisation: raw, final_norm or unit")
+    x.add_argument("--raw-layers", dest="raw_layers", help="layers whose raw states are stored")
+    x.add_argument("--families", help="comma-separated feature families (commitment,sync,trajectory,lens,raw)")
+    x.add_argument("--model", help="the model to load (default: the one the corpus was made with)")
+    x.add_argument("--batch-size", type=int, default=32, dest="batch_size")
+    x.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    x.add_argument("--dtype", help="float32, bfloat16 or float16")
+    _threads_arg(x)
+    x.add_argument("--no-progress", action="store_true", help="no progress bar")
     m = sub.add_parser("merge", help="merge a harvest's finished shards (after a multi-process run)")
     m.add_argument("--out", required=True)
     d = sub.add_parser("demo", help="run the whole job on the bundled default (smollm2-135m, built-in set + TriviaQA)")
@@ -330,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
+COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "generate": cmd_generate, "extract": cmd_extract,
+            "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
             "eval-given": cmd_eval_given, "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge,
             "models": cmd_models, "sets": cmd_sets}
 

@@ -40,7 +40,8 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
         label = int(y[i])
         rows.append({"index": i, "id": iid, "set": set_name, "category": "factual", "prompt": f"q{i}?", "input_text": f"q{i}?",
                      "answers": ["a"], "answer_kind": "alias", "response": "r", "correct": not label, "label": label,
-                     "echo_discounted": False, "n_tokens": length, "finish": "eos", "split": split_of(iid), **r})
+                     "echo_discounted": False, "n_tokens": length, "finish": "eos", "split": split_of(iid), "sample": 0,
+                     **r})
     if shuffle_labels:
         labels = [r["label"] for r in rows]
         rng.shuffle(labels)
@@ -90,12 +91,17 @@ def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", 
     return art, mod
 
 
-def assert_same_dataset(a, b):
+def assert_same_dataset(a, b, atol: float = 0.0):
+    """Equal rows; signature columns equal exactly, or within ``atol`` (other batch shapes round differently)."""
     assert a.column_names == b.column_names and len(a) == len(b)
     for col in a.column_names:
         x, y = a[col], b[col]
         if col in ("commitment", "sync", "trajectory", "lens", "raw", "step_mask"):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=col)
+            if atol and col != "step_mask":
+                np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=atol, rtol=1e-3,
+                                           err_msg=col)
+            else:
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=col)
         else:
             assert list(x) == list(y), col
 

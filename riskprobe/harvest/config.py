@@ -24,6 +24,7 @@ class HarvestConfig:
     shard_size: int = 256
     seed: int = 0
     do_sample: bool = False
+    samples: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     prompt_style: str = "auto"
@@ -35,11 +36,11 @@ class HarvestConfig:
     features: dict[str, Any] = field(default_factory=dict)
 
     # Keys that change rows: a rerun into the same directory must agree on these.
-    COMPAT = ("model", "prompts", "limit", "max_new_tokens", "shard_size", "seed", "do_sample", "temperature",
-              "top_p", "prompt_style", "dtype", "truncate_prompts", "features")
+    COMPAT = ("model", "prompts", "limit", "max_new_tokens", "shard_size", "seed", "do_sample", "samples",
+              "temperature", "top_p", "prompt_style", "dtype", "truncate_prompts", "features")
     # Expected types, checked before anything is loaded (bool is not an int here).
     TYPES = {"model": str, "prompts": str, "limit": (int, type(None)), "out": str, "max_new_tokens": int,
-             "batch_size": int, "shard_size": int, "seed": int, "do_sample": bool, "temperature": (int, float),
+             "batch_size": int, "shard_size": int, "seed": int, "do_sample": bool, "samples": int, "temperature": (int, float),
              "top_p": (int, float), "prompt_style": str, "device": (str, type(None)), "dtype": (str, type(None)),
              "datasets_root": (str, type(None)), "threads": (int, type(None)), "truncate_prompts": bool,
              "features": dict}
@@ -79,6 +80,8 @@ class HarvestConfig:
              "must be an integer from 1 to 4096")
         need(isinstance(self.batch_size, int) and self.batch_size > 0, "batch_size", "must be a positive integer")
         need(isinstance(self.shard_size, int) and self.shard_size > 0, "shard_size", "must be a positive integer")
+        need(1 <= self.samples <= 1000, "samples", "must be an integer from 1 to 1000")
+        need(self.samples == 1 or self.do_sample, "samples", "more than one sample per question needs do_sample: true")
         need(self.prompt_style in ("auto", "chat", "fewshot"), "prompt_style", "must be auto, chat or fewshot")
         need(isinstance(self.features, dict), "features", "must be a mapping")
         from ..signatures import FeatureSpec

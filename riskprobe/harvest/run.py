@@ -19,25 +19,18 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, short
-from ..fsutil import atomic_write_json, owned_dir, stable_hash
+from ..fsutil import atomic_write_json, owned_dir
 from ..models.loader import identity_diff, set_threads
 from .config import HarvestConfig
-from .store import (
-    HARVEST_VERSION,
-    MANIFEST,
-    _features,
-    _write_shard,
-    hf_features,
-    merge_shards,
-    read_manifest,
-)
+from .store import MANIFEST, read_manifest
+
+GENERATIONS = "generations"  # the corpus of a harvest, inside its folder
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +73,7 @@ def grade_rows(items, gens, rendered, split_fn) -> list[dict[str, Any]]:
 def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
     p = out / MANIFEST
     if not p.is_file():
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != GENERATIONS for p in out.iterdir()):
             raise UserError("output directory exists and is not a riskprobe harvest; choose another --out", file=out)
         return
     old = read_manifest(out)
@@ -108,20 +101,63 @@ def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
                         + "; ".join(diffs[:4]) + "); use a new --out or delete the directory", file=out)
 
 
-# -------------------------------------------------------------------------------------------- the loop
+# -------------------------------------------------------------------------------------------- the phases
 def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool = True) -> Path:
-    """Run a harvest and return its directory (see the module doc).
+    """Run a harvest in two phases and return its directory (see the module doc).
+
+    Phase one generates and grades the answers into the corpus ``OUT/generations`` (:func:`generate`); phase
+    two extracts their signatures by teacher forcing into ``OUT`` (:func:`~riskprobe.harvest.extract.extract_corpus`).
+    Both resume where they stopped.
 
     Args:
         cfg: the configuration.
         lm: an already loaded model (a :class:`~riskprobe.models.LoadedModel`); loaded from ``cfg.model``
             when omitted.
-        progress: show a progress bar with tokens/s.
+        progress: show progress bars.
         merge: merge the shards into the dataset at the end (rank 0, once all shards are there).
     """
     from ..models import load_model
-    from ..prompts import sets as P
     from ..signatures import FeatureSpec
+    from .extract import extract_corpus
+    from .generations import read_corpus_manifest
+
+    cfg.validate()
+    FeatureSpec.from_dict(cfg.features)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError("exists and is not a folder; choose another --out", file=out, field="out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not (out / GENERATIONS).is_dir():
+        raise UserError("output directory exists and is not a riskprobe harvest; choose another --out", file=out)
+    set_threads(cfg.threads)
+    if lm is None:
+        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    created = not out.exists()
+    gen_cfg = replace(cfg, out=str(out / GENERATIONS))
+    try:
+        gen = generate(gen_cfg, lm=lm, progress=progress)
+    except BaseException as e:
+        if created and not any((out / GENERATIONS).glob("shard-*.jsonl.gz")) and not isinstance(e, KeyboardInterrupt):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    t0 = time.perf_counter()
+    extract_corpus(gen, out, features=cfg.features, lm=lm, batch_size=cfg.batch_size, shard_size=cfg.shard_size,
+                   progress=progress, merge=merge)
+    if merge and dist_rank()[0] == 0:
+        m, g = read_manifest(out), read_corpus_manifest(gen)
+        ext_s = m.get("timing", {}).get("seconds", time.perf_counter() - t0)
+        gt = g.get("timing") or {"tokens": 0, "seconds": 0.0}
+        m.update(timing={"tokens": gt["tokens"], "seconds": round(gt["seconds"] + ext_s, 3),
+                         "generate_seconds": gt["seconds"], "extract_seconds": ext_s})
+        atomic_write_json(out / MANIFEST, m)
+    return out
+
+
+def generate(cfg: HarvestConfig, *, lm=None, progress: bool = True) -> Path:
+    """Phase one alone: generate and grade answers into the corpus folder ``cfg.out`` (resumable; see
+    :mod:`riskprobe.harvest.generations`). ``cfg.features`` is not used."""
+    from ..models import load_model
+    from ..prompts import sets as P
+    from .generations import generate_corpus
 
     cfg.validate()
     if cfg.datasets_root:
@@ -132,34 +168,13 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     items = P.load_items(cfg.prompts, limit=cfg.limit, seed=cfg.seed)
     if not items:
         raise UserError(f"prompt set '{cfg.prompts}' has no items", field="prompts")
-    spec = FeatureSpec.from_dict(cfg.features)
     rank, world = dist_rank()
     set_threads(cfg.threads)
     if lm is None:
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    spec = spec.resolve(lm)
     rendered, truncated, lengths = render_items(lm, items, cfg)
-    manifest = {
-        "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(),
-        "prompts": cfg.prompts, "n_items": len(items), "compat": cfg.compat(), "config": asdict(cfg),
-        "feature_schema": spec.schema(), "versions": package_versions(),
-        "items_fingerprint": stable_hash("\n".join(it.id for it in items)), "truncated_prompts": truncated,
-    }
-    created = not out.exists()
-    if rank == 0:
-        _check_compatible(out, manifest)
-        if not (out / MANIFEST).is_file():
-            atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
-    else:
-        _wait_for(out / MANIFEST)
-        _check_compatible(out, manifest)
-    try:
-        _harvest_shards(cfg, lm, spec, items, rendered, lengths, out, rank, world, progress, merge)
-    except BaseException as e:
-        if rank == 0:
-            _abandon(out, created, e)
-        raise
-    return out
+    return generate_corpus(cfg, lm, items, rendered, lengths, out, progress=progress, rank=rank, world=world,
+                           versions=package_versions(), truncated=truncated)
 
 
 def render_items(lm, items, cfg: HarvestConfig):
@@ -204,7 +219,7 @@ def _abandon(out: Path, created: bool, err: BaseException) -> None:
     shards = out / "shards"
     finished = list(shards.glob("shard-*/state.json")) if shards.is_dir() else []
     if created and not finished and not isinstance(err, KeyboardInterrupt):
-        if owned_dir(lambda n: n in (MANIFEST, "shards"), folders=True)(out):
+        if owned_dir(lambda n: n in (MANIFEST, "shards", GENERATIONS), folders=True)(out):
             shutil.rmtree(out, ignore_errors=True)
             return
     if (out / MANIFEST).is_file():
@@ -216,63 +231,6 @@ def _abandon(out: Path, created: bool, err: BaseException) -> None:
                 atomic_write_json(out / MANIFEST, m)
         except (OSError, ValueError):
             pass
-
-
-def _harvest_shards(cfg, lm, spec, items, rendered, lengths, out: Path, rank: int, world: int, progress: bool,
-                    merge: bool) -> None:
-    from tqdm.auto import tqdm
-
-    from ..models.generation import generate
-    from ..prompts import sets as P
-    from ..signatures import Capture
-
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    n_shards = (len(items) + cfg.shard_size - 1) // cfg.shard_size
-    mine = [s for s in range(n_shards) if s % world == rank]
-    todo = [s for s in mine if not (shard_dir / f"shard-{s:05d}" / "state.json").is_file()]
-    for s in todo:  # leftovers of a killed run: temporary folders of shards that never finished
-        for stale in shard_dir.glob(f".shard-{s:05d}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-    features = _features(hf_features(spec))
-    n_todo = sum(len(items[s * cfg.shard_size:(s + 1) * cfg.shard_size]) for s in todo)
-    bar = tqdm(total=n_todo, desc=f"harvest {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
-               unit="q", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    n_tok, t0 = 0, time.perf_counter()
-    for s in todo:
-        idx0 = s * cfg.shard_size
-        n = len(items[idx0: idx0 + cfg.shard_size])
-        # batches of similar prompt length (less padding); rows go back to item order before writing
-        order = sorted(range(idx0, idx0 + n), key=lambda i: lengths[i])
-        rows: list[dict[str, Any]] = []
-        for b in range(0, n, cfg.batch_size):
-            idx = order[b: b + cfg.batch_size]
-            batch, rps = [items[i] for i in idx], [rendered[i] for i in idx]
-            cap = Capture(lm, spec)
-            with cap:
-                gens = generate(lm, rps, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                                temperature=cfg.temperature, top_p=cfg.top_p,
-                                seed=None if not cfg.do_sample else cfg.seed + idx0 + b)
-            sig = cap.finish([g.token_ids for g in gens])
-            batch_rows = grade_rows(batch, gens, rps, P.split_of)
-            for j, r in enumerate(batch_rows):
-                r["index"] = idx[j]
-                for name, arr in sig.items():
-                    r[name] = arr[j]
-            rows.extend(batch_rows)
-            n_tok += sum(g.n_tokens for g in gens)
-            bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.1f}")
-        rows.sort(key=lambda r: r["index"])
-        _write_shard(shard_dir / f"shard-{s:05d}", rows, features)
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    stats = {"tokens": n_tok, "seconds": round(elapsed, 3), "tokens_per_s": round(n_tok / elapsed, 2) if elapsed else None}
-    atomic_write_json(shard_dir / f"timing-rank{rank}.json", stats)
-    if merge and rank == 0:
-        if world > 1:
-            _wait_for(*[shard_dir / f"shard-{s:05d}" / "state.json" for s in range(n_shards)])
-        merge_shards(out, n_shards)
 
 
 def _wait_for(*paths: Path, timeout: float = 24 * 3600) -> None:

@@ -66,7 +66,7 @@ def _features(extra=None):
         "answers": hd.Sequence(hd.Value("string")), "answer_kind": hd.Value("string"),
         "response": hd.Value("string"), "correct": hd.Value("bool"), "label": hd.Value("int8"),
         "echo_discounted": hd.Value("bool"), "n_tokens": hd.Value("int32"), "finish": hd.Value("string"),
-        "split": hd.Value("string"),
+        "split": hd.Value("string"), "sample": hd.Value("int32"),
     }
     f.update(extra or {})
     return hd.Features(f)

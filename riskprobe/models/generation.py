@@ -114,6 +114,35 @@ class ForceTokens:
         return out
 
 
+class RowSampler:
+    """A logits processor that samples each row's next token with that row's own seeded generator
+    (temperature, then nucleus ``top_p``) and forces it, so that a row's sample depends only on its seed and
+    its own tokens, never on which other rows share its batch or on torch's global random state."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float = 1.0, top_p: float = 1.0):
+        self.gens = [torch.Generator().manual_seed(int(s) % (1 << 63)) for s in seeds]
+        self.temperature, self.top_p = float(temperature), float(top_p)
+
+    def __call__(self, input_ids, scores):
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
+        if self.top_p < 1.0:
+            p, idx = probs.sort(dim=-1, descending=True)
+            drop = (p.cumsum(-1) - p) > self.top_p  # keep the smallest prefix whose mass reaches top_p
+            p = p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, idx, p)
+        chosen = torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.gens)])
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen.to(scores.device).view(-1, 1), 0.0)
+        return out
+
+
+def sample_seed(seed: int, item_id: str, sample: int) -> int:
+    """The seed of one sampled answer: a hash of the run's seed, the question's id and the sample index."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{item_id}:{sample}".encode()).hexdigest()[:15], 16)
+
+
 def response_ids(lm: LoadedModel, responses: Sequence[str]) -> list[list[int]]:
     """Token ids of given answers as the model would emit them after its prompt (no special tokens)."""
     return [lm.tokenizer(r.strip(), add_special_tokens=False)["input_ids"] for r in responses]
@@ -122,13 +151,15 @@ def response_ids(lm: LoadedModel, responses: Sequence[str]) -> list[list[int]]:
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-             stopping_criteria: list | None = None, forced: list[list[int]] | None = None) -> list[Generation]:
+             stopping_criteria: list | None = None, forced: list[list[int]] | None = None,
+             row_seeds: Sequence[int] | None = None) -> list[Generation]:
     """Generate answers for a batch of rendered prompts (greedy unless ``do_sample``).
 
     A leading stop string (e.g. the newline a model may emit before its answer) does not end a row;
     rows end at their own EOS, at a stop string after some answer text, or at ``max_new_tokens``.
     With ``forced`` (token ids per row), each row emits exactly those tokens and then EOS (teacher
-    forcing; stop strings are not applied).
+    forcing; stop strings are not applied). With ``do_sample`` and ``row_seeds``, row ``i`` is sampled from
+    its own generator seeded ``row_seeds[i]`` (see :class:`RowSampler`): reproducible whatever the batch.
     """
     enc = tokenize(lm, prompts)
     stops = () if forced else tuple(dict.fromkeys(s for p in prompts for s in p.stop_strings))
@@ -145,6 +176,11 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
         kwargs.update(temperature=None, top_p=None, top_k=None)
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
+    if do_sample and row_seeds is not None:
+        if len(row_seeds) != len(prompts):
+            raise ValueError("row_seeds needs one seed per prompt")
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                      logits_processor=LogitsProcessorList([RowSampler(row_seeds, temperature, top_p)]))
     if forced:
         eos = min(eos_ids(lm))
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,

@@ -241,6 +241,31 @@ def nq_open() -> Iterator[Item]:
                    answers=tuple(r["answer"]))
 
 
+def _nq_rows(rel: str):
+    p = _public_file("nq_open_full", rel)
+    return (o for _, o in _read_jsonl(p))
+
+
+@register("nq_open_full", "Natural Questions open, every local file: dev (3610) + EfficientQA dev (1800) and test (1769)")
+def nq_open_full() -> Iterator[Item]:
+    yield from nq_open()
+    for rel in ("nq_open/NQ-open.efficientqa.dev.1.1.jsonl", "nq_open/NQ-open.efficientqa.test.1.1.jsonl"):
+        for r in _nq_rows(rel):
+            q = r["question"].strip()
+            q = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
+            yield Item(id=_qid("nq_open", r["question"]), set="nq_open", category="factual", prompt=q,
+                       answers=tuple(r["answer"]))
+
+
+@register("halueval_qa", "HaluEval QA questions (10000, multi-hop, HotpotQA-based) as a factual set, right answer as gold")
+def halueval_qa() -> Iterator[Item]:
+    p = _public_file("halueval_qa", "halueval/qa_data.json")
+    for _, r in _read_jsonl(p):
+        yield Item(id=_qid("halueval_qa", r["question"]), set="halueval_qa", category="factual",
+                   prompt=r["question"].strip(), answers=(r["right_answer"].strip(),),
+                   incorrect=(r["hallucinated_answer"].strip(),))
+
+
 @register("truthfulqa", "TruthfulQA (790) as generation, with correct and incorrect answer lists")
 def truthfulqa() -> Iterator[Item]:
     p = _public_file("truthfulqa", "truthfulqa/TruthfulQA.csv")
@@ -256,6 +281,16 @@ def truthfulqa() -> Iterator[Item]:
 def gsm8k() -> Iterator[Item]:
     p = _public_file("gsm8k", "gsm8k/test.jsonl", ("openai/gsm8k", "main", "test"))
     rows = (o for _, o in _read_jsonl(p)) if p else _hub_rows(("openai/gsm8k", "main", "test"))
+    for r in rows:
+        gold = r["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
+        yield Item(id=_qid("gsm8k", r["question"]), set="gsm8k", category="reasoning", prompt=r["question"],
+                   answers=(gold,), answer_kind="number")
+
+
+@register("gsm8k_train", "GSM8K train (7473), final number as gold")
+def gsm8k_train() -> Iterator[Item]:
+    p = _public_file("gsm8k_train", "gsm8k/train.jsonl", ("openai/gsm8k", "main", "train"))
+    rows = (o for _, o in _read_jsonl(p)) if p else _hub_rows(("openai/gsm8k", "main", "train"))
     for r in rows:
         gold = r["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
         yield Item(id=_qid("gsm8k", r["question"]), set="gsm8k", category="reasoning", prompt=r["question"],

@@ -122,7 +122,8 @@ class Scorer:
         Returns per row ``{"response", "risk", "risk_by_step", "flagged", "n_tokens"}``.
         """
         from ..models import render
-        from ..models.generation import generate, response_ids
+        from ..models.generation import eos_ids, generate, response_ids
+        from ..signatures.extract import Extractor
 
         self.check_model(lm, allow_model_mismatch=allow_model_mismatch)
         responses = list(responses) if responses is not None else [None] * len(prompts)
@@ -137,15 +138,23 @@ class Scorer:
             forced = response_ids(lm, [responses[i] for i in rows]) if forced_mode else None
             if forced_mode and any(len(f) == 0 for f in forced):
                 raise UserError("a given response is empty", field="response")
-            cap = Capture(lm, spec)
-            with cap:
-                gens = generate(lm, rps, max_new_tokens=max_new_tokens, forced=forced)
-            sig = cap.finish([g.token_ids for g in gens])
+            if forced_mode:  # a given answer: one teacher-forced pass, the answer followed by EOS
+                eos = min(eos_ids(lm))
+                token_ids = [list(f) + [eos] for f in forced]
+                sig = Extractor(lm, spec).extract(rps, token_ids)
+                texts = [responses[i] for i in rows]
+            else:
+                cap = Capture(lm, spec)
+                with cap:
+                    gens = generate(lm, rps, max_new_tokens=max_new_tokens)
+                token_ids = [g.token_ids for g in gens]
+                sig = cap.finish(token_ids)
+                texts = [g.text for g in gens]
             risk, by_step = self.risk(sig), self.risk_by_step(sig)
             for j, i in enumerate(rows):
-                out[i] = {"response": responses[i] if forced_mode else gens[j].text, "risk": float(risk[j]),
+                out[i] = {"response": texts[j], "risk": float(risk[j]),
                           "risk_by_step": [round(float(v), 6) for v in by_step[j]],
-                          "flagged": bool(risk[j] >= self.threshold), "n_tokens": gens[j].n_tokens,
+                          "flagged": bool(risk[j] >= self.threshold), "n_tokens": len(token_ids[j]),
                           "teacher_forced": forced_mode}
         return out  # type: ignore[return-value]
 

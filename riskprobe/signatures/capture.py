@@ -135,7 +135,10 @@ class Capture:
         self._logp = None
 
     @torch.no_grad()
-    def _step(self, logits: torch.Tensor) -> None:
+    def _step(self, logits: torch.Tensor, states: torch.Tensor | None = None) -> None:
+        """Reduce one step to features: ``logits [B, V]`` and the states of every layer at this step,
+        ``states [B, L+1, H]`` (default: the ones the hooks just collected). The teacher-forced extractor
+        (:mod:`riskprobe.signatures.extract`) calls this too, so both paths share every feature formula."""
         t, sp = self.t, self.spec
         self.t += 1
         if t > sp.K:
@@ -143,7 +146,8 @@ class Capture:
         B = logits.shape[0]
         if not self.buf:
             self._alloc(B, logits.device)
-        states = torch.stack([s for s in self._states], dim=1)  # [B, L+1, H]
+        if states is None:
+            states = torch.stack([s for s in self._states], dim=1)  # [B, L+1, H]
         norm = self.sites["final_norm"]
         if sp.has("commitment"):
             c = F.commitment(logits)

@@ -340,21 +340,24 @@ def test_fit_into_a_user_folder_is_refused_before_training(tmp_path, monkeypatch
 
 
 def test_harvest_failing_after_model_load_leaves_nothing(tmp_path, llama_lm, mini_prompts, monkeypatch):
+    import riskprobe.harvest.extract as X
+    import riskprobe.harvest.generations as G
     import riskprobe.harvest.run as H
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(H, "_write_shard", boom)
+    monkeypatch.setattr(G, "write_shard", boom)  # fails while generating: nothing was finished
     cfg = H.HarvestConfig(prompts=str(mini_prompts), out=str(tmp_path / "h"), max_new_tokens=3, batch_size=4,
                           shard_size=8, features={"K": 2, "lens_steps": 1, "raw_steps": 1})
     with pytest.raises(RuntimeError):
         H.harvest(cfg, lm=llama_lm, progress=False)
     assert not (tmp_path / "h").exists()
-    # a resumable harvest with finished shards is kept and marked failed, not left "running"
+    # failing while extracting: the finished corpus and the finished shards are kept for a resume, and the
+    # manifest says failed, not "running"
     monkeypatch.undo()
     calls = {"n": 0}
-    real = H._write_shard
+    real = X._write_shard
 
     def second_fails(*a, **k):
         calls["n"] += 1
@@ -362,14 +365,16 @@ def test_harvest_failing_after_model_load_leaves_nothing(tmp_path, llama_lm, min
             raise RuntimeError("disk on fire")
         return real(*a, **k)
 
-    monkeypatch.setattr(H, "_write_shard", second_fails)
+    monkeypatch.setattr(X, "_write_shard", second_fails)
     with pytest.raises(RuntimeError):
         H.harvest(cfg, lm=llama_lm, progress=False)
     m = json.loads((tmp_path / "h" / H.MANIFEST).read_text())
     assert m["status"] == "failed" and "disk on fire" in m["error"]
+    corpus = (tmp_path / "h" / "generations" / "shard-00000.jsonl.gz").read_bytes()
     monkeypatch.undo()
-    H.harvest(cfg, lm=llama_lm, progress=False)  # and it resumes
+    H.harvest(cfg, lm=llama_lm, progress=False)  # and it resumes, without generating again
     assert json.loads((tmp_path / "h" / H.MANIFEST).read_text())["status"] == "complete"
+    assert (tmp_path / "h" / "generations" / "shard-00000.jsonl.gz").read_bytes() == corpus
 
 
 # ---------------------------------------------------------------------------------------------- 9. pickles

@@ -69,6 +69,13 @@ def test_teacher_forced_features_equal_generated(dir_lm, artifact):
     assert [g.token_ids[: len(f)] for g, f in zip(fg, forced_ids)] == forced_ids
     for name in sig:
         np.testing.assert_allclose(fsig[name], sig[name], atol=1e-5, err_msg=name)
+    # the one-pass extraction that scoring uses gives the same features
+    from riskprobe.signatures.extract import Extractor
+
+    xsig = Extractor(dir_lm, sc.feature_spec()).extract([render(dir_lm.tokenizer, p) for p in prompts],
+                                                        [g.token_ids for g in fg])
+    for name in sig:
+        np.testing.assert_allclose(xsig[name], sig[name], atol=2e-3, rtol=1e-3, err_msg=name)
     # and through the text API: the given response is the generated text
     res = sc.score(dir_lm, prompts, [g.text or "a" for g in gens])
     assert all(r["teacher_forced"] for r in res)

@@ -1,0 +1,112 @@
+"""Extract signatures by teacher forcing: one forward pass per batch over prompt + response, all steps at once.
+
+Generation computes a row's step ``t`` state at the position whose input is response token ``t - 1`` (step
+0 is the last prompt position). Given the response's tokens, one causal forward pass over
+``prompt + response[:K]`` computes every one of those states together, and the logits only at those
+``K + 1`` positions. :class:`Extractor` lays a batch out so that the steps sit in the same columns for
+every row (prompts left padded as in generation, responses right padded), reads each layer's states at
+those columns through the same capture sites as :class:`~riskprobe.signatures.capture.Capture`, and hands
+them, step by step, to the very same per-step reduction (``Capture._step``), masking and hand-over
+(``Capture.finish``). The features therefore equal the ones captured while generating up to floating-point
+differences between a cached one-token-at-a-time computation and a full forward pass (see
+``tests/unit/test_extract.py`` for the stated tolerance).
+
+Usage::
+
+    ex = Extractor(lm, spec)
+    sig = ex.extract(rendered_prompts, [g.token_ids for g in generations])   # {column: np.ndarray [B, ...]}
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .capture import Capture, _first, capture_sites
+from .spec import FeatureSpec
+
+
+class Extractor:
+    """Teacher-forced extraction of a :class:`FeatureSpec`'s signature (see the module doc)."""
+
+    def __init__(self, lm, spec: FeatureSpec):
+        self.lm = lm
+        self.cap = Capture(lm, spec)  # used for its per-step reduction only; its hooks are never put on
+        self.spec = self.cap.spec
+        self.sites = capture_sites(lm.model)
+        self.L = self.spec.n_layers
+
+    def _forward(self, prompts, token_ids: Sequence[Sequence[int]], steps: int):
+        """States ``[B, steps, L+1, H]`` and logits ``[B, steps, V]`` at the step positions."""
+        from ..models.generation import tokenize
+
+        enc = tokenize(self.lm, prompts)
+        ids, att = enc["input_ids"], enc["attention_mask"]
+        B, P = ids.shape
+        R = steps - 1  # response tokens fed: token t-1 is the input at step t
+        dev = ids.device
+        pad = self.lm.tokenizer.pad_token_id if self.lm.tokenizer.pad_token_id is not None else 0
+        if R > 0:
+            resp = torch.full((B, R), pad, dtype=ids.dtype, device=dev)
+            ratt = torch.zeros((B, R), dtype=att.dtype, device=dev)
+            for i, toks in enumerate(token_ids):
+                n = min(len(toks) - 1, R)  # the token that ended the row is never an input
+                if n > 0:
+                    resp[i, :n] = torch.as_tensor(list(toks[:n]), dtype=ids.dtype, device=dev)
+                    ratt[i, :n] = 1
+            ids, att = torch.cat([ids, resp], 1), torch.cat([att, ratt], 1)
+        # positions as generation computes them: count of attended tokens before, padding at 1
+        pos = att.long().cumsum(-1) - 1
+        pos.masked_fill_(att == 0, 1)
+        cols = torch.arange(P - 1, P - 1 + steps, device=dev)
+        states: list[torch.Tensor | None] = [None] * (self.L + 1)
+
+        def pre0(_mod, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            states[0] = h[:, cols]
+
+        def post(i):
+            def hook(_mod, _args, out):
+                states[i] = _first(out)[:, cols]
+            return hook
+
+        handles = [self.sites["layer.1"].register_forward_pre_hook(pre0, with_kwargs=True)]
+        handles += [self.sites[f"layer.{i}"].register_forward_hook(post(i)) for i in range(1, self.L + 1)]
+        try:
+            out = self.lm.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False,
+                                logits_to_keep=cols)
+        finally:
+            for h in handles:
+                h.remove()
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return torch.stack(states, dim=2), logits  # [B, S, L+1, H], [B, S, V]
+
+    @torch.inference_mode()
+    def extract(self, prompts, token_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Signature arrays ``{column: [B, ...]}`` for rendered prompts and their responses' token ids (each up to
+        and including the token that ended it, as :class:`~riskprobe.models.generation.Generation` holds them)."""
+        if len(prompts) != len(token_ids):
+            raise ValueError("one response per prompt")
+        if any(len(t) == 0 for t in token_ids):
+            raise ValueError("a response has no tokens")
+        steps = min(self.spec.steps, max(len(t) for t in token_ids))
+        states, logits = self._forward(prompts, token_ids, steps)
+        B = len(token_ids)
+        chosen = torch.zeros((B, steps), dtype=torch.long, device=logits.device)
+        for i, toks in enumerate(token_ids):
+            n = min(len(toks), steps)
+            chosen[i, :n] = torch.as_tensor(list(toks[:n]), dtype=torch.long, device=logits.device)
+        cap = self.cap
+        cap.reset()
+        for t in range(steps):
+            if t > 0:
+                cap._record_chosen(chosen[:, t - 1])
+            cap._step(logits[:, t], states[:, t])
+        return cap.finish([list(t) for t in token_ids])
+
+
+def extract(lm, spec: FeatureSpec, prompts, token_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    """One batch through a fresh :class:`Extractor` (a convenience for one-off calls)."""
+    return Extractor(lm, spec).extract(prompts, token_ids)
