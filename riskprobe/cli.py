@@ -126,9 +126,11 @@ def cmd_extract(args) -> int:
         if v is not None:
             features[k] = [f.strip() for f in v.split(",")] if k == "families" else v
     _positive(args.batch_size, "batch_size", 1 << 16)
+    _positive(args.limit, "limit")
     t0 = time.perf_counter()
     out = extract_corpus(args.generations, args.out, features=features, model=args.model, batch_size=args.batch_size,
-                         device=args.device, dtype=args.dtype, threads=args.threads, progress=not args.no_progress)
+                         device=args.device, dtype=args.dtype, threads=args.threads, progress=not args.no_progress,
+                         max_rows=args.limit)
     if dist_rank()[0] != 0:
         return 0
     m = read_manifest(out)
@@ -367,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--normalisation", help="hidden-state normalisation: raw, final_norm or unit")
     x.add_argument("--raw-layers", dest="raw_layers", help="layers whose raw states are stored")
     x.add_argument("--families", help="comma-separated feature families (commitment,sync,trajectory,lens,raw)")
+    x.add_argument("--limit", type=int, help="extract this many answers (a subsample fixed by question id)")
     x.add_argument("--model", help="the model to load (default: the one the corpus was made with)")
     x.add_argument("--batch-size", type=int, default=32, dest="batch_size")
     x.add_argument("--device", help="cpu, cuda, cuda:1 ...")

@@ -61,7 +61,7 @@ def model_for(m: dict[str, Any], model: str | None) -> str:
 def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[str, Any] | None = None, lm=None,
                    model: str | None = None, batch_size: int = 32, shard_size: int | None = None,
                    device: str | None = None, dtype: str | None = None, threads: int | None = None,
-                   progress: bool = True, merge: bool = True) -> Path:
+                   progress: bool = True, merge: bool = True, max_rows: int | None = None) -> Path:
     """Extract signatures for every answer of the corpus ``generations`` into the harvest folder ``out``.
 
     Args:
@@ -69,6 +69,7 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         out: the harvest folder to write (rerun with the same arguments to resume).
         features: the feature spec (a mapping, as under ``features:`` in a harvest config).
         lm: an already loaded model; else ``model`` (default: the corpus's own) is loaded.
+        max_rows: extract only this many answers, a subsample fixed by a hash of question id and sample.
     """
     from ..models import load_model
     from ..models.loader import same_model, set_threads
@@ -80,6 +81,12 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
     if rank != 0:
         _wait_complete(generations)
     m, rows = read_corpus(generations)
+    if max_rows is not None and max_rows < len(rows):
+        import hashlib
+
+        key = lambda r: hashlib.sha256(f"{r['id']}:{r['sample']}".encode()).hexdigest()  # noqa: E731
+        keep = {(r["id"], r["sample"]) for r in sorted(rows, key=key)[:max_rows]}
+        rows = [r for r in rows if (r["id"], r["sample"]) in keep]
     cfg = corpus_config(m, batch_size=batch_size, shard_size=shard_size, device=device, dtype=dtype, threads=threads,
                         out=str(out), features=dict(features or {}))
     if out.exists() and not out.is_dir():
@@ -106,7 +113,7 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         "n_items": m["n_items"], "compat": cfg.compat(), "config": asdict(cfg), "feature_schema": spec.schema(),
         "versions": package_versions(), "items_fingerprint": m["items_fingerprint"],
         "truncated_prompts": m.get("truncated_prompts", []),
-        "generations": {"path": str(generations), "fingerprint": corpus_fp, "n_rows": len(rows),
+        "generations": {"path": str(generations), "fingerprint": corpus_fp, "n_rows": len(rows), "max_rows": max_rows,
                         "timing": m.get("timing")},
     }
     created = not out.exists()

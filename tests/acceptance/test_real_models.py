@@ -82,6 +82,38 @@ def test_gemma3_loads_and_answers_few_shot():
     assert "shakespeare" in g.text.lower() and "\n" not in g.text and g.finish in ("stop", "eos")
 
 
+QUESTIONS = ("What is the capital city of Peru?", "In which country is the city of Leipzig?",
+             "Who wrote the play Romeo and Juliet?", "Olga has 12 cookies and loses 4. How many cookies does Olga have now?")
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"])
+def test_real_model_extraction_equals_capture(name):
+    """On each bundled model (Llama, Gemma 3, Qwen2): signatures extracted by one teacher-forced pass equal the
+    ones captured while generating the same answers (rows of different lengths, left padding, stop strings)."""
+    from riskprobe.models import render
+    from riskprobe.models.generation import generate
+    from riskprobe.signatures import Capture, FeatureSpec
+    from riskprobe.signatures.extract import Extractor
+
+    _need(name)
+    lm = load_model(name, device="cpu")
+    spec = FeatureSpec(K=12, lens_steps=4, raw_steps=4).resolve(lm)
+    rps = [render(lm.tokenizer, q, "number" if "cookies" in q else "alias") for q in QUESTIONS[:3]]
+    rps.append(render(lm.tokenizer, QUESTIONS[3], "number"))
+    cap = Capture(lm, spec)
+    with cap:
+        gens = generate(lm, rps[:3], max_new_tokens=14)
+    want = cap.finish([g.token_ids for g in gens])
+    assert len({len(g.token_ids) for g in gens}) > 1  # rows that end at different steps
+    got = Extractor(lm, spec).extract(rps[:3], [g.token_ids for g in gens])
+    np.testing.assert_array_equal(got["step_mask"], want["step_mask"])
+    # the stated tolerance for real models in float32 on CPU (see tests/unit/test_extract.py for tiny ones)
+    tol = {"commitment": 5e-3, "sync": 2e-3, "trajectory": 2e-2, "lens": 5e-3, "raw": 5e-2}
+    for k, atol in tol.items():
+        np.testing.assert_allclose(got[k].astype(np.float32), want[k].astype(np.float32), atol=atol, rtol=2e-3,
+                                   err_msg=f"{name}: {k}")
+
+
 def test_shared_datasets_when_present():
     from riskprobe.resources import datasets_root
 

