@@ -1,15 +1,17 @@
-"""Harvest: generate answers to labelled prompts, grade them, and store rows in resumable shards.
+"""Harvest: generate answers to labelled prompts, grade them, then extract their signatures (two phases).
 
 Layout of a harvest directory ``OUT``::
 
+    OUT/generations/            phase one: the corpus of graded answers (:mod:`riskprobe.harvest.generations`)
     OUT/riskprobe.json          manifest: model identity, prompts, config, feature schema, versions, counts
     OUT/shards/shard-00000/     one finished shard (a `datasets` dataset), renamed into place when complete
     OUT/state.json, data-*.arrow, dataset_info.json
                                 the merged dataset, so that ``datasets.load_from_disk(OUT)`` works
 
-Shards are fixed slices of the item list, so a rerun with the same configuration skips finished shards
-and redoes only the unfinished one, and rank ``r`` of ``W`` (``torchrun``) takes shards ``i % W == r``:
-one process or many, killed or not, the merged dataset is the same.
+Phase two (:mod:`riskprobe.harvest.extract`) teacher-forces the corpus's answers through the model. Both
+phases write fixed slices, so a rerun with the same configuration skips finished shards and redoes only the
+unfinished one, and rank ``r`` of ``W`` (``torchrun``) takes shards ``i % W == r``: one process or many,
+killed or not, the merged dataset is the same.
 """
 
 from __future__ import annotations
@@ -51,23 +53,6 @@ def package_versions() -> dict[str, str]:
 def dist_rank() -> tuple[int, int]:
     """``(rank, world_size)`` from the environment ``torchrun`` sets (``(0, 1)`` otherwise)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-# ------------------------------------------------------------------------------------------------ rows
-def grade_rows(items, gens, rendered, split_fn) -> list[dict[str, Any]]:
-    """Rows for a batch: the item, its answer, and its grade."""
-    from ..prompts.grading import grade
-
-    rows = []
-    for it, g, rp in zip(items, gens, rendered):
-        gr = grade(g.text, list(it.answers), it.answer_kind, it.prompt)
-        rows.append({
-            "id": it.id, "set": it.set, "category": it.category, "prompt": it.prompt, "input_text": rp.text,
-            "answers": list(it.answers), "answer_kind": it.answer_kind, "response": g.text,
-            "correct": gr.correct, "label": int(not gr.correct), "echo_discounted": gr.echo_discounted,
-            "n_tokens": g.n_tokens, "finish": g.finish, "split": split_fn(it.id),
-        })
-    return rows
 
 
 def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
