@@ -41,7 +41,7 @@ def run(args) -> dict:
     ex = Extractor(lm, spec)
 
     def sync():
-        if lm.device.startswith("cuda"):
+        if str(lm.device).startswith("cuda"):
             torch.cuda.synchronize()
 
     def capture():
@@ -65,10 +65,12 @@ def run(args) -> dict:
         return toks
 
     def extract_only(toks):
-        j = 0
-        for b in batches:
-            ex.extract(b, toks[j:j + len(b)])
-            j += len(b)
+        # as `riskprobe extract` batches a corpus: by answer kind, then by prompt + answer length
+        flat = [rps[i] for i in order]
+        idx = sorted(range(len(flat)), key=lambda j: (flat[j].text[:40], len(flat[j].text) + 4 * len(toks[j])))
+        for b in range(0, len(idx), args.batch_size):
+            sel = idx[b:b + args.batch_size]
+            ex.extract([flat[j] for j in sel], [toks[j] for j in sel])
         sync()
 
     times = {"capture": [], "two_phase": [], "extract": []}
@@ -86,7 +88,7 @@ def run(args) -> dict:
     n_rows = len(rps)
     n_tok = sum(min(len(t), spec.steps) for t in toks)
     med = {k: statistics.median(v) for k, v in times.items()}
-    res = {"device": lm.device, "model": lm.identity.name, "rows": n_rows, "signature_tokens": n_tok, "median_s": med,
+    res = {"device": str(lm.device), "model": lm.identity.name, "rows": n_rows, "signature_tokens": n_tok, "median_s": med,
            "all_s": times}
     print(f"{lm.identity.name} on {lm.device}, {n_rows} rows, batch {args.batch_size}, K={args.K}, "
           f"{args.rounds} rounds (medians)")

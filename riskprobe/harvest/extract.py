@@ -74,7 +74,7 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
     from ..models import load_model
     from ..models.loader import same_model, set_threads
     from ..signatures import FeatureSpec
-    from .run import _check_compatible, dist_rank, package_versions, render_items
+    from .run import dist_rank, render_items
 
     generations, out = Path(generations), Path(out)
     rank, world = dist_rank()
@@ -87,6 +87,8 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         key = lambda r: hashlib.sha256(f"{r['id']}:{r['sample']}".encode()).hexdigest()  # noqa: E731
         keep = {(r["id"], r["sample"]) for r in sorted(rows, key=key)[:max_rows]}
         rows = [r for r in rows if (r["id"], r["sample"]) in keep]
+    if shard_size is None:  # a harvest shard holds the answers of one corpus shard
+        shard_size = int(m.get("shard_size", 256)) * (m["generation"]["samples"] if m["generation"]["do_sample"] else 1)
     cfg = corpus_config(m, batch_size=batch_size, shard_size=shard_size, device=device, dtype=dtype, threads=threads,
                         out=str(out), features=dict(features or {}))
     if out.exists() and not out.is_dir():
@@ -107,24 +109,11 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
             raise UserError(f"question {r['id']!r} renders differently now than when it was answered (another chat "
                             "template or prompt text); its signature would not describe that answer",
                             file=generations, field="prompt_sha")
-    corpus_fp = stable_hash("\n".join(f"{r['id']}:{r['sample']}:{','.join(map(str, r['tokens']))}" for r in rows))
-    manifest = {
-        "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(), "prompts": m["prompts"],
-        "n_items": m["n_items"], "compat": cfg.compat(), "config": asdict(cfg), "feature_schema": spec.schema(),
-        "versions": package_versions(), "items_fingerprint": m["items_fingerprint"],
-        "truncated_prompts": m.get("truncated_prompts", []),
-        "generations": {"path": str(generations), "fingerprint": corpus_fp, "n_rows": len(rows), "max_rows": max_rows,
-                        "timing": m.get("timing")},
-    }
+    manifest = harvest_manifest(m, lm, spec, cfg)
+    manifest["generations"].update(fingerprint=stable_hash("\n".join(
+        f"{r['id']}:{r['sample']}:{','.join(map(str, r['tokens']))}" for r in rows)), n_rows=len(rows), max_rows=max_rows)
     created = not out.exists()
-    if rank == 0:
-        _check_compatible(out, manifest)
-        if not (out / MANIFEST).is_file():
-            atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
-    else:
-        from .run import _wait_for
-
-        _wait_for(out / MANIFEST)
+    open_harvest(out, manifest, rank)
     try:
         _extract_shards(cfg, lm, spec, items, rendered, lengths, rows, out, rank, world, progress, merge)
     except BaseException as e:
@@ -134,6 +123,44 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
             _abandon(out, created, e)
         raise
     return out
+
+
+def harvest_manifest(m: dict[str, Any], lm, spec, cfg) -> dict[str, Any]:
+    """The manifest of a harvest of the corpus with manifest ``m`` (``cfg`` from :func:`corpus_config`)."""
+    from .run import package_versions
+
+    return {
+        "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(), "prompts": m["prompts"],
+        "n_items": m["n_items"], "compat": cfg.compat(), "config": asdict(cfg), "feature_schema": spec.schema(),
+        "versions": package_versions(), "items_fingerprint": m["items_fingerprint"],
+        "truncated_prompts": m.get("truncated_prompts", []),
+        "generations": {"timing": m.get("timing")},
+    }
+
+
+def open_harvest(out: Path, manifest: dict[str, Any], rank: int) -> None:
+    """Refuse to mix into a harvest made with other settings; start the manifest (rank 0) or wait for it."""
+    from .run import _check_compatible, _wait_for
+
+    if rank == 0:
+        _check_compatible(out, manifest)
+        if not (out / MANIFEST).is_file():
+            atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
+    else:
+        _wait_for(out / MANIFEST)
+
+
+def write_harvest_shard(path: Path, items, rendered, rows: list[dict[str, Any]], sigs: list[dict[str, Any]],
+                        samples: int, features) -> None:
+    """One harvest shard: corpus rows (item order) with their signature arrays."""
+    out_rows = []
+    for r, sig in zip(rows, sigs):
+        row = harvest_row(items[r["i"]], r, rendered[r["i"]].text)
+        row["index"] = r["i"] * samples + r["sample"]
+        row.update(sig)
+        out_rows.append(row)
+    out_rows.sort(key=lambda x: x["index"])
+    _write_shard(path, out_rows, features)
 
 
 def _wait_complete(generations: Path, timeout: float = 24 * 3600) -> None:
@@ -169,6 +196,7 @@ def _extract_shards(cfg, lm, spec, items, rendered, lengths, rows, out: Path, ra
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     size = cfg.shard_size
+    samples = cfg.samples if cfg.do_sample else 1
     n_shards = (len(rows) + size - 1) // size
     todo = [s for s in range(n_shards) if s % world == rank and not (shard_dir / f"shard-{s:05d}" / "state.json").is_file()]
     import shutil
@@ -185,23 +213,19 @@ def _extract_shards(cfg, lm, spec, items, rendered, lengths, rows, out: Path, ra
     for s in todo:
         idx0 = s * size
         part = list(range(idx0, min(idx0 + size, len(rows))))
-        order = sorted(part, key=lambda j: (lengths[rows[j]["i"]], j))  # similar prompt lengths batch together
-        out_rows: list[dict[str, Any]] = []
+        # one system message per batch (its prefix is computed once) and similar total lengths (little padding)
+        order = sorted(part, key=lambda j: (items[rows[j]["i"]].answer_kind,
+                                            lengths[rows[j]["i"]] + min(len(rows[j]["tokens"]), spec.steps), j))
+        done_rows, done_sigs = [], []
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b: b + cfg.batch_size]
             rs = [rows[j] for j in idx]
-            rps = [rendered[r["i"]] for r in rs]
-            sig = ex.extract(rps, [r["tokens"] for r in rs])
-            for n, (j, r) in enumerate(zip(idx, rs)):
-                row = harvest_row(items[r["i"]], r, rps[n].text)
-                row["index"] = j
-                for name, arr in sig.items():
-                    row[name] = arr[n]
-                out_rows.append(row)
+            sig = ex.extract([rendered[r["i"]] for r in rs], [r["tokens"] for r in rs])
+            done_rows += rs
+            done_sigs += [{k: v[n] for k, v in sig.items()} for n in range(len(rs))]
             n_tok += sum(min(len(r["tokens"]), spec.steps) for r in rs)
             bar.update(len(idx))
-        out_rows.sort(key=lambda r: r["index"])
-        _write_shard(shard_dir / f"shard-{s:05d}", out_rows, features)
+        write_harvest_shard(shard_dir / f"shard-{s:05d}", items, rendered, done_rows, done_sigs, samples, features)
     bar.close()
     elapsed = time.perf_counter() - t0
     atomic_write_json(shard_dir / f"timing-rank{rank}.json",

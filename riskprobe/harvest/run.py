@@ -103,56 +103,79 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     """
     from ..models import load_model
     from ..signatures import FeatureSpec
-    from .extract import extract_corpus
-    from .generations import read_corpus_manifest
+    from .extract import corpus_config, extract_corpus, harvest_manifest, open_harvest, write_harvest_shard
+    from .generations import corpus_manifest, generate_corpus, read_corpus_manifest
+    from .store import _features, hf_features
 
     cfg.validate()
     FeatureSpec.from_dict(cfg.features)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; choose another --out", file=out, field="out")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not (out / GENERATIONS).is_dir():
-        raise UserError("output directory exists and is not a riskprobe harvest; choose another --out", file=out)
+    rank, world = dist_rank()
     set_threads(cfg.threads)
+    items = _items(cfg)
     if lm is None:
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    spec = FeatureSpec.from_dict(cfg.features).resolve(lm)
+    rendered, truncated, lengths = render_items(lm, items, cfg)
+    gen_dir = out / GENERATIONS
+    gen_cfg = replace(cfg, out=str(gen_dir))
+    samples = cfg.samples if cfg.do_sample else 1
+    cm = corpus_manifest(gen_cfg, lm, items, versions=package_versions(), truncated=truncated)
+    ecfg = corpus_config(cm, batch_size=cfg.batch_size, shard_size=cfg.shard_size * samples, out=str(out),
+                         features=dict(cfg.features))
     created = not out.exists()
-    gen_cfg = replace(cfg, out=str(out / GENERATIONS))
+    open_harvest(out, harvest_manifest(cm, lm, spec, ecfg), rank)  # refuses other settings before any work
+    features = _features(hf_features(spec))
+
+    def on_shard(s, rows, sigs):  # the first extraction, captured while generating
+        write_harvest_shard(out / "shards" / f"shard-{s:05d}", items, rendered, rows, sigs, samples, features)
+
     try:
-        gen = generate(gen_cfg, lm=lm, progress=progress)
+        generate_corpus(gen_cfg, lm, items, rendered, lengths, gen_dir, progress=progress, rank=rank, world=world,
+                        versions=cm["versions"], truncated=truncated, capture=spec, on_shard=on_shard)
+        t0 = time.perf_counter()
+        # shards whose answers were generated earlier (a corpus made by `riskprobe generate`) are extracted by
+        # teacher forcing; then the merge
+        extract_corpus(gen_dir, out, features=cfg.features, lm=lm, batch_size=cfg.batch_size,
+                       shard_size=cfg.shard_size * samples, progress=progress, merge=merge)
     except BaseException as e:
-        if created and not any((out / GENERATIONS).glob("shard-*.jsonl.gz")) and not isinstance(e, KeyboardInterrupt):
-            shutil.rmtree(out, ignore_errors=True)
+        if rank == 0:
+            _abandon(out, created, e)
         raise
-    t0 = time.perf_counter()
-    extract_corpus(gen, out, features=cfg.features, lm=lm, batch_size=cfg.batch_size, shard_size=cfg.shard_size,
-                   progress=progress, merge=merge)
-    if merge and dist_rank()[0] == 0:
-        m, g = read_manifest(out), read_corpus_manifest(gen)
-        ext_s = m.get("timing", {}).get("seconds", time.perf_counter() - t0)
+    if merge and rank == 0:
+        m, g = read_manifest(out), read_corpus_manifest(gen_dir)
         gt = g.get("timing") or {"tokens": 0, "seconds": 0.0}
+        ext_s = round(time.perf_counter() - t0, 3)
         m.update(timing={"tokens": gt["tokens"], "seconds": round(gt["seconds"] + ext_s, 3),
                          "generate_seconds": gt["seconds"], "extract_seconds": ext_s})
         atomic_write_json(out / MANIFEST, m)
     return out
 
 
+def _items(cfg: HarvestConfig):
+    from ..prompts import sets as P
+
+    if cfg.datasets_root:
+        os.environ["RISKPROBE_DATASETS"] = cfg.datasets_root
+    items = P.load_items(cfg.prompts, limit=cfg.limit, seed=cfg.seed)
+    if not items:
+        raise UserError(f"prompt set '{cfg.prompts}' has no items", field="prompts")
+    return items
+
+
 def generate(cfg: HarvestConfig, *, lm=None, progress: bool = True) -> Path:
     """Phase one alone: generate and grade answers into the corpus folder ``cfg.out`` (resumable; see
     :mod:`riskprobe.harvest.generations`). ``cfg.features`` is not used."""
     from ..models import load_model
-    from ..prompts import sets as P
     from .generations import generate_corpus
 
     cfg.validate()
-    if cfg.datasets_root:
-        os.environ["RISKPROBE_DATASETS"] = cfg.datasets_root
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; choose another --out", file=out, field="out")
-    items = P.load_items(cfg.prompts, limit=cfg.limit, seed=cfg.seed)
-    if not items:
-        raise UserError(f"prompt set '{cfg.prompts}' has no items", field="prompts")
+    items = _items(cfg)
     rank, world = dist_rank()
     set_threads(cfg.threads)
     if lm is None:

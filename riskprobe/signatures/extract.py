@@ -31,36 +31,79 @@ from .spec import FeatureSpec
 class Extractor:
     """Teacher-forced extraction of a :class:`FeatureSpec`'s signature (see the module doc)."""
 
-    def __init__(self, lm, spec: FeatureSpec):
+    def __init__(self, lm, spec: FeatureSpec, *, share_prefix: bool = True):
         self.lm = lm
         self.cap = Capture(lm, spec)  # used for its per-step reduction only; its hooks are never put on
         self.spec = self.cap.spec
         self.sites = capture_sites(lm.model)
         self.L = self.spec.n_layers
+        self.share_prefix = share_prefix
+        self._prefixes: dict[tuple[int, ...], object] = {}
+        cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
+        self._window = getattr(cfg, "sliding_window", None) or None
+
+    def _prefix_cache(self, prefix: tuple[int, ...]):
+        """The KV cache of a prompt prefix shared by a batch (a system message, few-shot examples), computed once
+        per distinct prefix and kept (batch of one; callers copy it)."""
+        import copy
+
+        hit = self._prefixes.get(prefix)
+        if hit is None:
+            ids = torch.tensor([prefix], device=self.lm.model.device)
+            out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+            hit = out.past_key_values
+            if len(self._prefixes) >= 8:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            self._prefixes[prefix] = hit
+        return copy.deepcopy(hit)
 
     def _forward(self, prompts, token_ids: Sequence[Sequence[int]], steps: int):
-        """States ``[B, steps, L+1, H]`` and logits ``[B, steps, V]`` at the step positions."""
+        """States ``[B, steps, L+1, H]`` and logits ``[B, steps, V]`` at the step positions.
+
+        Layout: ``[shared prefix][left padding][rest of the prompt][response, right padded]``. The prompt tokens
+        that every row of the batch starts with are run once and reused as a KV cache (positions count attended
+        tokens, as in generation, so where padding sits does not change any attended state)."""
         from ..models.generation import tokenize
 
         enc = tokenize(self.lm, prompts)
         ids, att = enc["input_ids"], enc["attention_mask"]
         B, P = ids.shape
-        R = steps - 1  # response tokens fed: token t-1 is the input at step t
         dev = ids.device
+        rows = [ids[i, att[i].bool()].tolist() for i in range(B)]
+        n_pre = 0
+        if self.share_prefix and B > 1:
+            shortest = min(len(r) for r in rows)
+            while n_pre < shortest - 1 and all(r[n_pre] == rows[0][n_pre] for r in rows):
+                n_pre += 1
+        R = steps - 1  # response tokens fed: token t-1 is the input at step t
+        # a sliding-window cache keeps only the last tokens of the prefix: share only what stays in the window
+        if n_pre < 4 or (self._window and max(len(r) for r in rows) + R >= self._window):
+            n_pre = 0
+        T = max(len(r) for r in rows) - n_pre  # the rest of the prompt, left padded to T
         pad = self.lm.tokenizer.pad_token_id if self.lm.tokenizer.pad_token_id is not None else 0
-        if R > 0:
-            resp = torch.full((B, R), pad, dtype=ids.dtype, device=dev)
-            ratt = torch.zeros((B, R), dtype=att.dtype, device=dev)
-            for i, toks in enumerate(token_ids):
-                n = min(len(toks) - 1, R)  # the token that ended the row is never an input
-                if n > 0:
-                    resp[i, :n] = torch.as_tensor(list(toks[:n]), dtype=ids.dtype, device=dev)
-                    ratt[i, :n] = 1
-            ids, att = torch.cat([ids, resp], 1), torch.cat([att, ratt], 1)
+        rest = torch.full((B, T + R), pad, dtype=ids.dtype, device=dev)
+        ratt = torch.zeros((B, T + R), dtype=att.dtype, device=dev)
+        for i, (r, toks) in enumerate(zip(rows, token_ids)):
+            tail = r[n_pre:]
+            rest[i, T - len(tail):T] = torch.as_tensor(tail, dtype=ids.dtype, device=dev)
+            ratt[i, T - len(tail):T] = 1
+            n = min(len(toks) - 1, R)  # the token that ended the row is never an input
+            if n > 0:
+                rest[i, T:T + n] = torch.as_tensor(list(toks[:n]), dtype=ids.dtype, device=dev)
+                ratt[i, T:T + n] = 1
+        full_att = torch.cat([torch.ones((B, n_pre), dtype=att.dtype, device=dev), ratt], 1)
         # positions as generation computes them: count of attended tokens before, padding at 1
-        pos = att.long().cumsum(-1) - 1
-        pos.masked_fill_(att == 0, 1)
-        cols = torch.arange(P - 1, P - 1 + steps, device=dev)
+        pos = full_att.long().cumsum(-1) - 1
+        pos.masked_fill_(full_att == 0, 1)
+        pos = pos[:, n_pre:]
+        kwargs = {}
+        if n_pre:
+            cache = self._prefix_cache(tuple(rows[0][:n_pre]))
+            cache.batch_repeat_interleave(B)
+            kwargs = {"past_key_values": cache, "use_cache": True}
+        else:
+            kwargs = {"use_cache": False}
+        cols = torch.arange(T - 1, T - 1 + steps, device=dev)
         states: list[torch.Tensor | None] = [None] * (self.L + 1)
 
         def pre0(_mod, args, kwargs):
@@ -75,8 +118,7 @@ class Extractor:
         handles = [self.sites["layer.1"].register_forward_pre_hook(pre0, with_kwargs=True)]
         handles += [self.sites[f"layer.{i}"].register_forward_hook(post(i)) for i in range(1, self.L + 1)]
         try:
-            out = self.lm.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False,
-                                logits_to_keep=cols)
+            out = self.lm.model(input_ids=rest, attention_mask=full_att, position_ids=pos, logits_to_keep=cols, **kwargs)
         finally:
             for h in handles:
                 h.remove()

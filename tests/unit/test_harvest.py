@@ -54,11 +54,18 @@ def test_rerun_skips_finished_shards_and_equals(tmp_path, llama_lm, mini_prompts
     part = tmp_path / "part"
     harvest(_cfg(part, mini_prompts), lm=llama_lm, progress=False)
     import shutil
-    shutil.rmtree(part / "shards" / "shard-00001")
+    shutil.rmtree(part / "shards" / "shard-00001")  # killed in shard 1: neither its rows nor its answers written
+    (part / "generations" / "shard-00001.jsonl.gz").unlink()
     stamp = (part / "shards" / "shard-00000" / "state.json").stat().st_mtime_ns
     harvest(_cfg(part, mini_prompts), lm=llama_lm, progress=False)
     assert (part / "shards" / "shard-00000" / "state.json").stat().st_mtime_ns == stamp  # not redone
     assert_same_dataset(datasets.load_from_disk(str(full)), datasets.load_from_disk(str(part)))
+    # answers kept but signature rows lost: the rows are extracted again by teacher forcing, not regenerated
+    shutil.rmtree(part / "shards" / "shard-00002")
+    gz = (part / "generations" / "shard-00002.jsonl.gz").stat().st_mtime_ns
+    harvest(_cfg(part, mini_prompts), lm=llama_lm, progress=False)
+    assert (part / "generations" / "shard-00002.jsonl.gz").stat().st_mtime_ns == gz
+    assert_same_dataset(datasets.load_from_disk(str(full)), datasets.load_from_disk(str(part)), atol=1e-3)
 
 
 def test_config_change_is_refused(tmp_path, llama_lm, mini_prompts):

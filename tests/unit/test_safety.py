@@ -341,20 +341,20 @@ def test_fit_into_a_user_folder_is_refused_before_training(tmp_path, monkeypatch
 
 def test_harvest_failing_after_model_load_leaves_nothing(tmp_path, llama_lm, mini_prompts, monkeypatch):
     import riskprobe.harvest.extract as X
-    import riskprobe.harvest.generations as G
     import riskprobe.harvest.run as H
+    import riskprobe.models.generation as MG
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(G, "write_shard", boom)  # fails while generating: nothing was finished
+    monkeypatch.setattr(MG, "generate", boom)  # fails while generating: nothing was finished
     cfg = H.HarvestConfig(prompts=str(mini_prompts), out=str(tmp_path / "h"), max_new_tokens=3, batch_size=4,
                           shard_size=8, features={"K": 2, "lens_steps": 1, "raw_steps": 1})
     with pytest.raises(RuntimeError):
         H.harvest(cfg, lm=llama_lm, progress=False)
     assert not (tmp_path / "h").exists()
-    # failing while extracting: the finished corpus and the finished shards are kept for a resume, and the
-    # manifest says failed, not "running"
+    # failing after a shard is finished: the finished answers and rows are kept for a resume, and the manifest
+    # says failed, not "running"
     monkeypatch.undo()
     calls = {"n": 0}
     real = X._write_shard
