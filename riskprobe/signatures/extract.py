@@ -41,6 +41,11 @@ class Extractor:
         self._prefixes: dict[tuple[int, ...], object] = {}
         cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
         self._window = getattr(cfg, "sliding_window", None) or None
+        import inspect
+
+        # transformers renamed `past_key_values` to `cache` (5.x); pass whichever this version's forward takes
+        params = inspect.signature(lm.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def _prefix_cache(self, prefix: tuple[int, ...]):
         """The KV cache of a prompt prefix shared by a batch (a system message, few-shot examples), computed once
@@ -51,7 +56,7 @@ class Extractor:
         if hit is None:
             ids = torch.tensor([prefix], device=self.lm.model.device)
             out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
-            hit = out.past_key_values
+            hit = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
             if len(self._prefixes) >= 8:
                 self._prefixes.pop(next(iter(self._prefixes)))
             self._prefixes[prefix] = hit
@@ -100,7 +105,7 @@ class Extractor:
         if n_pre:
             cache = self._prefix_cache(tuple(rows[0][:n_pre]))
             cache.batch_repeat_interleave(B)
-            kwargs = {"past_key_values": cache, "use_cache": True}
+            kwargs = {self._cache_kw: cache, "use_cache": True}
         else:
             kwargs = {"use_cache": False}
         cols = torch.arange(T - 1, T - 1 + steps, device=dev)
