@@ -204,6 +204,9 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
         _wait_for(out / CORPUS_MANIFEST)
     samples = cfg.samples if cfg.do_sample else 1
     todo = [s for s in range(n_shards) if s % world == rank and not shard_path(out, s).is_file()]
+    for s in todo:  # leftovers of a killed run: temporary files of shards that were never renamed into place
+        for stale in out.glob(f".{shard_path(out, s).name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     n_todo = sum(len(items[s * cfg.shard_size:(s + 1) * cfg.shard_size]) for s in todo) * samples
     bar = tqdm(total=n_todo, desc=f"generate {lm.identity.name}", unit="answer", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)

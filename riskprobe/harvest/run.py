@@ -128,6 +128,11 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     created = not out.exists()
     open_harvest(out, harvest_manifest(cm, lm, spec, ecfg), rank)  # refuses other settings before any work
     features = _features(hf_features(spec))
+    for stale in (out / "shards").glob(".shard-*.tmp") if (out / "shards").is_dir() else []:
+        # leftovers of a killed run: temporary folders of this rank's shards that never finished
+        n = stale.name[len(".shard-"):].split(".", 1)[0]
+        if n.isdigit() and int(n) % world == rank:
+            shutil.rmtree(stale, ignore_errors=True)
 
     def on_shard(s, rows, sigs):  # the first extraction, captured while generating
         write_harvest_shard(out / "shards" / f"shard-{s:05d}", items, rendered, rows, sigs, samples, features)

@@ -70,7 +70,9 @@ def test_corpus_resume_equals_uninterrupted(tmp_path, llama_lm, mini_prompts):
     m = read_corpus_manifest(part)
     m["status"] = "running"
     (part / "corpus.json").write_text(json.dumps(m))
+    (part / ".shard-00001.jsonl.gz.x1y2.tmp").write_bytes(b"half")  # a killed run's temporary file
     generate(_cfg(part, mini_prompts), lm=llama_lm, progress=False)
+    assert not list(part.glob("*.tmp"))
     for s in range(3):
         name = f"shard-{s:05d}.jsonl.gz"
         assert (part / name).read_bytes() == (full / name).read_bytes()
