@@ -230,10 +230,7 @@ def triviaqa() -> Iterator[Item]:
                    answers=answers)
 
 
-@register("nq_open", "Natural Questions open, dev (3610)")
-def nq_open() -> Iterator[Item]:
-    p = _public_file("nq_open", "nq_open/NQ-open.dev.jsonl", ("google-research-datasets/nq_open", None, "validation"))
-    rows = (o for _, o in _read_jsonl(p)) if p else _hub_rows(("google-research-datasets/nq_open", None, "validation"))
+def _nq_items(rows) -> Iterator[Item]:
     for r in rows:
         q = r["question"].strip()
         q = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
@@ -241,20 +238,18 @@ def nq_open() -> Iterator[Item]:
                    answers=tuple(r["answer"]))
 
 
-def _nq_rows(rel: str):
-    p = _public_file("nq_open_full", rel)
-    return (o for _, o in _read_jsonl(p))
+@register("nq_open", "Natural Questions open, dev (3610)")
+def nq_open() -> Iterator[Item]:
+    p = _public_file("nq_open", "nq_open/NQ-open.dev.jsonl", ("google-research-datasets/nq_open", None, "validation"))
+    yield from _nq_items((o for _, o in _read_jsonl(p)) if p else _hub_rows(("google-research-datasets/nq_open", None,
+                                                                               "validation")))
 
 
 @register("nq_open_full", "Natural Questions open, every local file: dev (3610) + EfficientQA dev (1800) and test (1769)")
 def nq_open_full() -> Iterator[Item]:
     yield from nq_open()
     for rel in ("nq_open/NQ-open.efficientqa.dev.1.1.jsonl", "nq_open/NQ-open.efficientqa.test.1.1.jsonl"):
-        for r in _nq_rows(rel):
-            q = r["question"].strip()
-            q = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
-            yield Item(id=_qid("nq_open", r["question"]), set="nq_open", category="factual", prompt=q,
-                       answers=tuple(r["answer"]))
+        yield from _nq_items(o for _, o in _read_jsonl(_public_file("nq_open_full", rel)))
 
 
 @register("halueval_qa", "HaluEval QA questions (10000, multi-hop, HotpotQA-based) as a factual set, right answer as gold")
@@ -277,24 +272,23 @@ def truthfulqa() -> Iterator[Item]:
                        incorrect=split(r["Incorrect Answers"]), meta={"category": r["Category"]})
 
 
-@register("gsm8k", "GSM8K test (1319), final number as gold")
-def gsm8k() -> Iterator[Item]:
-    p = _public_file("gsm8k", "gsm8k/test.jsonl", ("openai/gsm8k", "main", "test"))
-    rows = (o for _, o in _read_jsonl(p)) if p else _hub_rows(("openai/gsm8k", "main", "test"))
+def _gsm8k(name: str, split: str) -> Iterator[Item]:
+    p = _public_file(name, f"gsm8k/{split}.jsonl", ("openai/gsm8k", "main", split))
+    rows = (o for _, o in _read_jsonl(p)) if p else _hub_rows(("openai/gsm8k", "main", split))
     for r in rows:
         gold = r["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
         yield Item(id=_qid("gsm8k", r["question"]), set="gsm8k", category="reasoning", prompt=r["question"],
                    answers=(gold,), answer_kind="number")
+
+
+@register("gsm8k", "GSM8K test (1319), final number as gold")
+def gsm8k() -> Iterator[Item]:
+    yield from _gsm8k("gsm8k", "test")
 
 
 @register("gsm8k_train", "GSM8K train (7473), final number as gold")
 def gsm8k_train() -> Iterator[Item]:
-    p = _public_file("gsm8k_train", "gsm8k/train.jsonl", ("openai/gsm8k", "main", "train"))
-    rows = (o for _, o in _read_jsonl(p)) if p else _hub_rows(("openai/gsm8k", "main", "train"))
-    for r in rows:
-        gold = r["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
-        yield Item(id=_qid("gsm8k", r["question"]), set="gsm8k", category="reasoning", prompt=r["question"],
-                   answers=(gold,), answer_kind="number")
+    yield from _gsm8k("gsm8k_train", "train")
 
 
 @register("svamp", "SVAMP (1000) arithmetic word problems")
