@@ -91,6 +91,11 @@ class HarvestConfig:
         except UserError as e:
             raise UserError(e.message, file=source, field=e.field) from None
 
+    @property
+    def answers_per_question(self) -> int:
+        """``samples`` when sampling, else 1 (one greedy answer)."""
+        return self.samples if self.do_sample else 1
+
     def compat(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.COMPAT}
 

@@ -87,10 +87,10 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         key = lambda r: hashlib.sha256(f"{r['id']}:{r['sample']}".encode()).hexdigest()  # noqa: E731
         keep = {(r["id"], r["sample"]) for r in sorted(rows, key=key)[:max_rows]}
         rows = [r for r in rows if (r["id"], r["sample"]) in keep]
-    if shard_size is None:  # a harvest shard holds the answers of one corpus shard
-        shard_size = int(m.get("shard_size", 256)) * (m["generation"]["samples"] if m["generation"]["do_sample"] else 1)
     cfg = corpus_config(m, batch_size=batch_size, shard_size=shard_size, device=device, dtype=dtype, threads=threads,
                         out=str(out), features=dict(features or {}))
+    if shard_size is None:  # a harvest shard holds the answers of one corpus shard
+        cfg.shard_size *= cfg.answers_per_question
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; choose another --out", file=out, field="out")
     spec = FeatureSpec.from_dict(cfg.features)
@@ -163,17 +163,26 @@ def write_harvest_shard(path: Path, items, rendered, rows: list[dict[str, Any]],
     _write_shard(path, out_rows, features)
 
 
-def _wait_complete(generations: Path, timeout: float = 24 * 3600) -> None:
-    t0 = time.time()
-    while True:
+def clear_stale_shards(shard_dir: Path, shards) -> None:
+    """Remove a killed run's temporary folders of the harvest shards numbered ``shards`` (never renamed into
+    place, so never finished)."""
+    import shutil
+
+    for s in shards:
+        for stale in shard_dir.glob(f".shard-{s:05d}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _wait_complete(generations: Path) -> None:
+    from .run import _wait_until
+
+    def complete() -> bool:
         try:
-            if read_corpus_manifest(generations).get("status") == "complete":
-                return
+            return read_corpus_manifest(generations).get("status") == "complete"
         except UserError:
-            pass
-        if time.time() - t0 > timeout:
-            raise TimeoutError(f"gave up waiting for {generations} to complete")
-        time.sleep(0.5)
+            return False
+
+    _wait_until(complete, f"{generations} to complete")
 
 
 def harvest_row(item, corpus_row: dict[str, Any], rendered_text: str) -> dict[str, Any]:
@@ -196,14 +205,10 @@ def _extract_shards(cfg, lm, spec, items, rendered, lengths, rows, out: Path, ra
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     size = cfg.shard_size
-    samples = cfg.samples if cfg.do_sample else 1
+    samples = cfg.answers_per_question
     n_shards = (len(rows) + size - 1) // size
     todo = [s for s in range(n_shards) if s % world == rank and not (shard_dir / f"shard-{s:05d}" / "state.json").is_file()]
-    import shutil
-
-    for s in todo:  # leftovers of a killed run: temporary folders of shards that never finished
-        for stale in shard_dir.glob(f".shard-{s:05d}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+    clear_stale_shards(shard_dir, todo)
     features = _features(hf_features(spec))
     ex = Extractor(lm, spec)
     n_todo = sum(len(rows[s * size:(s + 1) * size]) for s in todo)

@@ -202,7 +202,7 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
         from .run import _wait_for
 
         _wait_for(out / CORPUS_MANIFEST)
-    samples = cfg.samples if cfg.do_sample else 1
+    samples = cfg.answers_per_question
     todo = [s for s in range(n_shards) if s % world == rank and not shard_path(out, s).is_file()]
     for s in todo:  # leftovers of a killed run: temporary files of shards that were never renamed into place
         for stale in out.glob(f".{shard_path(out, s).name}.*.tmp"):

@@ -103,12 +103,18 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     """
     from ..models import load_model
     from ..signatures import FeatureSpec
-    from .extract import corpus_config, extract_corpus, harvest_manifest, open_harvest, write_harvest_shard
+    from .extract import (
+        clear_stale_shards,
+        corpus_config,
+        extract_corpus,
+        harvest_manifest,
+        open_harvest,
+        write_harvest_shard,
+    )
     from .generations import corpus_manifest, generate_corpus, read_corpus_manifest
     from .store import _features, hf_features
 
-    cfg.validate()
-    FeatureSpec.from_dict(cfg.features)
+    cfg.validate()  # the feature spec included
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; choose another --out", file=out, field="out")
@@ -121,18 +127,14 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     rendered, truncated, lengths = render_items(lm, items, cfg)
     gen_dir = out / GENERATIONS
     gen_cfg = replace(cfg, out=str(gen_dir))
-    samples = cfg.samples if cfg.do_sample else 1
+    samples = cfg.answers_per_question
     cm = corpus_manifest(gen_cfg, lm, items, versions=package_versions(), truncated=truncated)
     ecfg = corpus_config(cm, batch_size=cfg.batch_size, shard_size=cfg.shard_size * samples, out=str(out),
                          features=dict(cfg.features))
     created = not out.exists()
     open_harvest(out, harvest_manifest(cm, lm, spec, ecfg), rank)  # refuses other settings before any work
     features = _features(hf_features(spec))
-    for stale in (out / "shards").glob(".shard-*.tmp") if (out / "shards").is_dir() else []:
-        # leftovers of a killed run: temporary folders of this rank's shards that never finished
-        n = stale.name[len(".shard-"):].split(".", 1)[0]
-        if n.isdigit() and int(n) % world == rank:
-            shutil.rmtree(stale, ignore_errors=True)
+    clear_stale_shards(out / "shards", [s for s in range(cm["n_shards"]) if s % world == rank])
 
     def on_shard(s, rows, sigs):  # the first extraction, captured while generating
         write_harvest_shard(out / "shards" / f"shard-{s:05d}", items, rendered, rows, sigs, samples, features)
@@ -246,9 +248,14 @@ def _abandon(out: Path, created: bool, err: BaseException) -> None:
             pass
 
 
-def _wait_for(*paths: Path, timeout: float = 24 * 3600) -> None:
+def _wait_until(done, what: str, timeout: float = 24 * 3600) -> None:
+    """Poll ``done()`` (another rank's work) every half second until it is true."""
     t0 = time.time()
-    while not all(p.exists() for p in paths):
+    while not done():
         if time.time() - t0 > timeout:
-            raise TimeoutError(f"gave up waiting for {paths[0]}")
+            raise TimeoutError(f"gave up waiting for {what}")
         time.sleep(0.5)
+
+
+def _wait_for(*paths: Path, timeout: float = 24 * 3600) -> None:
+    _wait_until(lambda: all(p.exists() for p in paths), str(paths[0]), timeout)
