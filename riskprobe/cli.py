@@ -28,6 +28,8 @@ def _harvest_parser(sub, name: str = "harvest") -> None:
                                        "fingerprint) with a corpus card; `riskprobe extract` turns it into signatures.")
         p.add_argument("--samples", type=int, help="sampled answers per question (implies sampling; default 1 greedy)")
         p.add_argument("--temperature", type=float, help="sampling temperature")
+        p.add_argument("--reuse", help="an earlier corpus of the same model and settings (say a smaller --limit): "
+                       "its answers are taken over, not generated again")
     p.add_argument("--config", help="YAML config: a file, or a shipped one by name (default, triviaqa, gemma3); "
                    "default: the shipped default")
     p.add_argument("--model", help="bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), .gguf file, directory or hub id")
@@ -90,7 +92,7 @@ def cmd_generate(args) -> int:
         over["do_sample"] = True
     cfg = load_config(cfg_path, over)
     t0 = time.perf_counter()
-    out = generate(cfg, progress=not args.no_progress)
+    out = generate(cfg, progress=not args.no_progress, reuse=args.reuse)
     if dist_rank()[0] != 0:
         return 0
     from .harvest.generations import read_corpus_manifest

@@ -173,9 +173,29 @@ def corpus_manifest(cfg, lm, items, *, versions: dict[str, str] | None = None,
     }
 
 
+def reusable_rows(source: str | Path, manifest: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Answers of an earlier corpus that a new corpus ``manifest`` may take over instead of generating them
+    again, keyed by ``(id, sample)``: the same model (fingerprint) and the same generation settings are
+    required (a corpus of ``--limit 3000`` grows into one of ``--limit 8000``). Each row's prompt hash is
+    checked again when it is taken."""
+    from ..models.loader import identity_diff
+
+    src = Path(source)
+    if not (src / CORPUS_MANIFEST).is_file():
+        raise UserError("is not a riskprobe corpus (no corpus.json)", file=src, field="reuse")
+    old, rows = read_corpus(src, complete=False)
+    diffs = identity_diff(old["model"], manifest["model"])
+    a, b = old.get("generation") or {}, manifest["generation"]
+    diffs += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diffs:
+        raise UserError("cannot reuse answers made by another model or with other settings ("
+                        + "; ".join(diffs[:4]) + ")", file=src, field="reuse")
+    return {(r["id"], int(r["sample"])): r for r in rows}
+
+
 def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progress: bool = True, rank: int = 0,
                     world: int = 1, versions: dict[str, str] | None = None, truncated: list[str] | None = None,
-                    capture=None, on_shard=None) -> Path:
+                    capture=None, on_shard=None, reuse: str | Path | None = None) -> Path:
     """Phase one: generate and grade answers for ``items`` into the corpus folder ``out`` (resumable).
 
     Shards are fixed slices of ``cfg.shard_size`` items; a rerun skips finished shards, and rank ``r`` of
@@ -185,6 +205,10 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     With ``capture`` (a resolved :class:`~riskprobe.signatures.FeatureSpec`), the signatures are captured while
     generating (the hooks cost little next to generation) and ``on_shard(s, rows, sigs)`` receives each shard's
     rows and their signature arrays before the shard is written: the harvest's fused first extraction.
+
+    With ``reuse`` (an earlier corpus of the same model and generation settings, see :func:`reusable_rows`),
+    answers found there under the same id, sample and prompt hash are taken over (and graded again) instead
+    of generated; the manifest records how many.
     """
     from tqdm.auto import tqdm
 
@@ -202,6 +226,10 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
         from .run import _wait_for
 
         _wait_for(out / CORPUS_MANIFEST)
+    if reuse is not None and capture is not None:
+        raise ValueError("reuse takes answers without signatures; it does not combine with capture")
+    old = reusable_rows(reuse, manifest) if reuse is not None else {}
+    n_reused = 0
     samples = cfg.answers_per_question
     todo = [s for s in range(n_shards) if s % world == rank and not shard_path(out, s).is_file()]
     for s in todo:  # leftovers of a killed run: temporary files of shards that were never renamed into place
@@ -216,6 +244,18 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
         idx_items = range(i0, min(i0 + cfg.shard_size, len(items)))
         jobs = sorted(((i, k) for i in idx_items for k in range(samples)), key=lambda ik: (lengths[ik[0]], ik))
         rows, sigs = [], []
+        if old:
+            sha = {i: prompt_sha(rendered[i].text) for i in idx_items}
+            taken = [(i, k) for i, k in jobs if old.get((items[i].id, k), {}).get("prompt_sha") == sha[i]]
+            for i, k in taken:
+                it, r = items[i], old[(items[i].id, k)]
+                gr = grade(r["text"], list(it.answers), it.answer_kind, it.prompt)
+                rows.append({**r, "i": i, "set": it.set, "category": it.category, "correct": bool(gr.correct),
+                             "echo": bool(gr.echo_discounted)})
+            done = set(taken)
+            jobs = [j for j in jobs if j not in done]
+            n_reused += len(taken)
+            bar.update(len(taken))
         for b in range(0, len(jobs), cfg.batch_size):
             batch = jobs[b: b + cfg.batch_size]
             seeds = [sample_seed(cfg.seed, items[i].id, k) for i, k in batch] if cfg.do_sample else None
@@ -249,7 +289,8 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
         write_shard(shard_path(out, s), rows)
     bar.close()
     elapsed = time.perf_counter() - t0
-    atomic_write_json(out / f".timing-rank{rank}.json", {"tokens": n_tok, "seconds": round(elapsed, 3)})
+    atomic_write_json(out / f".timing-rank{rank}.json", {"tokens": n_tok, "seconds": round(elapsed, 3),
+                                                         "reused": n_reused})
     if rank == 0:
         if world > 1:
             from .run import _wait_for
@@ -267,7 +308,8 @@ def finish_corpus(out: Path) -> dict[str, Any]:
     old = m.get("timing") or {"tokens": 0, "seconds": 0.0}
     m.update(status="complete", n_rows=len(rows), summary=summarize_rows(rows), by_category=summarize_rows(rows, "category"),
              timing={"tokens": old["tokens"] + sum(t["tokens"] for t in timings),
-                     "seconds": round(old["seconds"] + max((t["seconds"] for t in timings), default=0.0), 3)})
+                     "seconds": round(old["seconds"] + max((t["seconds"] for t in timings), default=0.0), 3),
+                     "reused": old.get("reused", 0) + sum(t.get("reused", 0) for t in timings)})
     for p in out.glob(".timing-rank*.json"):
         p.unlink()
     atomic_write_json(out / CORPUS_MANIFEST, m)

@@ -172,9 +172,10 @@ def _items(cfg: HarvestConfig):
     return items
 
 
-def generate(cfg: HarvestConfig, *, lm=None, progress: bool = True) -> Path:
+def generate(cfg: HarvestConfig, *, lm=None, progress: bool = True, reuse: str | Path | None = None) -> Path:
     """Phase one alone: generate and grade answers into the corpus folder ``cfg.out`` (resumable; see
-    :mod:`riskprobe.harvest.generations`). ``cfg.features`` is not used."""
+    :mod:`riskprobe.harvest.generations`). ``cfg.features`` is not used. ``reuse``: an earlier corpus of the
+    same model and settings whose answers are taken over instead of generated again."""
     from ..models import load_model
     from .generations import generate_corpus
 
@@ -189,7 +190,7 @@ def generate(cfg: HarvestConfig, *, lm=None, progress: bool = True) -> Path:
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     rendered, truncated, lengths = render_items(lm, items, cfg)
     return generate_corpus(cfg, lm, items, rendered, lengths, out, progress=progress, rank=rank, world=world,
-                           versions=package_versions(), truncated=truncated)
+                           versions=package_versions(), truncated=truncated, reuse=reuse)
 
 
 def render_items(lm, items, cfg: HarvestConfig):

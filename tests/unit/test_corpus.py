@@ -80,6 +80,21 @@ def test_corpus_resume_equals_uninterrupted(tmp_path, llama_lm, mini_prompts):
         generate(_cfg(part, mini_prompts, max_new_tokens=6), lm=llama_lm, progress=False)
 
 
+def test_a_corpus_grows_into_a_larger_limit_by_reusing_its_answers(tmp_path, llama_lm, mini_prompts):
+    kw = dict(do_sample=True, samples=2, temperature=1.5)
+    small = generate(_cfg(tmp_path / "small", mini_prompts, limit=10, **kw), lm=llama_lm, progress=False)
+    fresh = read_corpus(generate(_cfg(tmp_path / "fresh", mini_prompts, limit=20, **kw), lm=llama_lm,
+                                 progress=False))[1]
+    grown = generate(_cfg(tmp_path / "grown", mini_prompts, limit=20, **kw), lm=llama_lm, progress=False, reuse=small)
+    m, rows = read_corpus(grown)
+    assert m["timing"]["reused"] == 20 and m["n_rows"] == 40  # 10 questions x 2 samples taken over
+    key = lambda r: (r["i"], r["id"], r["sample"], r["tokens"], r["correct"])  # noqa: E731
+    assert [key(r) for r in rows] == [key(r) for r in fresh]
+    with pytest.raises(UserError, match="cannot reuse.*max_new_tokens"):
+        generate(_cfg(tmp_path / "other", mini_prompts, limit=20, max_new_tokens=6, **kw), lm=llama_lm,
+                 progress=False, reuse=small)
+
+
 def test_reextraction_with_another_normalisation_changes_exactly_the_affected_columns(tmp_path, llama_lm, mini_prompts):
     h = harvest(_cfg(tmp_path / "h", mini_prompts), lm=llama_lm, progress=False)
     r = extract_corpus(h / "generations", tmp_path / "raw", features=SMALL, lm=llama_lm, batch_size=5, progress=False)
