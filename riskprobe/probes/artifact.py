@@ -143,7 +143,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
         "riskprobe_version": __version__,
         "model_identity": spec["model_identity"],
         "feature_spec": {k: spec[k] for k in ("selection", "step_features", "feature_schema", "dims")},
-        "probe": {"kind": hp.get("probe", "mlp"), "hparams": {k: hp[k] for k in ("hidden", "dropout") if k in hp}},
+        "probe": {"kind": hp.get("probe", "mlp"), "hparams": {k: hp[k] for k in ("hidden", "dropout", "C") if k in hp}},
         "calibration": {"a": float(sd["calib"][0]), "b": float(sd["calib"][1])},
         "data_fingerprint": spec.get("data_fingerprint"),
         "training": {"harvests": spec.get("harvests"), "split": spec.get("split")},

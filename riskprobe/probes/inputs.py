@@ -22,6 +22,7 @@ STEP_FAMILIES = ("commitment", "sync", "trajectory", "lens")
 
 
 ALL_FAMILIES = (*STEP_FAMILIES, "raw")
+RAW_POOLS = ("first", "first+mean", "mean")
 
 
 @dataclass
@@ -32,11 +33,20 @@ class FeatureSelection:
         families: any of ``commitment``, ``sync``, ``trajectory``, ``lens``, ``raw``.
         k: steps after step 0 (``k = 0``: before generation).
         raw_layers: indices into the harvest's ``raw_layers`` (``None`` = all stored).
+        raw_pool: how raw states of steps 0..k become static features: ``first`` (step 0, the last prompt
+            token), ``mean`` (the mean of the generated steps 1..k; step 0 when ``k = 0``) or ``first+mean``
+            (both, concatenated).
     """
 
     families: list[str] = field(default_factory=lambda: ["commitment", "sync", "trajectory", "lens"])
     k: int = 4
     raw_layers: list[int] | None = None
+    raw_pool: str = "first+mean"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeatureSelection":
+        """As recorded in checkpoints and artifacts (older ones have no ``raw_pool``: ``first+mean``)."""
+        return cls(list(d["families"]), int(d["k"]), d.get("raw_layers"), d.get("raw_pool", "first+mean"))
 
     def validate(self, schema: dict[str, Any]) -> None:
         for f in self.families:
@@ -49,13 +59,16 @@ class FeatureSelection:
             raise UserError("select at least one feature family", field="data.families")
         if not isinstance(self.k, int) or self.k < 0 or self.k > schema["K"]:
             raise UserError(f"k = {self.k} is outside 0..K = 0..{schema['K']} of this harvest", field="data.k")
+        if self.raw_pool not in RAW_POOLS:
+            raise UserError(f"unknown raw pooling '{self.raw_pool}' (known: {', '.join(RAW_POOLS)})",
+                            field="data.raw_pool")
         if self.raw_layers is not None and "raw" in schema["columns"]:
             n = len(schema["raw_layers"])
             if any(not 0 <= i < n for i in self.raw_layers):
                 raise UserError(f"raw layer indices must lie in 0..{n - 1}", field="data.raw_layers")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"families": list(self.families), "k": self.k, "raw_layers": self.raw_layers}
+        return {"families": list(self.families), "k": self.k, "raw_layers": self.raw_layers, "raw_pool": self.raw_pool}
 
 
 def step_feature_names(schema: dict[str, Any], families: list[str]) -> list[str]:
@@ -91,12 +104,15 @@ def inputs_from_signatures(t: dict[str, torch.Tensor], sel: FeatureSelection) ->
         if sel.raw_layers is not None:
             raw = raw[:, :, sel.raw_layers]
         raw = raw.float()
-        pooled = [raw[:, 0].reshape(N, -1)]
+        pooled = [raw[:, 0].reshape(N, -1)] if sel.raw_pool != "mean" else []
         kk = min(k, raw.shape[1] - 1)
-        if kk >= 1:
+        if sel.raw_pool != "first" and kk >= 1:
+            # rows that end before step 1 have no generated states: their mean is 0 (after the valid-step mask)
             m = t["step_mask"][:, 1: kk + 1].float().view(N, kk, 1, 1)
             mean = (raw[:, 1: kk + 1] * m).sum(1) / m.sum(1).clamp_min(1.0)
             pooled.append(mean.reshape(N, -1))
+        elif sel.raw_pool == "mean":  # k = 0: nothing generated yet, the mean of steps 1..k is step 0's state
+            pooled.append(raw[:, 0].reshape(N, -1))
         static = torch.cat(pooled, dim=-1)
     return {"seq": seq, "mask": mask, "static": static}
 

@@ -12,16 +12,23 @@ import torch
 from torch import nn
 
 
+def flat_design(seq, mask, static):
+    """The flat input of the linear and MLP probes: every step's features and a valid-step indicator, then
+    the static features (``[N, S * (F + 1) + G]``)."""
+    x = torch.cat([seq, mask.unsqueeze(-1).to(seq.dtype)], -1).flatten(1)
+    return torch.cat([x, static.to(seq.dtype)], -1)
+
+
 class LinearProbe(nn.Module):
-    """Logistic regression on the flattened steps (plus a valid-step indicator) and static features."""
+    """Logistic regression on the flattened steps (plus a valid-step indicator) and static features. Trained
+    by gradient descent (``linear``) or fitted exactly by scikit-learn (``logreg``, see :func:`fit_logreg`)."""
 
     def __init__(self, n_steps: int, n_feat: int, n_static: int = 0, **_):
         super().__init__()
         self.fc = nn.Linear(n_steps * (n_feat + 1) + n_static, 1)
 
     def forward(self, seq, mask, static):
-        x = torch.cat([seq, mask.unsqueeze(-1).to(seq.dtype)], -1).flatten(1)
-        return self.fc(torch.cat([x, static], -1)).squeeze(-1)
+        return self.fc(flat_design(seq, mask, static)).squeeze(-1)
 
 
 class MLPProbe(nn.Module):
@@ -33,8 +40,7 @@ class MLPProbe(nn.Module):
                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
     def forward(self, seq, mask, static):
-        x = torch.cat([seq, mask.unsqueeze(-1).to(seq.dtype)], -1).flatten(1)
-        return self.net(torch.cat([x, static], -1)).squeeze(-1)
+        return self.net(flat_design(seq, mask, static)).squeeze(-1)
 
 
 class TemporalProbe(nn.Module):
@@ -59,11 +65,11 @@ class TemporalProbe(nn.Module):
         return self.head(h).squeeze(-1)
 
 
-PROBES = {"linear": LinearProbe, "mlp": MLPProbe, "temporal": TemporalProbe}
+PROBES = {"logreg": LinearProbe, "linear": LinearProbe, "mlp": MLPProbe, "temporal": TemporalProbe}
 
 
 def build_probe(kind: str, n_steps: int, n_feat: int, n_static: int = 0, **hparams) -> nn.Module:
-    """A probe by name (``linear``, ``mlp``, ``temporal``)."""
+    """A probe by name (``logreg``, ``linear``, ``mlp``, ``temporal``)."""
     if kind not in PROBES:
         from ..errors import UserError
 
@@ -91,12 +97,14 @@ class RiskModel(nn.Module):
         for name in ("seq_mean", "seq_std", "static_mean", "static_std"):
             getattr(self, name).copy_(getattr(st, name))
 
+    def standardise(self, seq, mask, static):
+        """The probe's own inputs: features standardised by the training split's moments, invalid steps 0."""
+        m = mask.to(seq.dtype).unsqueeze(-1)
+        return (seq - self.seq_mean) / self.seq_std * m, mask, (static - self.static_mean) / self.static_std
+
     def logits(self, seq, mask, static):
         """Uncalibrated logits (what training optimises)."""
-        m = mask.to(seq.dtype).unsqueeze(-1)
-        x = (seq - self.seq_mean) / self.seq_std * m
-        g = (static - self.static_mean) / self.static_std
-        return self.probe(x, mask, g)
+        return self.probe(*self.standardise(seq, mask, static))
 
     def forward(self, seq, mask, static):
         return torch.sigmoid(self.calib[0] * self.logits(seq, mask, static) + self.calib[1])
@@ -106,6 +114,28 @@ class RiskModel(nn.Module):
         """Fit Platt scaling (a, b) on held-out logits so that a risk of 0.3 means about 30% wrong."""
         a, b = fit_platt(logits, labels, steps=steps)
         self.calib.copy_(torch.tensor([a, b]))
+
+
+@torch.no_grad()
+def fit_logreg(rm: RiskModel, seq, mask, static, labels, *, C: float = 0.01, balanced: bool = True,
+               max_iter: int = 5000):
+    """Fit ``rm``'s linear probe as an L2-regularised logistic regression (scikit-learn's lbfgs) on the
+    rows given, in place; returns the fitted scikit-learn estimator, whose ``decision_function`` on
+    :func:`flat_design` of the standardised inputs equals ``rm.logits``.
+
+    ``balanced`` weighs wrong and right answers equally (as the gradient-trained probes' ``pos_weight`` does);
+    Platt scaling on validation then restores calibrated probabilities."""
+    from sklearn.linear_model import LogisticRegression
+
+    if not isinstance(rm.probe, LinearProbe):
+        raise TypeError("fit_logreg fits a linear probe")
+    X = flat_design(*rm.standardise(seq.double(), mask, static.double())).numpy()
+    y = torch.as_tensor(labels).numpy().astype(int)
+    lr = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced" if balanced else None)
+    lr.fit(X, y)
+    rm.probe.fc.weight.copy_(torch.as_tensor(lr.coef_, dtype=rm.probe.fc.weight.dtype))
+    rm.probe.fc.bias.copy_(torch.as_tensor(lr.intercept_, dtype=rm.probe.fc.bias.dtype))
+    return lr
 
 
 @torch.no_grad()

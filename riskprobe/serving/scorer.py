@@ -39,7 +39,7 @@ class Scorer:
         self.path = path
         self.threshold = float(meta.get("threshold", 0.5))
         sel = meta["feature_spec"]["selection"]
-        self.selection = FeatureSelection(sel["families"], sel["k"], sel.get("raw_layers"))
+        self.selection = FeatureSelection.from_dict(sel)
 
     @classmethod
     def load(cls, path: str | Path, *, model: ModelIdentity | LoadedModel | None = None,

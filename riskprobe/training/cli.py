@@ -20,6 +20,7 @@ from ..report.plots import plot_sweep
 from .data import HarvestDataModule
 from .evaluate import calibrate_and_evaluate, sweep_k
 from .module import ProbeModule, quiet_lightning, save_calibrated
+from .selection import SelectionGrid, format_selection, select_recipe
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,10 @@ def _cli_class():
             parser.add_argument("--sweep_ks", type=Optional[list[int]], default=None,
                                 help="after fit, train and evaluate a probe for each k (AUROC vs k)")
             parser.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples for 95%% intervals")
+            parser.add_argument("--selection", type=Optional[SelectionGrid], default=None,
+                                help="choose the probe kind, feature families, raw layers, pooling and C by grouped "
+                                     "cross-validation on the training split before fitting (see riskprobe.training."
+                                     "selection); null: fit model/data as given")
             parser.add_argument("--wandb", type=str, default="offline",
                                 help="offline (default, no key needed), online, or disabled; WANDB_MODE overrides")
 
@@ -181,8 +186,39 @@ def _cli_class():
             extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
             return self._instantiate_trainer(trainer_config, extra + callbacks)
 
+        def before_fit(self):
+            cfg = self._cfg()
+            self.selection_result = None
+            if cfg.selection is None:
+                return
+            grid = cfg.selection
+            if not isinstance(grid, SelectionGrid):
+                grid = SelectionGrid(**(grid.as_dict() if hasattr(grid, "as_dict") else dict(grid)))
+            dm, module = self.datamodule, self.model
+            dm.setup("fit")
+            mk = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
+            res = select_recipe(dm, grid, module_kwargs=mk, seed=cfg.seed_everything or 0,
+                                progress=self.trainer.progress_bar_callback is not None)
+            dm.use(res.best.selection(dm.selection.k))
+            module.use_recipe(res.best.probe, res.best.C)
+            self.selection_result = res.to_dict()
+            print(format_selection(self.selection_result))
+
         def _resolved_config(self) -> str:
-            return self._parser(self.subcommand).dump(self._cfg(), skip_none=False)
+            """The config as run. After a selection it names the chosen recipe (and no selection), so that
+            `riskprobe test --config` and a refit with it rebuild the probe that was fitted; the CV table is
+            in metrics.json."""
+            cfg = self._cfg()
+            res = getattr(self, "selection_result", None)
+            if res:
+                cfg = cfg.clone()
+                b = res["best"]
+                cfg.model.probe = b["probe"]
+                if b["C"] is not None:
+                    cfg.model.C = b["C"]
+                cfg.data.families, cfg.data.raw_layers, cfg.data.raw_pool = b["families"], b["raw_layers"], b["raw_pool"]
+                cfg.selection = None
+            return self._parser(self.subcommand).dump(cfg, skip_none=False)
 
         def _finish(self, best: str | None) -> None:
             if not self.trainer.is_global_zero:
@@ -197,6 +233,8 @@ def _cli_class():
             st = self.stage
             res = calibrate_and_evaluate(module, dm, n_boot=cfg.n_boot)
             res["data"] = {k: v for k, v in dm.spec().items() if k not in ("feature_schema",)}
+            if getattr(self, "selection_result", None):
+                res["selection"] = self.selection_result
             res["checkpoint"] = st.final_path(best) if best else None
             st.ckdir.mkdir(parents=True, exist_ok=True)
             final = st.ckdir / "final.ckpt"

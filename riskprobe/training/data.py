@@ -68,6 +68,7 @@ class HarvestDataModule(L.LightningDataModule):
         families: feature families (commitment, sync, trajectory, lens, raw).
         k: early steps after step 0 that the probe sees.
         raw_layers: indices into the harvest's stored raw layers (None = all).
+        raw_pool: raw states as step 0 (``first``), the mean of steps 1..k (``mean``) or both (``first+mean``).
         batch_size: rows per batch.
         train_sets: sets to train and validate on (None = all).
         test_sets: sets to test on; different from train_sets makes a cross-set run.
@@ -76,12 +77,12 @@ class HarvestDataModule(L.LightningDataModule):
     """
 
     def __init__(self, paths: list[str] = [], families: list[str] = ["commitment", "sync", "trajectory", "lens"],  # noqa: B006
-                 k: int = 4, raw_layers: Optional[list[int]] = None, batch_size: int = 64,
+                 k: int = 4, raw_layers: Optional[list[int]] = None, raw_pool: str = "first+mean", batch_size: int = 64,
                  train_sets: Optional[list[str]] = None, test_sets: Optional[list[str]] = None,
                  split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), split_salt: str = "riskprobe"):
         super().__init__()
         self.save_hyperparameters()
-        self.selection = FeatureSelection(list(families), k, raw_layers)
+        self.selection = FeatureSelection(list(families), k, raw_layers, raw_pool)
         self._ready = False
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -92,19 +93,25 @@ class HarvestDataModule(L.LightningDataModule):
             if not Path(p).exists():
                 raise UserError("harvest directory not found", file=p, field="data.paths")
         self.harvests = load_harvests(hp.paths)
-        self.selection.validate(self.harvests.schema)
-        self.inputs = build_inputs(self.harvests, self.selection)
         self.idx = split_indices(self.harvests, fractions=tuple(hp.split_fractions), salt=hp.split_salt,
                                  train_sets=hp.train_sets, test_sets=hp.test_sets)
-        tr = self.idx["train"]
-        self.standardizer = Standardizer.fit(self.inputs["seq"][tr], self.inputs["mask"][tr], self.inputs["static"][tr])
-        y = self.inputs["label"][tr]
+        self.use(self.selection)
+        y = self.inputs["label"][self.idx["train"]]
         n_pos = float(y.sum())
         if n_pos == 0 or n_pos == len(y):
             raise UserError(f"the training split has only one class ({int(n_pos)} wrong of {len(y)}); "
                             "harvest more or different questions", field="data.paths")
         self.pos_weight = (len(y) - n_pos) / n_pos  # balances wrong vs right answers in the loss
         self._ready = True
+
+    def use(self, selection: FeatureSelection) -> None:
+        """Build the probe inputs of another feature selection (same rows and splits); the standardisation is
+        fitted on the training split again."""
+        selection.validate(self.harvests.schema)
+        self.selection = selection
+        self.inputs = build_inputs(self.harvests, selection)
+        tr = self.idx["train"]
+        self.standardizer = Standardizer.fit(self.inputs["seq"][tr], self.inputs["mask"][tr], self.inputs["static"][tr])
 
     @property
     def dims(self) -> dict[str, int]:

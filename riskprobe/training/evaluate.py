@@ -4,6 +4,7 @@ permutation importance, and the sweep over k."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import sys
 from typing import Any
@@ -13,9 +14,9 @@ import torch
 
 from ..evaluation import metrics as M
 from ..evaluation.baselines import platt, sklearn_baselines, training_free_scores
-from ..probes.inputs import FeatureSelection, Standardizer, step_feature_names
+from ..probes.inputs import step_feature_names
 from ..probes.modules import RiskModel
-from .data import HarvestDataModule, build_inputs
+from .data import HarvestDataModule
 from .module import ProbeModule, fit_probe
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,7 @@ def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int],
     ks = sorted({min(int(k), K) for k in ks})
     for k in tqdm(ks, desc="AUROC vs k", unit="k", disable=not progress, file=sys.stderr):
         dmk = copy.copy(dm)
-        dmk.selection = FeatureSelection(dm.selection.families, k, dm.selection.raw_layers)
-        dmk.inputs = build_inputs(dm.harvests, dmk.selection)
-        tr = dm.idx["train"]
-        dmk.standardizer = Standardizer.fit(dmk.inputs["seq"][tr], dmk.inputs["mask"][tr], dmk.inputs["static"][tr])
+        dmk.use(dataclasses.replace(dm.selection, k=k))
         mod = fit_probe(dmk, module_kwargs, max_epochs=max_epochs, patience=patience, seed=seed)
         res = calibrate_and_evaluate(mod, dmk, n_boot=n_boot, cache=cache)
         table.append({"k": k, "probe": res["probe"], "baselines": res["baselines"]})

@@ -22,21 +22,32 @@ class ProbeModule(L.LightningModule):
     """Wraps a plain :class:`~riskprobe.probes.RiskModel`: loss, optimiser, validation AUROC.
 
     Args:
-        probe: ``linear``, ``mlp`` or ``temporal``.
+        probe: ``logreg`` (fitted exactly by scikit-learn at the start of the fit, no gradient steps),
+            ``linear``, ``mlp`` or ``temporal`` (trained by AdamW).
         hidden: hidden width (mlp, temporal).
         dropout: dropout rate (mlp, temporal).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay (the regularisation).
+        C: inverse L2 strength of ``logreg`` (scikit-learn's ``C``).
     """
 
     def __init__(self, probe: str = "mlp", hidden: int = 64, dropout: float = 0.1, lr: float = 3e-3,
-                 weight_decay: float = 1e-2):
+                 weight_decay: float = 1e-2, C: float = 0.01):
         super().__init__()
         self.save_hyperparameters()
+        self.automatic_optimization = probe != "logreg"  # logreg: one exact fit, no optimiser steps
         self.risk_model: Optional[RiskModel] = None
         self.data_spec: dict[str, Any] = {}
         self.pos_weight = 1.0
         self._outs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def use_recipe(self, probe: str, C: float | None = None) -> None:
+        """Switch to another probe kind (a selection's choice) before fitting; the probe is built anew."""
+        self.hparams.probe = probe
+        if C is not None:
+            self.hparams.C = float(C)
+        self.automatic_optimization = probe != "logreg"
+        self.risk_model = None
 
     def build(self, spec: dict[str, Any]) -> None:
         d = spec["dims"]
@@ -54,6 +65,17 @@ class ProbeModule(L.LightningModule):
                 self.risk_model.set_standardizer(dm.standardizer)
             self.pos_weight = dm.pos_weight
 
+    def on_fit_start(self) -> None:
+        if self.hparams.probe == "logreg":  # the one exact fit; the epoch that follows only validates it
+            from ..probes.modules import fit_logreg
+
+            seq, mask, static, y = self.trainer.datamodule.split_inputs("train")
+            fit_logreg(self.risk_model, seq, mask, static, y, C=self.hparams.C)
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.probe == "logreg":
+            self.trainer.should_stop = True
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["riskprobe"] = json.loads(json.dumps(self.data_spec, default=str))
 
@@ -65,6 +87,8 @@ class ProbeModule(L.LightningModule):
         return self.risk_model(seq, mask, static)
 
     def training_step(self, batch, _):
+        if self.hparams.probe == "logreg":
+            return None  # fitted in on_fit_start
         seq, mask, static, y = batch
         logits = self.risk_model.logits(seq, mask, static)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(

@@ -1,0 +1,273 @@
+"""Choosing a probe recipe (probe kind, feature families, raw layers, pooling, regularisation) by
+cross-validation on the training split only.
+
+Folds are grouped by question id (every sample of a question lies in one fold). The validation and test
+splits are never read: validation stays for calibration and the threshold, test for the one final
+evaluation. Logistic-regression candidates are scored by scikit-learn's ``LogisticRegressionCV`` over a
+grid of ``C``; gradient-trained probe kinds (``mlp``, ``temporal``, ``linear``) are scored on the best
+feature set found for the logistic probe, each fold trained as a fit is (early stopping on the fold's own
+held-out part).
+
+Example:
+    >>> grid = SelectionGrid(probes=["logreg"], families=[["commitment"], ["commitment", "raw"]],
+    ...                      raw_layers=[None], raw_pool=["first"], Cs=[0.01, 0.1], folds=3)
+    >>> [c.label() for c in grid.feature_candidates(n_raw_layers=2)]
+    ['commitment', 'commitment+raw[all]/first']
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..probes.inputs import ALL_FAMILIES, RAW_POOLS, FeatureSelection
+
+log = logging.getLogger(__name__)
+
+DYNAMICS = ["commitment", "sync", "trajectory", "lens"]
+
+
+@dataclass
+class Recipe:
+    """One candidate: a probe kind on a feature selection (``k`` is the fit's own)."""
+
+    probe: str
+    families: list[str]
+    raw_layers: Optional[list[int]] = None
+    raw_pool: str = "first+mean"
+    C: Optional[float] = None
+
+    def selection(self, k: int) -> FeatureSelection:
+        return FeatureSelection(list(self.families), k, self.raw_layers, self.raw_pool)
+
+    def features(self) -> str:
+        fam = "+".join(self.families)
+        if "raw" not in self.families:
+            return fam
+        layers = "all" if self.raw_layers is None else ",".join(map(str, self.raw_layers))
+        return f"{fam}[{layers}]/{self.raw_pool}"
+
+    def label(self) -> str:
+        return self.features() if self.probe == "" else f"{self.probe} {self.features()}".strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"probe": self.probe, "families": list(self.families), "raw_layers": self.raw_layers,
+                "raw_pool": self.raw_pool, "C": self.C}
+
+
+@dataclass
+class SelectionGrid:
+    """What ``riskprobe fit`` may choose among (the ``selection:`` section of a fit config).
+
+    Attributes:
+        probes: probe kinds; ``logreg`` is scored on every feature candidate, the others on the best
+            feature candidate of ``logreg`` (or on the first candidate when ``logreg`` is not listed).
+        families: feature family sets to try.
+        raw_layers: raw-layer choices for sets holding ``raw``: ``null`` (every stored layer), ``each``
+            (each stored layer alone), or a list of indices into the stored layers.
+        raw_pool: raw-state poolings to try (``first``, ``mean``, ``first+mean``).
+        Cs: inverse L2 strengths for ``logreg``.
+        folds: cross-validation folds, grouped by question id.
+        max_epochs, patience: training of gradient-trained probes within each fold.
+    """
+
+    probes: list[str] = field(default_factory=lambda: ["logreg", "mlp"])
+    families: list[list[str]] = field(default_factory=lambda: [list(DYNAMICS), ["raw"], [*DYNAMICS, "raw"]])
+    raw_layers: list[Union[str, list[int], None]] = field(default_factory=lambda: [None, "each"])
+    raw_pool: list[str] = field(default_factory=lambda: ["first", "first+mean"])
+    Cs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1])
+    folds: int = 5
+    max_epochs: int = 40
+    patience: int = 6
+
+    def validate(self) -> None:
+        from ..probes.modules import PROBES
+
+        for p in self.probes:
+            if p not in PROBES:
+                raise UserError(f"unknown probe '{p}' (known: {', '.join(PROBES)})", field="selection.probes")
+        for fams in self.families:
+            for f in fams:
+                if f not in ALL_FAMILIES:
+                    raise UserError(f"unknown feature family '{f}' (known: {', '.join(ALL_FAMILIES)})",
+                                    field="selection.families")
+        for p in self.raw_pool:
+            if p not in RAW_POOLS:
+                raise UserError(f"unknown raw pooling '{p}' (known: {', '.join(RAW_POOLS)})", field="selection.raw_pool")
+        for r in self.raw_layers:
+            if not (r is None or r == "each" or isinstance(r, list)):
+                raise UserError(f"expected null, 'each' or a list of indices, got {r!r}", field="selection.raw_layers")
+        if not self.probes or not self.families:
+            raise UserError("give at least one probe and one family set", field="selection")
+        if self.folds < 2:
+            raise UserError("needs at least 2 folds", field="selection.folds")
+        if not self.Cs or any(c <= 0 for c in self.Cs):
+            raise UserError("Cs must be positive numbers", field="selection.Cs")
+
+    def feature_candidates(self, n_raw_layers: int) -> list[Recipe]:
+        """Every feature selection of the grid (probe left empty), without repeats."""
+        out: list[Recipe] = []
+        for fams in self.families:
+            if "raw" not in fams:
+                out.append(Recipe("", list(fams)))
+                continue
+            layer_opts: list[Optional[list[int]]] = []
+            for r in self.raw_layers:
+                if r == "each":
+                    layer_opts += [[i] for i in range(n_raw_layers)]
+                else:
+                    layer_opts.append(None if r is None or len(r) == n_raw_layers and sorted(r) == list(range(n_raw_layers))
+                                      else list(r))
+            for layers in layer_opts:
+                for pool in self.raw_pool:
+                    out.append(Recipe("", list(fams), layers, pool))
+        seen, uniq = set(), []
+        for r in out:
+            if r.features() not in seen:
+                seen.add(r.features())
+                uniq.append(r)
+        return uniq
+
+
+@dataclass
+class SelectionResult:
+    best: Recipe
+    table: list[dict[str, Any]]
+    folds: int
+    n_train: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"best": self.best.to_dict(), "best_label": self.best.label(), "folds": self.folds,
+                "n_train": self.n_train, "table": self.table}
+
+
+def group_folds(ids: list[str], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` folds of row positions, grouped by question id (scikit-learn's ``GroupKFold``)."""
+    from sklearn.model_selection import GroupKFold
+
+    ids = np.asarray(ids)
+    n_groups = len(set(ids.tolist()))
+    if n_groups < n:
+        raise UserError(f"{n}-fold selection needs at least {n} questions in the training split (it has {n_groups})",
+                        field="selection.folds")
+    return list(GroupKFold(n).split(np.zeros(len(ids)), groups=ids))
+
+
+def _design(dm, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The logistic probe's input (standardised by the training split) and labels of rows ``idx``."""
+    from ..probes.modules import RiskModel, flat_design
+
+    x = dm.inputs
+    rm = RiskModel(torch.nn.Identity(), x["seq"].shape[-1], x["static"].shape[1])
+    rm.set_standardizer(dm.standardizer)
+    i = torch.as_tensor(idx)
+    with torch.no_grad():
+        X = flat_design(*rm.standardise(x["seq"][i].double(), x["mask"][i], x["static"][i].double())).numpy()
+    return X, x["label"][i].numpy().astype(int)
+
+
+def _cv_logreg(X, y, folds, Cs) -> tuple[float, float, float, list[float]]:
+    """(best C, mean AUROC, sd over folds, per-fold AUROC at the best C)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegressionCV
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = LogisticRegressionCV(Cs=list(Cs), cv=folds, scoring="roc_auc", class_weight="balanced", tol=1e-3,
+                                 max_iter=2000, refit=False).fit(X, y)
+    scores = np.asarray(next(iter(m.scores_.values())))  # [folds, Cs]
+    j = int(np.argmax(scores.mean(0)))
+    return float(m.Cs_[j]), float(scores[:, j].mean()), float(scores[:, j].std()), [float(v) for v in scores[:, j]]
+
+
+def _cv_trained(dm, recipe: Recipe, folds, tr: np.ndarray, grid: SelectionGrid, module_kwargs: dict[str, Any],
+                seed: int) -> list[float]:
+    """Per-fold held-out AUROC of a gradient-trained probe (early stopping on that fold's held-out part)."""
+    from ..evaluation.metrics import auroc
+    from .module import fit_probe
+
+    out = []
+    for f_tr, f_va in folds:
+        d = copy.copy(dm)
+        d.idx = {"train": tr[f_tr], "val": tr[f_va], "test": tr[f_va]}
+        d.use(recipe.selection(dm.selection.k))
+        y = d.inputs["label"][d.idx["train"]]
+        d.pos_weight = float((len(y) - y.sum()) / max(float(y.sum()), 1.0))
+        kw = {**module_kwargs, "probe": recipe.probe}
+        mod = fit_probe(d, kw, max_epochs=grid.max_epochs, patience=grid.patience, seed=seed)
+        s, m, g, yy = d.split_inputs("val")
+        with torch.no_grad():
+            out.append(auroc(yy.numpy(), mod.risk_model.eval().logits(s, m, g).numpy()))
+    return out
+
+
+def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | None = None, seed: int = 0,
+                  progress: bool = True) -> SelectionResult:
+    """Score every candidate of ``grid`` by grouped cross-validation on ``dm``'s training split and return
+    the best (highest mean AUROC over folds) with the whole table. ``dm`` is left on its own selection."""
+    from tqdm.auto import tqdm
+
+    grid.validate()
+    tr = np.asarray(dm.idx["train"])
+    ids = [dm.harvests.meta["id"][i] for i in tr]
+    folds = group_folds(ids, grid.folds)
+    n_raw = len(dm.harvests.schema.get("raw_layers") or []) if "raw" in dm.harvests.schema["columns"] else 0
+    cands = [c for c in grid.feature_candidates(n_raw) if "raw" not in c.families or n_raw]
+    if not cands:
+        raise UserError("no feature candidate of the grid was harvested", field="selection.families")
+    original = dm.selection
+    k = original.k
+    table: list[dict[str, Any]] = []
+    trained = [p for p in grid.probes if p != "logreg"]
+    bar = tqdm(total=len(cands) * ("logreg" in grid.probes) + len(trained), desc="selection (grouped CV)",
+               unit="candidate", disable=not progress, file=sys.stderr)
+    try:
+        if "logreg" in grid.probes:
+            for c in cands:
+                dm.use(c.selection(k))
+                X, y = _design(dm, tr)
+                C, mean, sd, per = _cv_logreg(X, y, folds, grid.Cs)
+                r = Recipe("logreg", c.families, c.raw_layers, c.raw_pool, C)
+                table.append({"recipe": r.label(), **r.to_dict(), "dim": int(X.shape[1]), "cv_auroc": mean,
+                              "cv_sd": sd, "folds": per})
+                bar.update(1)
+        base = (Recipe(**{k_: v for k_, v in table[int(np.argmax([t["cv_auroc"] for t in table]))].items()
+                          if k_ in ("probe", "families", "raw_layers", "raw_pool", "C")}) if table else cands[0])
+        for p in trained:
+            r = Recipe(p, base.families, base.raw_layers, base.raw_pool)
+            per = _cv_trained(dm, r, folds, tr, grid, module_kwargs or {}, seed)
+            table.append({"recipe": r.label(), **r.to_dict(), "dim": None, "cv_auroc": float(np.mean(per)),
+                          "cv_sd": float(np.std(per)), "folds": per})
+            bar.update(1)
+    finally:
+        bar.close()
+        dm.use(original)
+    for t in table:
+        if t["raw_layers"] is not None:
+            t["raw_layer_ids"] = [dm.harvests.schema["raw_layers"][i] for i in t["raw_layers"]]
+    best_row = max(table, key=lambda t: t["cv_auroc"])
+    best = Recipe(best_row["probe"], best_row["families"], best_row["raw_layers"], best_row["raw_pool"], best_row["C"])
+    table.sort(key=lambda t: -t["cv_auroc"])
+    return SelectionResult(best, table, grid.folds, int(len(tr)))
+
+
+def format_selection(res: dict[str, Any], top: int = 12) -> str:
+    """The CV table (best first) as text."""
+    lines = [f"selection: {res['folds']}-fold CV grouped by question on the training split ({res['n_train']} rows); "
+             f"chosen: {res['best_label']}",
+             f"{'recipe':<58}{'C':>8}{'CV AUROC':>10}{'sd':>7}"]
+    for t in res["table"][:top]:
+        c = f"{t['C']:g}" if t.get("C") is not None else "-"
+        lines.append(f"{t['recipe'][:57]:<58}{c:>8}{t['cv_auroc']:>10.3f}{t['cv_sd']:>7.3f}")
+    if len(res["table"]) > top:
+        lines.append(f"... {len(res['table']) - top} more in metrics.json")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Selection of the probe recipe by grouped cross-validation on the training split only."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from synth import fit_args, make_harvest
+
+from riskprobe.cli import main
+from riskprobe.errors import UserError
+from riskprobe.training.data import HarvestDataModule
+from riskprobe.training.selection import SelectionGrid, group_folds, select_recipe
+
+GRID = dict(families=[["commitment"], ["lens"], ["raw"], ["commitment", "raw"]], Cs=[0.01, 0.1, 1.0], folds=3)
+
+
+def _dm(path):
+    dm = HarvestDataModule(paths=[str(path)], families=["commitment"], k=2)
+    dm.setup("fit")
+    return dm
+
+
+def test_selection_finds_the_planted_features_and_never_reads_val_or_test(tmp_path):
+    # the label is planted in step-1 entropy (commitment) and in raw layer 0 at step 0 (make_harvest)
+    dm = _dm(make_harvest(tmp_path / "h", n=600, signal=1.5))
+    res = select_recipe(dm, SelectionGrid(probes=["logreg"], **GRID), progress=False)
+    assert res.best.families == ["commitment", "raw"] and res.best.raw_layers in ([0], None), res.table[:3]
+    assert res.best.raw_pool == "first"  # the raw signal is at step 0; the mean of steps 1..k only adds noise
+    lens = next(t for t in res.table if t["families"] == ["lens"])
+    assert abs(lens["cv_auroc"] - 0.5) < 0.1  # no signal there
+    assert dm.selection.families == ["commitment"]  # the data module is left on its own selection
+    # plant a perfect leak in the lens features of the validation and test rows, and flip their labels:
+    # a selection that read them would now choose lens; this one returns the very same table
+    held = np.r_[dm.idx["val"], dm.idx["test"]]
+    lab = np.asarray(dm.harvests.meta["label"])
+    lab[held] = 1 - lab[held]
+    dm.harvests.meta["label"] = lab.tolist()
+    dm.harvests.tensors["lens"] = dm.harvests.tensors["lens"].clone()  # harvest columns are read-only views
+    dm.harvests.tensors["lens"][torch.as_tensor(held)] = torch.as_tensor(lab[held], dtype=torch.float32).view(-1, 1, 1, 1) * 10
+    dm.use(dm.selection)
+    again = select_recipe(dm, SelectionGrid(probes=["logreg"], **GRID), progress=False)
+    assert [(t["recipe"], t["C"], t["cv_auroc"]) for t in again.table] == [(t["recipe"], t["C"], t["cv_auroc"])
+                                                                          for t in res.table]
+
+
+def test_selection_on_shuffled_labels_stays_at_chance(tmp_path):
+    dm = _dm(make_harvest(tmp_path / "h", n=600, signal=2.0, shuffle_labels=True, seed=3))
+    res = select_recipe(dm, SelectionGrid(probes=["logreg"], **GRID), progress=False)
+    assert abs(res.table[0]["cv_auroc"] - 0.5) < 0.1, res.table[0]  # even the best of 15 candidates
+
+
+def test_folds_group_questions():
+    ids = [f"q{i // 3}" for i in range(90)]  # three samples per question
+    folds = group_folds(ids, 5)
+    assert len(folds) == 5
+    for tr, va in folds:
+        assert not {ids[i] for i in tr} & {ids[i] for i in va}
+    with pytest.raises(UserError, match="at least 5 questions"):
+        group_folds(["a", "a", "b"], 5)
+
+
+def test_fit_with_selection_writes_the_table_and_a_config_that_rebuilds_the_probe(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    h = make_harvest(tmp_path / "h", n=400, signal=2.0)
+    sel = json.dumps({"probes": ["logreg", "mlp"], "families": [["commitment"], ["commitment", "raw"]],
+                      "raw_layers": [None], "raw_pool": ["first"], "Cs": [0.01, 0.1], "folds": 3, "max_epochs": 4})
+    assert main(fit_args(tmp_path, h, "--selection", sel, "--sweep_ks", "null")) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    s = m["selection"]
+    assert len(s["table"]) == 3 and s["folds"] == 3 and s["best"] == {k: s["table"][0][k] for k in s["best"]}
+    assert m["probe"]["name"].startswith(s["best"]["probe"]) and m["probe"]["auroc"] > 0.8
+    assert "selection: 3-fold CV" in capsys.readouterr().out
+    # the saved config names the chosen recipe: testing the checkpoint with it rebuilds the same probe
+    assert main(["test", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path",
+                 str(tmp_path / "ck" / "final.ckpt")]) == 0
+    tm = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert tm["probe"]["auroc"] == m["probe"]["auroc"]
+    with pytest.raises(UserError, match="unknown probe 'forest'"):
+        SelectionGrid(probes=["forest"]).validate()
