@@ -43,9 +43,10 @@ def platt(train_scores: np.ndarray, y: np.ndarray):
 
 
 def _flat(inputs: dict[str, torch.Tensor]) -> np.ndarray:
-    seq, mask, static = inputs["seq"], inputs["mask"], inputs["static"]
-    x = torch.cat([seq * mask.unsqueeze(-1), mask.unsqueeze(-1).float()], -1).flatten(1)
-    return torch.cat([x, static], -1).numpy().astype(np.float64)
+    from ..probes.modules import flat_design
+
+    seq, mask = inputs["seq"], inputs["mask"]
+    return flat_design(seq * mask.unsqueeze(-1), mask, inputs["static"]).numpy().astype(np.float64)
 
 
 def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
@@ -72,8 +73,10 @@ def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
 
 def sklearn_baselines(inputs: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], idx: dict[str, np.ndarray],
                       schema: dict, cache: dict | None = None) -> dict[str, dict]:
-    """scikit-learn probes on the same split: logistic regression on the probe's features, and on the
-    last-prompt-token hidden state (step 0) at each stored raw layer, the best layer chosen on validation.
+    """scikit-learn probes on the same split: logistic regression on the probe's features, on output
+    confidence alone (the commitment family of steps 0..k: entropy, top-1 probability, chosen-token
+    log-probability, ...), and on the last-prompt-token hidden state (step 0) at each stored raw layer, the
+    best layer chosen on validation.
 
     Returns ``{name: {"test": scores, "val": scores, "info": {...}}}`` with probabilities.
     """
@@ -83,6 +86,14 @@ def sklearn_baselines(inputs: dict[str, torch.Tensor], tensors: dict[str, torch.
     pipe, C, va = sklearn_logreg(X[idx["train"]], y[idx["train"]], X[idx["val"]], y[idx["val"]])
     out["sklearn_logreg@features"] = {"test": pipe.predict_proba(X[idx["test"]])[:, 1],
                                       "val": pipe.predict_proba(X[idx["val"]])[:, 1], "info": {"C": C}}
+    if "commitment" in tensors:
+        from ..probes.inputs import FeatureSelection, inputs_from_signatures
+
+        k = int(inputs["seq"].shape[1]) - 1
+        Xc = _flat(inputs_from_signatures(tensors, FeatureSelection(["commitment"], k)))
+        pipe, C, va = sklearn_logreg(Xc[idx["train"]], y[idx["train"]], Xc[idx["val"]], y[idx["val"]])
+        out["sklearn_logreg@confidence"] = {"test": pipe.predict_proba(Xc[idx["test"]])[:, 1],
+                                            "val": pipe.predict_proba(Xc[idx["val"]])[:, 1], "info": {"C": C}}
     if cache is not None and "sklearn_logreg@prompt_hidden" in cache:  # does not depend on k
         out["sklearn_logreg@prompt_hidden"] = cache["sklearn_logreg@prompt_hidden"]
     elif "raw" in tensors:

@@ -130,3 +130,69 @@ def evaluate(y, s, *, threshold: float | None = None, n_boot: int = 1000, seed: 
         out["threshold"] = float(threshold)
         out["accuracy"] = float(np.mean((s >= threshold) == (y == 1)))
     return out
+
+
+def quantile_strata(x, n: int = 5) -> np.ndarray:
+    """Stratum index (0..n-1) of each value by its quantile; equal values share a stratum."""
+    x = np.asarray(x, dtype=float).ravel()
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, n + 1)[1:-1]))
+    return np.searchsorted(edges, x, side="right")
+
+
+def stratified_auroc(y, s, strata) -> float:
+    """AUROC counted only over (wrong, right) pairs within the same stratum: how well ``s`` ranks answers that
+    a stratifying score (output confidence, answer length, source set) cannot tell apart. Equals the plain
+    AUROC with one stratum; NaN when no stratum holds both classes."""
+    from scipy.stats import rankdata
+
+    y, s = _check(y, s)
+    strata = np.asarray(strata).ravel()
+    wins, pairs = 0.0, 0.0
+    for g in np.unique(strata):
+        m = strata == g
+        yy, ss = y[m], s[m]
+        n1, n0 = yy.sum(), len(yy) - yy.sum()
+        if n1 == 0 or n0 == 0:
+            continue
+        r = rankdata(ss)  # Mann-Whitney: ties count one half
+        wins += r[yy == 1].sum() - n1 * (n1 + 1) / 2
+        pairs += n1 * n0
+    return float(wins / pairs) if pairs else float("nan")
+
+
+def bootstrap_ci_strata(fn: Callable, y, s, strata, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list[float]:
+    """Percentile bootstrap interval of ``fn(y, s, strata)`` over resampled rows."""
+    y, s = _check(y, s)
+    strata = np.asarray(strata).ravel()
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        v = fn(y[i], s[i], strata[i])
+        if not np.isnan(v):
+            vals.append(v)
+    if not vals:
+        return [float("nan"), float("nan")]
+    return [float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))]
+
+
+def selective_error(y, s, coverage: float) -> float:
+    """Error rate among the answers kept when only the ``coverage`` fraction with the lowest risk is kept
+    (ties broken by row order)."""
+    y, s = _check(y, s)
+    n = max(1, int(round(coverage * len(y))))
+    keep = np.argsort(s, kind="mergesort")[:n]
+    return float(y[keep].mean())
+
+
+def risk_coverage(y, s) -> tuple[np.ndarray, np.ndarray]:
+    """``(coverage, error rate among kept)`` when keeping the 1..N least risky answers."""
+    y, s = _check(y, s)
+    kept = y[np.argsort(s, kind="mergesort")]
+    n = np.arange(1, len(y) + 1)
+    return n / len(y), np.cumsum(kept) / n
+
+
+def aurc(y, s) -> float:
+    """Area under the risk-coverage curve (lower is better; the base error rate for a random order)."""
+    return float(risk_coverage(y, s)[1].mean())

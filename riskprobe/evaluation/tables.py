@@ -8,7 +8,10 @@ from typing import Any
 def format_table(res: dict[str, Any]) -> str:
     """The metrics of the probe and baselines as a text table."""
     rows = [(res["probe"]["name"], res["probe"])] + list(res.get("baselines", {}).items())
-    lines = [f"{'score':<30}{'AUROC [95% CI]':>22}{'AUPRC':>8}{'PRR':>8}{'Brier':>8}{'ECE':>7}{'n':>6}{'wrong':>6}"]
+    p = res["probe"]
+    lines = [f"test split: {p['n']} answers, {p['n_incorrect']} wrong (base error rate {p['n_incorrect'] / max(p['n'], 1):.3f}, "
+             f"the AUPRC of a random score)",
+             f"{'score':<30}{'AUROC [95% CI]':>22}{'AUPRC':>8}{'PRR':>8}{'Brier':>8}{'ECE':>7}{'n':>6}{'wrong':>6}"]
     for name, r in rows:
         ci = r["auroc_ci"]
         lines.append(f"{name:<30}{r['auroc']:>8.3f} [{ci[0]:.3f}, {ci[1]:.3f}]{r['auprc']:>8.3f}{r['prr']:>8.3f}"
@@ -20,10 +23,40 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_controls(res: dict[str, Any]) -> str:
+    """Controls (the probe's AUROC within strata of confidence, length and set), selective prediction and
+    the monitor's early-stop savings, as text."""
+    lines = []
+    if res.get("controls"):
+        lines.append("controls: the probe's AUROC comparing only answers within the same stratum (95% CI)")
+        for name, c in res["controls"].items():
+            lines.append(f"  {name:<62}{c['auroc']:.3f} [{c['auroc_ci'][0]:.3f}, {c['auroc_ci'][1]:.3f}]"
+                         f"  ({c['strata']} strata)")
+    sel = res.get("selective")
+    if sel:
+        cov = sel["coverages"]
+        lines.append(f"selective prediction: error rate among the answers kept (lowest risk first); "
+                     f"all kept: {sel['base_error']:.3f}")
+        lines.append(f"  {'score':<52}" + "".join(f"{f'{int(c * 100)}% kept':>22}" for c in cov) + f"{'AURC':>8}")
+        for name, r in sel["scores"].items():
+            cells = "".join(f"{r['error'][str(c)]['value']:>8.3f} [{r['error'][str(c)]['ci'][0]:.2f},"
+                            f"{r['error'][str(c)]['ci'][1]:.2f}]" for c in cov)
+            lines.append(f"  {name[:51]:<52}{cells}{r['aurc']:>8.3f}")
+    e = res.get("early_stop")
+    if e:
+        lines.append(f"monitor: stopping rows with risk >= {e['threshold']:.3f} at step {e['k']} (set on validation for "
+                     f"{e['target_recall']:.0%} recall of wrong answers) catches {e['recall']:.1%} of wrong answers on "
+                     f"test, stops {e['right_answers_stopped']:.1%} of right ones, saves {e['tokens_saved']:.1%} of "
+                     f"generated tokens")
+    return "\n".join(lines)
+
+
 def sweep_series(sweep: dict[str, Any]) -> dict[str, list[dict[str, Any] | None]]:
     """Per score (``probe`` and each baseline, named without its ``@k``), its metrics at each k of a sweep."""
     rows = sweep["rows"]
     series: dict[str, list] = {"probe": [r["probe"] for r in rows]}
+    for name in rows[0].get("controls") or {}:
+        series["probe " + name.split(" (")[0]] = [(r.get("controls") or {}).get(name) for r in rows]
     for name in rows[0]["baselines"]:
         base = name.split("@k")[0]
         series[base] = [next((v for kk, v in r["baselines"].items() if kk.split("@k")[0] == base), None) for r in rows]

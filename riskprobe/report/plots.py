@@ -8,9 +8,33 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.metrics import risk_coverage
 from ..evaluation.tables import sweep_series
 from ..fsutil import atomic_savefig
 from ..signatures.features import CI, SI, TI
+
+
+def plot_selective(selective: dict[str, Any], path: str | Path) -> None:
+    """Error rate among the kept answers against the share kept, one line per score (lower is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, r in selective["scores"].items():
+        c = r["curve"]
+        ax.plot(c["coverage"], c["error"], lw=2.5 if name == "probe" else 1.2, label=f"{name} (AURC {r['aurc']:.3f})")
+    ax.axhline(selective["base_error"], color="grey", lw=0.8, ls="--", label="keep everything")
+    for c in selective["coverages"]:
+        ax.axvline(c, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("coverage (share of answers kept, lowest risk first)")
+    ax.set_ylabel("error rate among kept answers")
+    ax.set_title("Selective prediction (test split)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
 
 
 def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
@@ -24,9 +48,9 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
     ks = [r["k"] for r in rows]
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for name, ms in sweep_series(sweep).items():
-        a = np.array([m["auroc"] for m in ms])
-        lo = np.array([m["auroc_ci"][0] for m in ms])
-        hi = np.array([m["auroc_ci"][1] for m in ms])
+        a = np.array([m["auroc"] if m else np.nan for m in ms])
+        lo = np.array([m["auroc_ci"][0] if m else np.nan for m in ms])
+        hi = np.array([m["auroc_ci"][1] if m else np.nan for m in ms])
         lw = 2.5 if name == "probe" else 1.2
         ax.plot(ks, a, marker="o", lw=lw, label=name)
         if name == "probe":
@@ -81,13 +105,6 @@ def plot_reliability(rel: list[dict], path: Path, title: str) -> str:
     ax.set_ylim(0, 1)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def risk_coverage(label: np.ndarray, risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Error rate of the answers kept when only the ``c`` least risky fraction is kept."""
-    order = np.argsort(risk, kind="mergesort")
-    err = np.cumsum(label[order]) / np.arange(1, len(label) + 1)
-    return np.arange(1, len(label) + 1) / len(label), err
 
 
 def plot_risk_coverage(pred: dict, path: Path, title: str) -> str:

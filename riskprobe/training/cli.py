@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError, check_version
-from ..evaluation.tables import format_sweep, format_table
+from ..evaluation.tables import format_controls, format_sweep, format_table
 from ..fsutil import atomic_write_json
-from ..report.plots import plot_sweep
+from ..report.plots import plot_selective, plot_sweep
 from .data import HarvestDataModule
 from .evaluate import calibrate_and_evaluate, sweep_k
 from .module import ProbeModule, quiet_lightning, save_calibrated
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------- CLI
 FIT_CONFIG_VERSION = 1
-RUN_ENTRIES = {"config.yaml", "metrics.json", "sweep.json", "auroc_vs_k.png", "csv", "wandb", "lightning_logs", "ckpt"}
+RUN_ENTRIES = {"config.yaml", "metrics.json", "sweep.json", "auroc_vs_k.png", "risk_coverage.png",
+                "csv", "wandb", "lightning_logs", "ckpt"}
 
 
 CKPT_ENTRIES = {"best.ckpt", "final.ckpt", "metrics.json", "config.yaml"}
@@ -245,6 +246,9 @@ def _cli_class():
             root = st.root
             root.mkdir(parents=True, exist_ok=True)
             print(format_table(res))
+            print(format_controls(res))
+            if res.get("selective"):
+                plot_selective(res["selective"], root / "risk_coverage.png")
             if cfg.sweep_ks:
                 mk = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
                 sw = sweep_k(dm, mk, cfg.sweep_ks, max_epochs=self.trainer.max_epochs or 60, patience=cfg.patience,

@@ -60,16 +60,40 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
         for name, s in training_free_scores(dm.harvests.tensors, dm.selection.k).items():
             r = baseline_metrics(s[idx["val"]], yv, s[idx["test"]], yt, n_boot=n_boot)
             out["baselines"][name] = {**r, "kind": "training-free"}
+            out.setdefault("_scores", {})[name] = (s[idx["val"]], s[idx["test"]])
+        length = np.asarray(dm.harvests.meta["n_tokens"], dtype=float)  # control: answer length alone
+        r = baseline_metrics(length[idx["val"]], yv, length[idx["test"]], yt, n_boot=n_boot)
+        out["baselines"]["answer_length"] = {**r, "kind": "control"}
         for name, d in sklearn_baselines(dm.inputs, dm.harvests.tensors, idx, dm.harvests.schema, cache).items():
             # class-balanced training skews the probabilities: recalibrate on validation like the probe
             r = baseline_metrics(d["val"], yv, d["test"], yt, n_boot=n_boot)
             out["baselines"][name] = {**r, "kind": "sklearn", **d["info"]}
+            out.setdefault("_scores", {})[name] = (d["val"], d["test"])
         best = max(out["baselines"].items(), key=lambda kv: kv[1]["auroc"])
         tf = [kv for kv in out["baselines"].items() if kv[1]["kind"] == "training-free"]
         best_tf = max(tf, key=lambda kv: kv[1]["auroc"])
         out["margin"] = {"best_baseline": best[0], "auroc_margin": out["probe"]["auroc"] - best[1]["auroc"],
                          "best_training_free": best_tf[0],
                          "auroc_margin_training_free": out["probe"]["auroc"] - best_tf[1]["auroc"]}
+    meta, idx = dm.harvests.meta, dm.idx
+    n_tok = np.asarray(meta["n_tokens"], dtype=float)
+    yv, yt = vy.numpy(), ty.numpy()
+    scores = {"probe": (val_risk, test_risk)}
+    if baselines:
+        conf = _best_confidence(dm, yv)
+        if conf is not None:
+            name, s_all = conf
+            strata = {f"within confidence strata ({name}, quintiles)": M.quantile_strata(s_all[idx["test"]]),
+                      "within length strata (answer tokens, quintiles)": M.quantile_strata(n_tok[idx["test"]]),
+                      "within set": np.asarray(meta["set"])[idx["test"]]}
+            out["controls"] = stratified_controls(yt, test_risk, strata, n_boot=n_boot)
+            scores[f"best training-free ({name})"] = (s_all[idx["val"]], s_all[idx["test"]])
+        best_name = out["margin"]["best_baseline"]
+        if best_name in out.get("_scores", {}):
+            scores[f"best baseline ({best_name})"] = out["_scores"][best_name]
+    out.pop("_scores", None)
+    out["selective"] = selective_table(yt, {n: v[1] for n, v in scores.items()}, n_boot=n_boot)
+    out["early_stop"] = early_stop_savings(yv, val_risk, yt, test_risk, n_tok[idx["test"]], dm.selection.k)
     out["calibration"] = {"a": float(rm.calib[0]), "b": float(rm.calib[1]), "threshold": thr}
     out["reliability"] = M.reliability(ty.numpy(), test_risk)
     te = dm.idx["test"]
@@ -78,6 +102,76 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
                           "label": [int(v) for v in ty.tolist()], "risk": [round(float(v), 6) for v in test_risk]}
     out["importance"] = permutation_importance(rm, dm, ts, tm, tg, ty.numpy())
     return out
+
+
+def _best_confidence(dm: HarvestDataModule, yv: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """The training-free output-confidence score that ranks the validation rows best (oriented so that
+    higher = riskier), over all rows: what "more than output confidence" is measured against."""
+    best = None
+    for name, s in training_free_scores(dm.harvests.tensors, dm.selection.k).items():
+        a = M.auroc(yv, s[dm.idx["val"]])
+        if np.isnan(a):
+            continue
+        oriented = s if a >= 0.5 else -s
+        if best is None or max(a, 1 - a) > best[0]:
+            best = (max(a, 1 - a), name, oriented)
+    return None if best is None else (best[1], best[2])
+
+
+def stratified_controls(y: np.ndarray, risk: np.ndarray, strata: dict[str, np.ndarray], *,
+                        n_boot: int = 1000) -> dict[str, dict[str, Any]]:
+    """The probe's AUROC within strata of a confounder (pairs compared only inside a stratum), with intervals."""
+    out = {}
+    for name, g in strata.items():
+        out[name] = {"auroc": M.stratified_auroc(y, risk, g),
+                     "auroc_ci": M.bootstrap_ci_strata(M.stratified_auroc, y, risk, g, n_boot=n_boot) if n_boot
+                     else [float("nan")] * 2,
+                     "strata": int(len(np.unique(g)))}
+    return out
+
+
+COVERAGES = (0.5, 0.8, 0.9)
+
+
+def selective_table(y: np.ndarray, risks: dict[str, np.ndarray], *, coverages=COVERAGES, n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, Any]:
+    """Selective prediction: error rate among the answers kept at each coverage (lowest risk kept), with
+    bootstrap intervals, and the area under the risk-coverage curve, for each score; ``base_error`` is the
+    error rate when everything is kept."""
+    rng = np.random.default_rng(seed)
+    boots = [rng.integers(0, len(y), len(y)) for _ in range(n_boot)]
+    out: dict[str, Any] = {"base_error": float(np.mean(y)), "coverages": list(coverages), "scores": {}}
+    for name, r in risks.items():
+        r = np.asarray(r, dtype=float)
+        cov, err = M.risk_coverage(y, r)
+        grid = np.linspace(0.02, 1.0, 50)
+        at = np.clip(np.ceil(grid * len(y)).astype(int) - 1, 0, len(y) - 1)
+        row = {"aurc": M.aurc(y, r), "error": {}, "curve": {"coverage": [round(float(c), 3) for c in grid],
+                                                             "error": [round(float(e), 4) for e in err[at]]}}
+        for c in coverages:
+            vals = [M.selective_error(y[b], r[b], c) for b in boots]
+            row["error"][str(c)] = {"value": M.selective_error(y, r, c),
+                                    "ci": [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))] if vals
+                                    else [float("nan")] * 2}
+        out["scores"][name] = row
+    return out
+
+
+def early_stop_savings(yv: np.ndarray, val_risk: np.ndarray, yt: np.ndarray, test_risk: np.ndarray,
+                       n_tokens: np.ndarray, k: int, recall: float = 0.8) -> dict[str, Any]:
+    """What the monitor saves by stopping flagged rows at step ``k``: the risk threshold that catches
+    ``recall`` of the wrong answers on validation, and on test the recall reached, the share of right answers
+    stopped, and the share of generated tokens not generated (tokens after step k of stopped rows)."""
+    wrong = np.sort(np.asarray(val_risk)[np.asarray(yv) == 1])[::-1]
+    if len(wrong) == 0:
+        return {}
+    t = float(wrong[max(0, int(np.ceil(recall * len(wrong))) - 1)])
+    flag = np.asarray(test_risk) >= t
+    n_tokens = np.asarray(n_tokens, dtype=float)
+    saved = np.clip(n_tokens - (k + 1), 0, None)[flag].sum() / max(n_tokens.sum(), 1.0)
+    return {"target_recall": recall, "threshold": t, "k": k, "recall": float(flag[yt == 1].mean()) if (yt == 1).any()
+            else float("nan"), "right_answers_stopped": float(flag[yt == 0].mean()) if (yt == 0).any() else float("nan"),
+            "rows_stopped": float(flag.mean()), "tokens_saved": float(saved)}
 
 
 def feature_groups(dm: "HarvestDataModule") -> dict[str, dict[str, tuple[list[int], list[int]]]]:
@@ -140,6 +234,7 @@ def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int],
         dmk.use(dataclasses.replace(dm.selection, k=k))
         mod = fit_probe(dmk, module_kwargs, max_epochs=max_epochs, patience=patience, seed=seed)
         res = calibrate_and_evaluate(mod, dmk, n_boot=n_boot, cache=cache)
-        table.append({"k": k, "probe": res["probe"], "baselines": res["baselines"]})
+        table.append({"k": k, "probe": res["probe"], "baselines": res["baselines"], "controls": res.get("controls"),
+                      "selective": res.get("selective")})
         log.info("k=%d probe AUROC %.3f", k, res["probe"]["auroc"])
     return {"ks": [r["k"] for r in table], "rows": table}

@@ -134,13 +134,21 @@ def test_cli_fit_writes_metrics_config_checkpoint(tmp_path, monkeypatch, capsys)
         for key in ("auroc", "auroc_ci", "auprc", "prr", "brier", "ece", "n", "n_incorrect"):
             assert key in entry
     assert "lowest_token_prob@answer" in m["baselines"] and "sklearn_logreg@prompt_hidden" in m["baselines"]
+    assert {"answer_length", "sklearn_logreg@confidence"} <= set(m["baselines"])
     assert m["probe"]["auroc"] > 0.8
+    # controls: the planted signal is not confidence, length or set, so it survives stratification
+    ctl = m["controls"]
+    assert len(ctl) == 3 and all(c["auroc"] > 0.7 for c in ctl.values()), ctl
+    sel = m["selective"]
+    assert set(sel["scores"]) >= {"probe"} and sel["scores"]["probe"]["error"]["0.5"]["value"] < sel["base_error"]
+    assert 0 < m["early_stop"]["recall"] <= 1 and (tmp_path / "run" / "risk_coverage.png").stat().st_size > 1000
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "ck" / "final.ckpt").is_file()
     assert (tmp_path / "run" / "auroc_vs_k.png").stat().st_size > 1000
     sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
     assert sweep["ks"] == [0, 2]
     out = capsys.readouterr().out
-    assert "AUROC [95% CI]" in out and "probe - best baseline" in out
+    assert "AUROC [95% CI]" in out and "probe - best baseline" in out and "base error rate" in out
+    assert "within confidence strata" in out and "selective prediction" in out and "monitor: stopping rows" in out
     # the test subcommand evaluates the saved checkpoint as it is: no retraining, nothing written over
     import hashlib
 
