@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from .errors import UserError
 
@@ -226,6 +227,28 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_cross_model(args) -> int:
+    from .fsutil import atomic_write_json
+    from .training.transfer import cross_model, format_cross_model
+
+    paths = {}
+    for spec in args.harvest:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"expected NAME=HARVEST_DIR, got '{spec}'", field="harvest")
+        if not Path(path).is_dir():
+            raise UserError("harvest directory not found", file=path, field="harvest")
+        paths[name] = path
+    _positive(args.k, "k", 4096)
+    _positive(args.layer_bins, "layer-bins", 64)
+    res = cross_model(paths, k=args.k, layer_bins=args.layer_bins, n_boot=args.n_boot)
+    print(format_cross_model(res))
+    if args.json:
+        atomic_write_json(args.json, res)
+        print(f"\nwritten: {args.json}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .probes.artifact import export_checkpoint
 
@@ -424,6 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     _threads_arg(c)
+    xm = sub.add_parser("cross-model", help="a dynamics-only probe trained on some models, tested zero-shot on another",
+                        description="Every rotation: train a logistic probe on the scalar dynamics of all models but "
+                                    "one, test it on that one's test split (per-model standardisation on unlabelled "
+                                    "rows), beside the target's own probe and best training-free score.")
+    xm.add_argument("--harvest", action="append", required=True, metavar="NAME=DIR",
+                    help="a model's harvest (give two or more)")
+    xm.add_argument("--k", type=int, default=4, help="early steps after step 0")
+    xm.add_argument("--layer-bins", type=int, default=3, dest="layer_bins", help="bins of relative depth")
+    xm.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap resamples")
+    xm.add_argument("--json", help="write the table here")
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
     return p
@@ -432,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "generate": cmd_generate, "extract": cmd_extract,
             "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
             "eval-given": cmd_eval_given, "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge,
+            "cross-model": cmd_cross_model,
             "models": cmd_models, "sets": cmd_sets}
 
 

@@ -19,11 +19,11 @@ K = 4
 
 
 def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_labels=False, K=4, model_fp="f" * 64,
-                 ids=None):
+                 ids=None, n_layers=3):
     """A harvest of ``n`` rows whose step-1 entropy and one raw dimension carry the label (``signal`` = effect
     size in standard deviations; 0 = no signal)."""
     rng = np.random.default_rng(seed)
-    spec = FeatureSpec(K=K, lens_steps=2, raw_steps=2, lens_layers="sparse2", raw_layers="sparse2").resolve(3, 8)
+    spec = FeatureSpec(K=K, lens_steps=2, raw_steps=2, lens_layers="sparse2", raw_layers="sparse2").resolve(n_layers, 8)
     shapes = spec.shapes()
     y = rng.random(n) < 0.4
     rows = []
@@ -47,7 +47,7 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
         rng.shuffle(labels)
         for r, lab in zip(rows, labels):
             r["label"], r["correct"] = lab, not lab
-    model = {"name": "synthetic", "source": "memory", "fingerprint": model_fp, "architecture": "llama", "n_layers": 3,
+    model = {"name": "synthetic", "source": "memory", "fingerprint": model_fp, "architecture": "llama", "n_layers": n_layers,
              "hidden_size": 8, "vocab_size": 10, "has_chat_template": True}
     atomic_write_json(path / MANIFEST, {"kind": "harvest", "model": model, "feature_schema": spec.schema(),
                                         "prompts": set_name, "status": "running", "compat": {}})

@@ -36,17 +36,22 @@ class FeatureSelection:
         raw_pool: how raw states of steps 0..k become static features: ``first`` (step 0, the last prompt
             token), ``mean`` (the mean of the generated steps 1..k; step 0 when ``k = 0``) or ``first+mean``
             (both, concatenated).
+        layer_bins: pool the per-layer features (sync, trajectory, lens) into this many bins of relative
+            depth (the mean over each bin's layers), so that models with different layer counts give inputs of
+            one shape (``None``: every layer apart).
     """
 
     families: list[str] = field(default_factory=lambda: ["commitment", "sync", "trajectory", "lens"])
     k: int = 4
     raw_layers: list[int] | None = None
     raw_pool: str = "first+mean"
+    layer_bins: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeatureSelection":
         """As recorded in checkpoints and artifacts (older ones have no ``raw_pool``: ``first+mean``)."""
-        return cls(list(d["families"]), int(d["k"]), d.get("raw_layers"), d.get("raw_pool", "first+mean"))
+        return cls(list(d["families"]), int(d["k"]), d.get("raw_layers"), d.get("raw_pool", "first+mean"),
+                   d.get("layer_bins"))
 
     def validate(self, schema: dict[str, Any]) -> None:
         for f in self.families:
@@ -62,17 +67,29 @@ class FeatureSelection:
         if self.raw_pool not in RAW_POOLS:
             raise UserError(f"unknown raw pooling '{self.raw_pool}' (known: {', '.join(RAW_POOLS)})",
                             field="data.raw_pool")
+        if self.layer_bins is not None and (not isinstance(self.layer_bins, int) or self.layer_bins < 1):
+            raise UserError("layer_bins must be a positive integer or null", field="data.layer_bins")
         if self.raw_layers is not None and "raw" in schema["columns"]:
             n = len(schema["raw_layers"])
             if any(not 0 <= i < n for i in self.raw_layers):
                 raise UserError(f"raw layer indices must lie in 0..{n - 1}", field="data.raw_layers")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"families": list(self.families), "k": self.k, "raw_layers": self.raw_layers, "raw_pool": self.raw_pool}
+        return {"families": list(self.families), "k": self.k, "raw_layers": self.raw_layers, "raw_pool": self.raw_pool,
+                "layer_bins": self.layer_bins}
 
 
-def step_feature_names(schema: dict[str, Any], families: list[str]) -> list[str]:
-    """Names of the per-step features, in column order (``family.name@layer``)."""
+def depth_bins(n_layers: int, bins: int) -> list[list[int]]:
+    """Positions ``0..n_layers-1`` split into ``bins`` consecutive groups of relative depth (fewer when there
+    are fewer layers than bins)."""
+    import numpy as np
+
+    return [g.tolist() for g in np.array_split(np.arange(n_layers), min(bins, n_layers)) if len(g)]
+
+
+def step_feature_names(schema: dict[str, Any], families: list[str], layer_bins: int | None = None) -> list[str]:
+    """Names of the per-step features, in column order (``family.name@layer``, or ``family.name@depth<i>of<n>``
+    with layer bins)."""
     names = []
     for fam in STEP_FAMILIES:
         if fam not in families:
@@ -82,7 +99,11 @@ def step_feature_names(schema: dict[str, Any], families: list[str]) -> list[str]
             names += [f"commitment.{n}" for n in col["names"]]
         else:
             layers = schema["lens_layers"] if fam == "lens" else schema["layers"]
-            names += [f"{fam}.{n}@{layer}" for layer in layers for n in col["names"]]
+            if layer_bins:
+                nb = len(depth_bins(len(layers), layer_bins))
+                names += [f"{fam}.{n}@depth{b + 1}of{nb}" for b in range(nb) for n in col["names"]]
+            else:
+                names += [f"{fam}.{n}@{layer}" for layer in layers for n in col["names"]]
     return names
 
 
@@ -95,6 +116,8 @@ def inputs_from_signatures(t: dict[str, torch.Tensor], sel: FeatureSelection) ->
     for fam in STEP_FAMILIES:
         if fam in sel.families:
             x = t[fam][:, : k + 1].float()
+            if sel.layer_bins and x.dim() == 4:  # [N, S, layers, F] -> [N, S, bins, F]
+                x = torch.stack([x[:, :, g].mean(2) for g in depth_bins(x.shape[2], sel.layer_bins)], 2)
             parts.append(x.reshape(x.shape[0], k + 1, -1))
     N = int(t["step_mask"].shape[0])
     seq = torch.cat(parts, dim=-1) if parts else torch.zeros(N, k + 1, 0)

@@ -69,6 +69,7 @@ class HarvestDataModule(L.LightningDataModule):
         k: early steps after step 0 that the probe sees.
         raw_layers: indices into the harvest's stored raw layers (None = all).
         raw_pool: raw states as step 0 (``first``), the mean of steps 1..k (``mean``) or both (``first+mean``).
+        layer_bins: pool per-layer features into this many bins of relative depth (None = every layer apart).
         batch_size: rows per batch.
         train_sets: sets to train and validate on (None = all).
         test_sets: sets to test on; different from train_sets makes a cross-set run.
@@ -77,12 +78,13 @@ class HarvestDataModule(L.LightningDataModule):
     """
 
     def __init__(self, paths: list[str] = [], families: list[str] = ["commitment", "sync", "trajectory", "lens"],  # noqa: B006
-                 k: int = 4, raw_layers: Optional[list[int]] = None, raw_pool: str = "first+mean", batch_size: int = 64,
+                 k: int = 4, raw_layers: Optional[list[int]] = None, raw_pool: str = "first+mean",
+                 layer_bins: Optional[int] = None, batch_size: int = 64,
                  train_sets: Optional[list[str]] = None, test_sets: Optional[list[str]] = None,
                  split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), split_salt: str = "riskprobe"):
         super().__init__()
         self.save_hyperparameters()
-        self.selection = FeatureSelection(list(families), k, raw_layers, raw_pool)
+        self.selection = FeatureSelection(list(families), k, raw_layers, raw_pool, layer_bins)
         self._ready = False
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -121,7 +123,8 @@ class HarvestDataModule(L.LightningDataModule):
     def spec(self) -> dict[str, Any]:
         """What a trained probe needs to know about its inputs (recorded in checkpoints and artifacts)."""
         return {"selection": self.selection.to_dict(), "dims": self.dims,
-                "step_features": step_feature_names(self.harvests.schema, self.selection.families),
+                "step_features": step_feature_names(self.harvests.schema, self.selection.families,
+                                                    self.selection.layer_bins),
                 "feature_schema": self.harvests.schema, "model_identity": self.harvests.model,
                 "data_fingerprint": self.harvests.fingerprint(), "harvests": self.harvests.paths,
                 "split": {"fractions": list(self.hparams.split_fractions), "salt": self.hparams.split_salt,

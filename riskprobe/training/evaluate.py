@@ -177,13 +177,14 @@ def early_stop_savings(yv: np.ndarray, val_risk: np.ndarray, yt: np.ndarray, tes
 def feature_groups(dm: "HarvestDataModule") -> dict[str, dict[str, tuple[list[int], list[int]]]]:
     """Column groups of the probe input by feature family and by layer: ``{"family": {name: (seq cols,
     static cols)}, "layer": {...}}``."""
-    names = step_feature_names(dm.harvests.schema, dm.selection.families)
+    names = step_feature_names(dm.harvests.schema, dm.selection.families, dm.selection.layer_bins)
     fam: dict[str, tuple[list[int], list[int]]] = {}
     lay: dict[str, tuple[list[int], list[int]]] = {}
     for j, n in enumerate(names):
         fam.setdefault(n.split(".")[0], ([], []))[0].append(j)
         if "@" in n:
-            lay.setdefault(f"layer {int(n.split('@')[1]):02d}", ([], []))[0].append(j)
+            tag = n.split("@")[1]
+            lay.setdefault(f"layer {int(tag):02d}" if tag.isdigit() else tag, ([], []))[0].append(j)
     n_static = dm.inputs["static"].shape[1]
     if n_static:
         sch = dm.harvests.schema

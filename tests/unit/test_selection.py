@@ -80,3 +80,27 @@ def test_fit_with_selection_writes_the_table_and_a_config_that_rebuilds_the_prob
     assert tm["probe"]["auroc"] == m["probe"]["auroc"]
     with pytest.raises(UserError, match="unknown probe 'forest'"):
         SelectionGrid(probes=["forest"]).validate()
+
+
+def test_a_dynamics_probe_transfers_across_models_of_different_depth(tmp_path, capsys):
+    from riskprobe.training.transfer import cross_model
+
+    # three "models" with 3, 5 and 7 layers; the label is planted in step-1 entropy on all of them
+    hs = {f"m{n}": str(make_harvest(tmp_path / f"m{n}", n=500, signal=1.5, seed=n, n_layers=n, model_fp=str(n) * 64))
+          for n in (3, 5, 7)}
+    res = cross_model(hs, k=2, layer_bins=2, n_boot=50)
+    assert len(res["rows"]) == 3
+    for r in res["rows"]:
+        assert len(r["sources"]) == 2 and r["target"] not in r["sources"]
+        assert r["transferred"]["auroc"] > 0.75 and r["in_model"]["auroc"] > 0.75, r
+    # a target whose labels are shuffled: whatever the sources taught, the transferred probe sits at chance
+    shuffled = make_harvest(tmp_path / "t7", n=1200, signal=1.5, seed=7, n_layers=7, shuffle_labels=True,
+                            model_fp="7" * 64)
+    row = next(r for r in cross_model({**hs, "m7": str(shuffled)}, k=2, layer_bins=2, n_boot=50)["rows"]
+               if r["target"] == "m7")
+    assert abs(row["transferred"]["auroc"] - 0.5) < 0.12, row
+    assert main(["cross-model", "--harvest", f"a={hs['m3']}", "--harvest", f"b={hs['m5']}", "--k", "2",
+                 "--n-boot", "20"]) == 0
+    assert "one probe across models" in capsys.readouterr().out
+    with pytest.raises(UserError, match="at least two models"):
+        cross_model({"a": hs["m3"]})
