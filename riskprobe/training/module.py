@@ -34,6 +34,12 @@ class ProbeModule(L.LightningModule):
     def __init__(self, probe: str = "mlp", hidden: int = 64, dropout: float = 0.1, lr: float = 3e-3,
                  weight_decay: float = 1e-2, C: float = 0.01):
         super().__init__()
+        from ..probes.modules import PROBES
+
+        if probe not in PROBES:
+            from ..errors import UserError
+
+            raise UserError(f"unknown probe '{probe}' (known: {', '.join(PROBES)})", field="model.probe")
         self.save_hyperparameters()
         self.automatic_optimization = probe != "logreg"  # logreg: one exact fit, no optimiser steps
         self.risk_model: Optional[RiskModel] = None
