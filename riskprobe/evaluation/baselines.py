@@ -72,20 +72,22 @@ def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
 
 
 def sklearn_baselines(inputs: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], idx: dict[str, np.ndarray],
-                      schema: dict, cache: dict | None = None) -> dict[str, dict]:
+                      schema: dict, cache: dict | None = None, features: bool = True) -> dict[str, dict]:
     """scikit-learn probes on the same split: logistic regression on the probe's features, on output
     confidence alone (the commitment family of steps 0..k: entropy, top-1 probability, chosen-token
     log-probability, ...), and on the last-prompt-token hidden state (step 0) at each stored raw layer, the
     best layer chosen on validation.
 
+    ``features=False`` leaves out the first (when the probe is itself a logistic regression on those features).
     Returns ``{name: {"test": scores, "val": scores, "info": {...}}}`` with probabilities.
     """
     y = inputs["label"].numpy()
     out = {}
-    X = _flat(inputs)
-    pipe, C, va = sklearn_logreg(X[idx["train"]], y[idx["train"]], X[idx["val"]], y[idx["val"]])
-    out["sklearn_logreg@features"] = {"test": pipe.predict_proba(X[idx["test"]])[:, 1],
-                                      "val": pipe.predict_proba(X[idx["val"]])[:, 1], "info": {"C": C}}
+    if features:
+        X = _flat(inputs)
+        pipe, C, va = sklearn_logreg(X[idx["train"]], y[idx["train"]], X[idx["val"]], y[idx["val"]])
+        out["sklearn_logreg@features"] = {"test": pipe.predict_proba(X[idx["test"]])[:, 1],
+                                          "val": pipe.predict_proba(X[idx["val"]])[:, 1], "info": {"C": C}}
     if "commitment" in tensors:
         from ..probes.inputs import FeatureSelection, inputs_from_signatures
 
