@@ -21,7 +21,8 @@ def flat_design(seq, mask, static):
 
 class LinearProbe(nn.Module):
     """Logistic regression on the flattened steps (plus a valid-step indicator) and static features. Trained
-    by gradient descent (``linear``) or fitted exactly by scikit-learn (``logreg``, see :func:`fit_logreg`)."""
+    by gradient descent (``linear``) or fitted exactly by scikit-learn (``logreg`` and ``stacked``, see
+    :mod:`riskprobe.probes.logistic`)."""
 
     def __init__(self, n_steps: int, n_feat: int, n_static: int = 0, **_):
         super().__init__()
@@ -65,11 +66,12 @@ class TemporalProbe(nn.Module):
         return self.head(h).squeeze(-1)
 
 
-PROBES = {"logreg": LinearProbe, "linear": LinearProbe, "mlp": MLPProbe, "temporal": TemporalProbe}
+PROBES = {"logreg": LinearProbe, "stacked": LinearProbe, "linear": LinearProbe, "mlp": MLPProbe,
+          "temporal": TemporalProbe}
 
 
 def build_probe(kind: str, n_steps: int, n_feat: int, n_static: int = 0, **hparams) -> nn.Module:
-    """A probe by name (``logreg``, ``linear``, ``mlp``, ``temporal``)."""
+    """A probe by name (``logreg``, ``stacked``, ``linear``, ``mlp``, ``temporal``)."""
     if kind not in PROBES:
         from ..errors import UserError
 
@@ -114,28 +116,6 @@ class RiskModel(nn.Module):
         """Fit Platt scaling (a, b) on held-out logits so that a risk of 0.3 means about 30% wrong."""
         a, b = fit_platt(logits, labels, steps=steps)
         self.calib.copy_(torch.tensor([a, b]))
-
-
-@torch.no_grad()
-def fit_logreg(rm: RiskModel, seq, mask, static, labels, *, C: float = 0.01, balanced: bool = True,
-               max_iter: int = 5000):
-    """Fit ``rm``'s linear probe as an L2-regularised logistic regression (scikit-learn's lbfgs) on the
-    rows given, in place; returns the fitted scikit-learn estimator, whose ``decision_function`` on
-    :func:`flat_design` of the standardised inputs equals ``rm.logits``.
-
-    ``balanced`` weighs wrong and right answers equally (as the gradient-trained probes' ``pos_weight`` does);
-    Platt scaling on validation then restores calibrated probabilities."""
-    from sklearn.linear_model import LogisticRegression
-
-    if not isinstance(rm.probe, LinearProbe):
-        raise TypeError("fit_logreg fits a linear probe")
-    X = flat_design(*rm.standardise(seq.double(), mask, static.double())).numpy()
-    y = torch.as_tensor(labels).numpy().astype(int)
-    lr = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced" if balanced else None)
-    lr.fit(X, y)
-    rm.probe.fc.weight.copy_(torch.as_tensor(lr.coef_, dtype=rm.probe.fc.weight.dtype))
-    rm.probe.fc.bias.copy_(torch.as_tensor(lr.intercept_, dtype=rm.probe.fc.bias.dtype))
-    return lr
 
 
 @torch.no_grad()

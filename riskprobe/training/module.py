@@ -17,13 +17,16 @@ from .data import HarvestDataModule
 
 log = logging.getLogger(__name__)
 
+EXACT = ("logreg", "stacked")  # probes fitted exactly by scikit-learn at the start of a fit
+
 
 class ProbeModule(L.LightningModule):
     """Wraps a plain :class:`~riskprobe.probes.RiskModel`: loss, optimiser, validation AUROC.
 
     Args:
-        probe: ``logreg`` (fitted exactly by scikit-learn at the start of the fit, no gradient steps),
-            ``linear``, ``mlp`` or ``temporal`` (trained by AdamW).
+        probe: ``logreg`` or ``stacked`` (per-layer logistic probes stacked; both fitted exactly by
+            scikit-learn at the start of the fit, no gradient steps), ``linear``, ``mlp`` or ``temporal``
+            (trained by AdamW).
         hidden: hidden width (mlp, temporal).
         dropout: dropout rate (mlp, temporal).
         lr: AdamW learning rate.
@@ -41,7 +44,7 @@ class ProbeModule(L.LightningModule):
 
             raise UserError(f"unknown probe '{probe}' (known: {', '.join(PROBES)})", field="model.probe")
         self.save_hyperparameters()
-        self.automatic_optimization = probe != "logreg"  # logreg: one exact fit, no optimiser steps
+        self.automatic_optimization = probe not in EXACT  # fitted exactly by scikit-learn: no optimiser steps
         self.risk_model: Optional[RiskModel] = None
         self.data_spec: dict[str, Any] = {}
         self.pos_weight = 1.0
@@ -52,7 +55,7 @@ class ProbeModule(L.LightningModule):
         self.hparams.probe = probe
         if C is not None:
             self.hparams.C = float(C)
-        self.automatic_optimization = probe != "logreg"
+        self.automatic_optimization = probe not in EXACT
         self.risk_model = None
 
     def build(self, spec: dict[str, Any]) -> None:
@@ -72,14 +75,27 @@ class ProbeModule(L.LightningModule):
             self.pos_weight = dm.pos_weight
 
     def on_fit_start(self) -> None:
-        if self.hparams.probe == "logreg":  # the one exact fit; the epoch that follows only validates it
-            from ..probes.modules import fit_logreg
+        if self.hparams.probe in EXACT:  # the one exact fit; the epoch that follows only validates it
+            from ..probes.logistic import fit_logreg, fit_stacked
 
-            seq, mask, static, y = self.trainer.datamodule.split_inputs("train")
-            fit_logreg(self.risk_model, seq, mask, static, y, C=self.hparams.C)
+            dm = self.trainer.datamodule
+            seq, mask, static, y = dm.split_inputs("train")
+            if self.hparams.probe == "logreg":
+                fit_logreg(self.risk_model, seq, mask, static, y, C=self.hparams.C)
+            else:
+                sch, sel = dm.harvests.schema, dm.selection
+                if "raw" not in sel.families:
+                    from ..errors import UserError
+
+                    raise UserError("the stacked probe combines per-layer probes of raw states: add 'raw' to the "
+                                    "families", field="data.families")
+                n_layers = len(sel.raw_layers if sel.raw_layers is not None else sch["raw_layers"])
+                self.stack_info = fit_stacked(self.risk_model, seq, mask, static, y,
+                                              [dm.harvests.meta["id"][i] for i in dm.idx["train"]],
+                                              n_layers=n_layers, hidden=int(sch["hidden_size"]))
 
     def on_train_epoch_end(self) -> None:
-        if self.hparams.probe == "logreg":
+        if self.hparams.probe in EXACT:
             self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -93,7 +109,7 @@ class ProbeModule(L.LightningModule):
         return self.risk_model(seq, mask, static)
 
     def training_step(self, batch, _):
-        if self.hparams.probe == "logreg":
+        if self.hparams.probe in EXACT:
             return None  # fitted in on_fit_start
         seq, mask, static, y = batch
         logits = self.risk_model.logits(seq, mask, static)

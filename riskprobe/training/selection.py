@@ -67,8 +67,10 @@ class SelectionGrid:
     """What ``riskprobe fit`` may choose among (the ``selection:`` section of a fit config).
 
     Attributes:
-        probes: probe kinds; ``logreg`` is scored on every feature candidate, the others on the best
-            feature candidate of ``logreg`` (or on the first candidate when ``logreg`` is not listed).
+        probes: probe kinds; ``logreg`` is scored on every feature candidate; ``stacked`` (per-layer logistic
+            probes combined by a logistic meta-learner) on every family set and pooling whose layers were each
+            scored alone (``each`` in ``raw_layers``), from their out-of-fold logits; the gradient-trained
+            kinds on the best feature candidate of ``logreg`` (or on the first candidate).
         families: feature family sets to try.
         raw_layers: raw-layer choices for sets holding ``raw``: ``null`` (every stored layer), ``each``
             (each stored layer alone), or a list of indices into the stored layers.
@@ -104,6 +106,9 @@ class SelectionGrid:
         for r in self.raw_layers:
             if not (r is None or r == "each" or isinstance(r, list)):
                 raise UserError(f"expected null, 'each' or a list of indices, got {r!r}", field="selection.raw_layers")
+        if "stacked" in self.probes and ("logreg" not in self.probes or "each" not in self.raw_layers):
+            raise UserError("stacked is scored from the one-layer logreg candidates: list logreg in probes and "
+                            "'each' in raw_layers", field="selection.probes")
         if not self.probes or not self.families:
             raise UserError("give at least one probe and one family set", field="selection")
         if self.folds < 2:
@@ -162,43 +167,22 @@ def group_folds(ids: list[str], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _design(dm, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The logistic probe's input (standardised by the training split) and labels of rows ``idx``."""
-    from ..probes.modules import RiskModel, flat_design
+    from ..probes.logistic import design
+    from ..probes.modules import RiskModel
 
     x = dm.inputs
     rm = RiskModel(torch.nn.Identity(), x["seq"].shape[-1], x["static"].shape[1])
     rm.set_standardizer(dm.standardizer)
     i = torch.as_tensor(idx)
-    with torch.no_grad():
-        X = flat_design(*rm.standardise(x["seq"][i].double(), x["mask"][i], x["static"][i].double())).numpy()
-    return X, x["label"][i].numpy().astype(int)
+    return design(rm, x["seq"][i], x["mask"][i], x["static"][i]), x["label"][i].numpy().astype(int)
 
 
-def _cv_logreg(X, y, folds, Cs) -> tuple[float, float, float, list[float]]:
-    """(best C, mean AUROC, sd over folds, per-fold AUROC at the best C). Each fold walks the C grid from the
-    strongest penalty up, warm-starting every fit from the last (scikit-learn's ``warm_start``)."""
-    import warnings
+def _cv_logreg(X, y, folds, Cs, oof: bool = False):
+    """(best C, mean AUROC, sd over folds, per-fold AUROC[, out-of-fold logits]) of a logistic regression."""
+    from ..probes.logistic import cv_logreg
 
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-
-    Cs = sorted(float(c) for c in Cs)
-    scores = np.full((len(folds), len(Cs)), np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for f, (a, b) in enumerate(folds):
-            if len(np.unique(y[a])) < 2 or len(np.unique(y[b])) < 2:
-                continue
-            lr = LogisticRegression(class_weight="balanced", tol=1e-3, max_iter=2000, warm_start=True)
-            for j, C in enumerate(Cs):
-                lr.set_params(C=C).fit(X[a], y[a])
-                scores[f, j] = roc_auc_score(y[b], lr.decision_function(X[b]))
-    if np.isnan(scores).all():
-        raise UserError("no cross-validation fold holds both right and wrong answers", field="selection.folds")
-    mean = np.nanmean(scores, 0)
-    j = int(np.argmax(mean))
-    col = scores[:, j]
-    return Cs[j], float(mean[j]), float(np.nanstd(col)), [float(v) for v in col]
+    r = cv_logreg(X, y, folds, Cs, oof=oof)
+    return (r["C"], r["auroc"], r["sd"], r["folds"]) + ((r["oof"],) if oof else ())
 
 
 def _cv_trained(dm, recipe: Recipe, folds, tr: np.ndarray, grid: SelectionGrid, module_kwargs: dict[str, Any],
@@ -239,7 +223,8 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
     original = dm.selection
     k = original.k
     table: list[dict[str, Any]] = []
-    trained = [p for p in grid.probes if p != "logreg"]
+    trained = [p for p in grid.probes if p not in ("logreg", "stacked")]
+    oofs: dict[tuple, dict[int, np.ndarray]] = {}  # (families, pool) -> layer -> out-of-fold logits
     bar = tqdm(total=len(cands) * ("logreg" in grid.probes) + len(trained), desc="selection (grouped CV)",
                unit="candidate", disable=not progress, file=sys.stderr)
     try:
@@ -247,11 +232,24 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
             for c in cands:
                 dm.use(c.selection(k))
                 X, y = _design(dm, tr)
-                C, mean, sd, per = _cv_logreg(X, y, folds, grid.Cs)
+                C, mean, sd, per, oof = _cv_logreg(X, y, folds, grid.Cs, oof=True)
+                if c.raw_layers is not None and len(c.raw_layers) == 1:
+                    oofs.setdefault((tuple(c.families), c.raw_pool), {})[c.raw_layers[0]] = oof
                 r = Recipe("logreg", c.families, c.raw_layers, c.raw_pool, C)
                 table.append({"recipe": r.label(), **r.to_dict(), "dim": int(X.shape[1]), "cv_auroc": mean,
                               "cv_sd": sd, "folds": per})
                 bar.update(1)
+        if "stacked" in grid.probes:
+            from ..probes.logistic import stack_score
+
+            y = dm.inputs["label"][torch.as_tensor(tr)].numpy().astype(int)
+            for (fams, pool), by_layer in oofs.items():
+                if n_raw < 2 or sorted(by_layer) != list(range(n_raw)):
+                    continue  # stacking needs every stored layer scored alone ("each")
+                mean, sd, per = stack_score([by_layer[i] for i in range(n_raw)], y, folds)
+                r = Recipe("stacked", list(fams), None, pool)
+                table.append({"recipe": r.label(), **r.to_dict(), "dim": None, "cv_auroc": mean, "cv_sd": sd,
+                              "folds": per, "note": "meta-learner CV on the members' out-of-fold logits (not nested)"})
         base = (Recipe(**{k_: v for k_, v in table[int(np.argmax([t["cv_auroc"] for t in table]))].items()
                           if k_ in ("probe", "families", "raw_layers", "raw_pool", "C")}) if table else cands[0])
         for p in trained:

@@ -104,3 +104,50 @@ def test_a_dynamics_probe_transfers_across_models_of_different_depth(tmp_path, c
     assert "one probe across models" in capsys.readouterr().out
     with pytest.raises(UserError, match="at least two models"):
         cross_model({"a": hs["m3"]})
+
+
+def test_stacked_probe_is_one_linear_map_that_exports_and_reloads(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from riskprobe.probes import export_checkpoint, read_artifact
+    from riskprobe.probes.logistic import design, layer_columns
+    from riskprobe.training.evaluate import calibrate_and_evaluate
+    from riskprobe.training.module import fit_probe, save_calibrated
+
+    dm = HarvestDataModule(paths=[str(make_harvest(tmp_path / "h", n=600, signal=1.5))],
+                           families=["commitment", "raw"], k=2, raw_pool="first")
+    dm.setup("fit")
+    mod = fit_probe(dm, {"probe": "stacked"}, max_epochs=3, patience=1)
+    info = mod.stack_info
+    assert [m["layer"] for m in info["members"]] == [0, 1] and len(info["meta"]) == 2
+    assert info["meta"][0] > info["meta"][1]  # the label is planted in raw layer 0, not layer 1
+    # the exported linear layer is exactly the stack: members refitted by hand, combined by the meta weights
+    rm = mod.risk_model
+    seq, mask, static, y = dm.split_inputs("train")
+    X = design(rm, seq, mask, static)
+    ts, tm, tg, _ = dm.split_inputs("test")
+    Xt = design(rm, ts, tm, tg)
+    n_seq = X.shape[1] - static.shape[1]
+    want = info["meta_bias"]
+    for m, a in zip(info["members"], info["meta"]):
+        cols = layer_columns(n_seq, static.shape[1], 2, 8, m["layer"])
+        lr = LogisticRegression(C=m["C"], class_weight="balanced", max_iter=5000).fit(X[:, cols], y.int().numpy())
+        want = want + a * lr.decision_function(Xt[:, cols])
+    with torch.no_grad():
+        got = rm.double().logits(ts.double(), tm, tg.double()).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    rm.float()
+    res = calibrate_and_evaluate(mod, dm, n_boot=0, baselines=False)
+    assert res["probe"]["auroc"] > 0.8
+    save_calibrated(mod, tmp_path / "final.ckpt")
+    back, meta = read_artifact(export_checkpoint(tmp_path / "final.ckpt", tmp_path / "art"))
+    assert meta["probe"]["kind"] == "stacked"
+    with torch.no_grad():
+        torch.testing.assert_close(back(ts, tm, tg), mod.risk_model(ts, tm, tg))
+    # selection scores it from the one-layer candidates' out-of-fold logits
+    grid = SelectionGrid(probes=["logreg", "stacked"], families=[["commitment", "raw"]], raw_layers=["each"],
+                         raw_pool=["first"], Cs=[0.01, 0.1], folds=3)
+    res = select_recipe(dm, grid, progress=False)
+    assert [t["probe"] for t in res.table].count("stacked") == 1 and len(res.table) == 3
+    with pytest.raises(UserError, match="stacked is scored"):
+        SelectionGrid(probes=["stacked"]).validate()
