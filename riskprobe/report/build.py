@@ -48,10 +48,22 @@ def sweep_table(sweep: dict) -> str:
 
 
 def fit_section(d: Path, out: Path, tag: str) -> list[str]:
+    from ..evaluation.tables import format_controls
     from .plots import plot_sweep
 
     m = json.loads((d / "metrics.json").read_text())
-    md = [f"## Fit run `{d}`", "", _metrics_table(m), ""]
+    p = m["probe"]
+    md = [f"## Fit run `{d}`", "", f"Test split: {p['n']} answers, {p['n_incorrect']} wrong (base error rate "
+          f"{p['n_incorrect'] / max(p['n'], 1):.3f}, the AUPRC of a random score).", "", _metrics_table(m), ""]
+    if m.get("selection"):
+        sel = m["selection"]
+        md += [f"### Selection: {sel['folds']}-fold CV grouped by question on the training split ({sel['n_train']} rows)",
+               "", f"Chosen: **{sel['best_label']}**" + (f" (C = {sel['best']['C']:g})" if sel["best"].get("C") else ""),
+               "", "| recipe | C | CV AUROC | sd |", "|---|---|---|---|"]
+        md += [f"| {t['recipe']} | {t['C'] if t.get('C') is not None else '-'} | {t['cv_auroc']:.3f} | {t['cv_sd']:.3f} |"
+               for t in sel["table"]] + [""]
+    if m.get("controls") or m.get("selective"):
+        md += ["### Controls and selective prediction", "", "```text", format_controls(m), "```", ""]
     if "margin" in m:
         g = m["margin"]
         md.append(f"Probe minus best baseline ({g['best_baseline']}): **{g['auroc_margin']:+.3f}** AUROC; minus best "

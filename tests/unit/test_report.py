@@ -102,7 +102,9 @@ def test_report_renders_from_tiny_data(tmp_path, monkeypatch):
                 "harvest1_trajectories.png", "harvest2_trajectories.png", "side_by_side.png"):
         assert (rep / png).stat().st_size > 2000, png
         assert png in text
-    for needle in ("AUROC vs k", "**H1**", "**H2**", "**H3**", "Thresholds, fitted on the training split"):
+    for needle in ("AUROC vs k", "**H1**", "**H2**", "**H3**", "Thresholds, fitted on the training split",
+                   "### Selection: 5-fold CV grouped by question", "Chosen: **", "within confidence strata",
+                   "base error rate"):
         assert needle in text
     js = json.loads((rep / "report.json").read_text())
     assert len(js["harvests"]) == 2 and js["H3"]["verdict"]
