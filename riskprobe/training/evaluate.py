@@ -54,13 +54,14 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
     out: dict[str, Any] = {"probe": {"name": f"{module.hparams.probe}@k{dm.selection.k}",
                                      **M.evaluate(ty.numpy(), test_risk, threshold=thr, n_boot=n_boot)},
                            "baselines": {}}
+    held: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # baseline scores (validation, test) by name
     if baselines:
         idx = dm.idx
         yv, yt = vy.numpy(), ty.numpy()
         for name, s in training_free_scores(dm.harvests.tensors, dm.selection.k).items():
             r = baseline_metrics(s[idx["val"]], yv, s[idx["test"]], yt, n_boot=n_boot)
             out["baselines"][name] = {**r, "kind": "training-free"}
-            out.setdefault("_scores", {})[name] = (s[idx["val"]], s[idx["test"]])
+            held[name] = (s[idx["val"]], s[idx["test"]])
         length = np.asarray(dm.harvests.meta["n_tokens"], dtype=float)  # control: answer length alone
         r = baseline_metrics(length[idx["val"]], yv, length[idx["test"]], yt, n_boot=n_boot)
         out["baselines"]["answer_length"] = {**r, "kind": "control"}
@@ -70,7 +71,7 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
             # class-balanced training skews the probabilities: recalibrate on validation like the probe
             r = baseline_metrics(d["val"], yv, d["test"], yt, n_boot=n_boot)
             out["baselines"][name] = {**r, "kind": "sklearn", **d["info"]}
-            out.setdefault("_scores", {})[name] = (d["val"], d["test"])
+            held[name] = (d["val"], d["test"])
         best = max(out["baselines"].items(), key=lambda kv: kv[1]["auroc"])
         tf = [kv for kv in out["baselines"].items() if kv[1]["kind"] == "training-free"]
         best_tf = max(tf, key=lambda kv: kv[1]["auroc"])
@@ -91,9 +92,8 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
             out["controls"] = stratified_controls(yt, test_risk, strata, n_boot=n_boot)
             scores[f"best training-free ({name})"] = (s_all[idx["val"]], s_all[idx["test"]])
         best_name = out["margin"]["best_baseline"]
-        if best_name in out.get("_scores", {}):
-            scores[f"best baseline ({best_name})"] = out["_scores"][best_name]
-    out.pop("_scores", None)
+        if best_name in held:
+            scores[f"best baseline ({best_name})"] = held[best_name]
     out["selective"] = selective_table(yt, {n: v[1] for n, v in scores.items()}, n_boot=n_boot)
     out["early_stop"] = early_stop_savings(yv, val_risk, yt, test_risk, n_tok[idx["test"]], dm.selection.k)
     out["calibration"] = {"a": float(rm.calib[0]), "b": float(rm.calib[1]), "threshold": thr}
