@@ -17,7 +17,7 @@ import torch
 from ..errors import UserError
 from .modules import LinearProbe, RiskModel, flat_design
 
-CS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 
 
 def _logreg(C: float, **kw):
