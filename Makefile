@@ -42,11 +42,11 @@ test-fast: setup
 	$(VENV)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Reproduce the shipped probe (riskprobe/assets/probes/default) from the public TriviaQA set and the built-in set.
+# The shipped probe: the SmolLM2 corpus extracted (no generation), its recipe selected by grouped CV, exported.
 default-probe: setup
-	$(VENV)/bin/riskprobe harvest --prompts triviaqa --out runs/default/harvest-triviaqa
-	$(VENV)/bin/riskprobe harvest --prompts builtin --out runs/default/harvest-builtin
-	$(VENV)/bin/riskprobe fit --config configs/fit/shipped.yaml
-	$(VENV)/bin/riskprobe export --ckpt runs/default/ckpt/final.ckpt --out riskprobe/assets/probes/default
+	$(VENV)/bin/riskprobe extract --generations data/corpora/smollm2-135m --features corpus --out runs/corpus/smollm2-135m
+	$(VENV)/bin/riskprobe fit --config corpus
+	$(VENV)/bin/riskprobe export --ckpt runs/corpus/ckpt/final.ckpt --out riskprobe/assets/probes/default
 
 # The same prompts on every bundled model, one report.
 compare: setup
