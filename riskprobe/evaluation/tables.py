@@ -56,7 +56,9 @@ def sweep_series(sweep: dict[str, Any]) -> dict[str, list[dict[str, Any] | None]
     rows = sweep["rows"]
     series: dict[str, list] = {"probe": [r["probe"] for r in rows]}
     for name in rows[0].get("controls") or {}:
-        series["probe " + name.split(" (")[0]] = [(r.get("controls") or {}).get(name) for r in rows]
+        base = name.split(" (")[0]  # the stratifying score's name may change with k
+        series["probe " + base] = [next((v for kk, v in (r.get("controls") or {}).items() if kk.split(" (")[0] == base),
+                                        None) for r in rows]
     for name in rows[0]["baselines"]:
         base = name.split("@k")[0]
         series[base] = [next((v for kk, v in r["baselines"].items() if kk.split("@k")[0] == base), None) for r in rows]
