@@ -32,6 +32,27 @@ def design(rm: RiskModel, seq, mask, static) -> np.ndarray:
         return flat_design(*rm.standardise(seq.double(), mask, static.double())).numpy()
 
 
+def standardised_design(inputs: dict[str, torch.Tensor], standardizer, idx=None) -> np.ndarray:
+    """:func:`design` of probe ``inputs`` (rows ``idx``, default all) under a fitted ``standardizer``, without
+    a probe."""
+    rm = RiskModel(torch.nn.Identity(), inputs["seq"].shape[-1], inputs["static"].shape[1])
+    rm.set_standardizer(standardizer)
+    i = slice(None) if idx is None else torch.as_tensor(idx)
+    return design(rm, inputs["seq"][i], inputs["mask"][i], inputs["static"][i])
+
+
+def group_folds(ids: list[str], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` folds of row positions, grouped by question id (scikit-learn's ``GroupKFold``)."""
+    from sklearn.model_selection import GroupKFold
+
+    ids = np.asarray(ids)
+    n_groups = len(set(ids.tolist()))
+    if n_groups < n:
+        raise UserError(f"{n}-fold selection needs at least {n} questions in the training split (it has {n_groups})",
+                        field="selection.folds")
+    return list(GroupKFold(n).split(np.zeros(len(ids)), groups=ids))
+
+
 def cv_logreg(X: np.ndarray, y: np.ndarray, folds, Cs=CS, *, oof: bool = False) -> dict[str, Any]:
     """Grouped cross-validation of a logistic regression over a grid of ``C``: each fold walks the grid from
     the strongest penalty up, warm-starting every fit from the last.
@@ -97,8 +118,6 @@ def fit_stacked(rm: RiskModel, seq, mask, static, labels, groups, *, n_layers: i
     design, the stack is one linear map: ``w = sum_l a_l w_l``, ``b = b_0 + sum_l a_l b_l``.
 
     Returns ``{"members": [{"layer", "C", "cv_auroc"}], "meta": [a_l...], "meta_bias": b_0}``."""
-    from ..training.selection import group_folds
-
     _check_linear(rm)
     X = design(rm, seq, mask, static)
     y = torch.as_tensor(labels).numpy().astype(int)

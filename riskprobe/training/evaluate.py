@@ -55,10 +55,11 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
                                      **M.evaluate(ty.numpy(), test_risk, threshold=thr, n_boot=n_boot)},
                            "baselines": {}}
     held: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # baseline scores (validation, test) by name
+    free = training_free_scores(dm.harvests.tensors, dm.selection.k) if baselines else {}
     if baselines:
         idx = dm.idx
         yv, yt = vy.numpy(), ty.numpy()
-        for name, s in training_free_scores(dm.harvests.tensors, dm.selection.k).items():
+        for name, s in free.items():
             r = baseline_metrics(s[idx["val"]], yv, s[idx["test"]], yt, n_boot=n_boot)
             out["baselines"][name] = {**r, "kind": "training-free"}
             held[name] = (s[idx["val"]], s[idx["test"]])
@@ -83,7 +84,7 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
     yv, yt = vy.numpy(), ty.numpy()
     scores = {"probe": (val_risk, test_risk)}
     if baselines:
-        conf = _best_confidence(dm, yv)
+        conf = _best_confidence(free, dm.idx["val"], yv)
         if conf is not None:
             name, s_all = conf
             strata = {f"within confidence strata ({name}, quintiles)": M.quantile_strata(s_all[idx["test"]]),
@@ -106,12 +107,12 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
     return out
 
 
-def _best_confidence(dm: HarvestDataModule, yv: np.ndarray) -> tuple[str, np.ndarray] | None:
-    """The training-free output-confidence score that ranks the validation rows best (oriented so that
-    higher = riskier), over all rows: what "more than output confidence" is measured against."""
+def _best_confidence(scores: dict[str, np.ndarray], val: np.ndarray, yv: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """Of the training-free output-confidence ``scores`` (over all rows), the one that ranks the validation rows
+    ``val`` best, oriented so that higher = riskier: what "more than output confidence" is measured against."""
     best = None
-    for name, s in training_free_scores(dm.harvests.tensors, dm.selection.k).items():
-        a = M.auroc(yv, s[dm.idx["val"]])
+    for name, s in scores.items():
+        a = M.auroc(yv, s[val])
         if np.isnan(a):
             continue
         oriented = s if a >= 0.5 else -s

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import UserError
 from ..probes.inputs import ALL_FAMILIES, RAW_POOLS, FeatureSelection
+from ..probes.logistic import cv_logreg, group_folds, standardised_design
 
 log = logging.getLogger(__name__)
 
@@ -153,36 +154,9 @@ class SelectionResult:
                 "n_train": self.n_train, "table": self.table}
 
 
-def group_folds(ids: list[str], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n`` folds of row positions, grouped by question id (scikit-learn's ``GroupKFold``)."""
-    from sklearn.model_selection import GroupKFold
-
-    ids = np.asarray(ids)
-    n_groups = len(set(ids.tolist()))
-    if n_groups < n:
-        raise UserError(f"{n}-fold selection needs at least {n} questions in the training split (it has {n_groups})",
-                        field="selection.folds")
-    return list(GroupKFold(n).split(np.zeros(len(ids)), groups=ids))
-
-
 def _design(dm, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The logistic probe's input (standardised by the training split) and labels of rows ``idx``."""
-    from ..probes.logistic import design
-    from ..probes.modules import RiskModel
-
-    x = dm.inputs
-    rm = RiskModel(torch.nn.Identity(), x["seq"].shape[-1], x["static"].shape[1])
-    rm.set_standardizer(dm.standardizer)
-    i = torch.as_tensor(idx)
-    return design(rm, x["seq"][i], x["mask"][i], x["static"][i]), x["label"][i].numpy().astype(int)
-
-
-def _cv_logreg(X, y, folds, Cs, oof: bool = False):
-    """(best C, mean AUROC, sd over folds, per-fold AUROC[, out-of-fold logits]) of a logistic regression."""
-    from ..probes.logistic import cv_logreg
-
-    r = cv_logreg(X, y, folds, Cs, oof=oof)
-    return (r["C"], r["auroc"], r["sd"], r["folds"]) + ((r["oof"],) if oof else ())
+    return standardised_design(dm.inputs, dm.standardizer, idx), dm.inputs["label"][torch.as_tensor(idx)].numpy().astype(int)
 
 
 def _cv_trained(dm, recipe: Recipe, folds, tr: np.ndarray, grid: SelectionGrid, module_kwargs: dict[str, Any],
@@ -232,7 +206,8 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
             for c in cands:
                 dm.use(c.selection(k))
                 X, y = _design(dm, tr)
-                C, mean, sd, per, oof = _cv_logreg(X, y, folds, grid.Cs, oof=True)
+                cv = cv_logreg(X, y, folds, grid.Cs, oof=True)
+                C, mean, sd, per, oof = cv["C"], cv["auroc"], cv["sd"], cv["folds"], cv["oof"]
                 if c.raw_layers is not None and len(c.raw_layers) == 1:
                     oofs.setdefault((tuple(c.families), c.raw_pool), {})[c.raw_layers[0]] = oof
                 r = Recipe("logreg", c.families, c.raw_layers, c.raw_pool, C)

@@ -14,16 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import UserError
 from ..evaluation import metrics as M
 from ..evaluation.baselines import training_free_scores
 from ..harvest.store import load_harvests
 from ..probes.inputs import FeatureSelection, Standardizer
-from ..probes.modules import RiskModel, flat_design
+from ..probes.logistic import cv_logreg, group_folds, standardised_design
 from .data import build_inputs, split_indices
-from .selection import DYNAMICS, _cv_logreg, group_folds
+from .selection import DYNAMICS
 
 CS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
 
@@ -32,11 +31,7 @@ def _model_view(path: str, sel: FeatureSelection) -> dict[str, Any]:
     h = load_harvests([path])
     sel.validate(h.schema)
     x = build_inputs(h, sel)
-    st = Standardizer.fit(x["seq"], x["mask"], x["static"])  # every row, no label read
-    rm = RiskModel(torch.nn.Identity(), x["seq"].shape[-1], x["static"].shape[1])
-    rm.set_standardizer(st)
-    with torch.no_grad():
-        X = flat_design(*rm.standardise(x["seq"].double(), x["mask"], x["static"].double())).numpy()
+    X = standardised_design(x, Standardizer.fit(x["seq"], x["mask"], x["static"]))  # every row, no label read
     return {"X": X, "y": x["label"].numpy().astype(int), "idx": split_indices(h), "ids": np.asarray(h.meta["id"]),
             "tf": training_free_scores(h.tensors, sel.k), "model": h.model.get("name"), "n": len(h)}
 
@@ -44,8 +39,8 @@ def _model_view(path: str, sel: FeatureSelection) -> dict[str, Any]:
 def _fit(X, y, ids, folds: int = 5):
     from sklearn.linear_model import LogisticRegression
 
-    C, cv, _, _ = _cv_logreg(X, y, group_folds(list(ids), folds), CS)
-    return LogisticRegression(C=C, class_weight="balanced", max_iter=5000).fit(X, y), C, cv
+    cv = cv_logreg(X, y, group_folds(list(ids), folds), CS)
+    return LogisticRegression(C=cv["C"], class_weight="balanced", max_iter=5000).fit(X, y), cv["C"], cv["auroc"]
 
 
 def cross_model(paths: dict[str, str], *, k: int = 4, layer_bins: int = 3, families: list[str] | None = None,
