@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=33)
     ap.add_argument("--device")
     ap.add_argument("--dtype")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one batch: where the monitor's time goes (torch.profiler ranges)")
     ap.add_argument("--allow-model-mismatch", action="store_true",
                     help="run the probe on another model of the same shape (e.g. random weights, for timing only)")
     args = ap.parse_args()
@@ -94,6 +96,60 @@ def main():
     q = np.quantile(ratios, [0.0, 0.25, 0.5, 0.75, 1.0])
     print(f"per-round ratio (monitor / plain) over {len(ratios)} rounds: median {q[2]:.4f}, IQR [{q[1]:.4f}, {q[3]:.4f}], "
           f"min {q[0]:.4f}, max {q[4]:.4f}; median overhead {100 * (1 - q[2]):.2f}%")
+    if args.profile:
+        profile_batch(scorer, lm, batches[0], args)
+
+
+def profile_batch(scorer, lm, enc, args) -> None:
+    """One batch plain and one monitored under torch.profiler, the monitor's phases as named ranges."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+    from transformers import StoppingCriteriaList
+
+    from riskprobe.serving import monitor as mon_mod
+    from riskprobe.signatures import capture as cap_mod
+
+    def label(cls, name, key):
+        f = getattr(cls, name)
+
+        def g(*a, **k):
+            with record_function(key):
+                return f(*a, **k)
+        setattr(cls, name, g)
+
+    label(mon_mod.RiskMonitor, "__init__", "monitor.init")
+    label(mon_mod.RiskMonitor, "__call__", "monitor.criterion")
+    label(mon_mod.RiskMonitor, "_compute", "monitor.compute_risk")
+    label(cap_mod.Capture, "_step", "capture.step_features")
+    label(cap_mod.Capture, "finish", "capture.finish")
+    label(type(scorer), "risk", "scorer.risk")
+    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if lm.device.type == "cuda" else [])
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+    for monitored in (False, True):
+        with torch.inference_mode(), profile(activities=acts) as prof:
+            sync()
+            t0 = time.perf_counter()
+            if monitored:
+                with mon_mod.RiskMonitor(scorer, lm, allow_model_mismatch=args.allow_model_mismatch) as m:
+                    lm.model.generate(**enc, **kw, stopping_criteria=StoppingCriteriaList([m]))
+            else:
+                lm.model.generate(**enc, **kw)
+            sync()
+            wall = time.perf_counter() - t0
+        ev = prof.key_averages()
+        n_ops = sum(e.count for e in ev if e.key.startswith("aten::"))
+        n_kern = sum(e.count for e in ev if getattr(e, "device_type", None) is not None
+                     and str(e.device_type).endswith("CUDA"))
+        print(f"profile, {'monitored' if monitored else 'plain'} batch: {wall * 1e3:.1f} ms wall (under the profiler), "
+              f"{n_ops} aten calls, {n_kern} device kernels")
+        for e in ev:
+            if e.key.startswith(("monitor.", "capture.", "scorer.")):
+                print(f"    {e.key:<24} calls {e.count:>4}  cpu total {e.cpu_time_total / 1e3:8.2f} ms")
+        if monitored:
+            print(ev.table(sort_by="self_cpu_time_total", row_limit=12))
 
 if __name__ == "__main__":
     main()

@@ -40,11 +40,12 @@ class RiskMonitor:
         self.cap = Capture(lm, scorer.feature_spec())
         self.spec = self.cap.spec
         self.risk: np.ndarray | None = None
-        self.risk_by_step: np.ndarray | None = None
         self.flagged: np.ndarray | None = None
+        self._sig = None
+        self._by_step = None
 
     def __enter__(self) -> "RiskMonitor":
-        self.risk = self.risk_by_step = self.flagged = None
+        self.risk = self.flagged = self._sig = self._by_step = None
         self._prompt_len = None
         self._last = None
         self._active = True
@@ -61,6 +62,14 @@ class RiskMonitor:
             self.cap.__exit__(None, None, None)
             self._active = False
 
+    @property
+    def risk_by_step(self) -> np.ndarray | None:
+        """``[B, k+1]``: each row's risk as seen after steps 0..t (computed on first read, off the
+        generation's path)."""
+        if self._by_step is None and self._sig is not None:
+            self._by_step = self.scorer.risk_by_step(self._sig)
+        return self._by_step
+
     def _rows(self, gen: torch.Tensor) -> list[list[int]]:
         """Each row's tokens up to and including its first EOS (one transfer, once, at step k)."""
         ended = torch.isin(gen, self._eos_t.to(gen.device))
@@ -71,7 +80,7 @@ class RiskMonitor:
     def _compute(self, gen: torch.Tensor) -> None:
         sig = self.cap.finish(self._rows(gen))
         self.risk = self.scorer.risk(sig)
-        self.risk_by_step = self.scorer.risk_by_step(sig)
+        self._sig, self._by_step = sig, None  # the risk after each step is computed when first read
         self.flagged = self.risk >= self.threshold
         self._release()
 

@@ -106,12 +106,15 @@ class Scorer:
     def risk_by_step(self, sig: dict[str, Any]) -> np.ndarray:
         """``[N, k+1]``: the risk seen after steps 0..t (later steps hidden as if the answer had ended)."""
         x = self._inputs(sig)
-        cols = []
-        for t in range(x["seq"].shape[1]):
-            m = x["mask"].clone()
-            m[:, t + 1:] = False
-            cols.append(self.risk_model(x["seq"], m, x["static"]))
-        return torch.stack(cols, 1).numpy().astype(np.float64)
+        seq, mask, static = x["seq"], x["mask"], x["static"]
+        N, S = mask.shape
+        # every prefix in one call of the probe: S copies of the batch, copy t with steps after t hidden
+        keep = torch.arange(S).view(S, 1, 1) >= torch.arange(S).view(1, 1, S)  # [S(t), 1, S(step)]
+        m = (mask.unsqueeze(0) & keep).reshape(S * N, S)
+        rep = [v.unsqueeze(0).expand(S, *v.shape).reshape(S * N, *v.shape[1:]) if v is not None else None
+               for v in (seq, static)]
+        risk = self.risk_model(rep[0], m, rep[1]).reshape(S, N)
+        return risk.T.numpy().astype(np.float64)
 
     # ------------------------------------------------------------------ with a model
     def score(self, lm: LoadedModel, prompts: Sequence[str], responses: Sequence[str | None] | None = None,

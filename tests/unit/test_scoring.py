@@ -42,6 +42,14 @@ def test_export_load_round_trip_torch_and_onnx(tmp_path, dir_lm, probe):
     by_step = sc.risk_by_step(sig)
     assert by_step.shape == (3, K + 1)
     np.testing.assert_allclose(by_step[:, -1], sc.risk(sig), atol=1e-6)
+    for t in range(K + 1):  # column t: the risk with the steps after t hidden, one prefix at a time
+        m = x["mask"].clone()
+        m[:, t + 1:] = False
+        with torch.no_grad():
+            want_t = mod.risk_model(x["seq"], m, x["static"]).numpy()
+        np.testing.assert_allclose(by_step[:, t], want_t, atol=1e-6)
+    if probe != "temporal":  # (the temporal probe's calibration is flat on these few rows)
+        assert np.ptp(by_step, axis=1).max() > 1e-4  # the prefixes differ, so the comparison above can fail
 
 
 def test_tampered_hash_and_wrong_model_are_refused(tmp_path, dir_lm, artifact, tiny_lm):
