@@ -252,7 +252,8 @@ def cmd_cross_model(args) -> int:
 def cmd_export(args) -> int:
     from .probes.artifact import export_checkpoint
 
-    out = export_checkpoint(args.ckpt, args.out, force=args.force)
+    extra = {"given_probe": args.given_probe} if args.given_probe else None
+    out = export_checkpoint(args.ckpt, args.out, force=args.force, extra=extra)
     meta = json.loads((out / "probe.json").read_text())
     print(f"exported {args.ckpt} -> {out} (probe.safetensors, probe.json, probe.onnx; model "
           f"{meta['model_identity']['name']}, k={meta['feature_spec']['selection']['k']}, threshold "
@@ -281,7 +282,7 @@ def _scorer_and_model(args):
         check_device(args.device)
     _positive(args.threads, "threads", 1024)
     set_threads(args.threads)
-    scorer = Scorer.load(args.probe)
+    scorer = Scorer.load(args.probe, given=getattr(args, "given_probe", None))
     model = args.model or scorer.model_identity["name"]
     lm = load_model(model, device=getattr(args, "device", None))
     scorer.check_model(lm, allow_model_mismatch=args.allow_model_mismatch)
@@ -314,16 +315,31 @@ def cmd_serve(args) -> int:
 
 
 def cmd_eval_given(args) -> int:
-    from .serving.given import evaluate_given
+    from .evaluation.given import format_groups
+    from .serving.given import evaluate_given, evaluate_given_harvest
 
-    scorer, lm = _scorer_and_model(args)
-    r = evaluate_given(scorer, lm, args.set, limit=args.limit, progress=not args.no_progress)
-    print(f"{args.set}: AUROC {r['auroc']:.3f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}] on {r['n']} answers "
-          f"({r['n_incorrect']} wrong) of {r['questions']} questions, {r['seconds']:.0f} s")
+    if args.harvest:
+        from .serving.scorer import Scorer
+
+        scorer = Scorer.load(args.probe, given=args.given_probe)
+        r = evaluate_given_harvest(scorer, args.harvest, split=args.split or "test")
+        what = f"{args.harvest} ({r['split']} split)"
+    else:
+        if not (args.set or args.input):
+            raise UserError("give --set, --input or --harvest", field="set")
+        scorer, lm = _scorer_and_model(args)
+        r = evaluate_given(scorer, lm, args.input or args.set, limit=args.limit, split=args.split,
+                           progress=not args.no_progress)
+        what = f"{args.input or args.set}" + (f" ({args.split} split)" if args.split else "")
+    a = r["groups"]["all"] if "all" in r["groups"] else next(iter(r["groups"].values()))
+    auroc = "-" if a["auroc"] is None else f"{a['auroc']:.3f} [{a['auroc_ci'][0]:.3f}, {a['auroc_ci'][1]:.3f}]"
+    print(f"{what}: AUROC {auroc} on {a['n']} answers ({a['n_wrong']} wrong) of {r['questions']} questions, "
+          f"head {r['head']}")
+    print(format_groups(r["groups"]))
     if args.json:
         from .fsutil import atomic_write_json
 
-        atomic_write_json(args.json, r)
+        atomic_write_json(args.json, {k: v for k, v in r.items() if k not in ("risk", "ood_distance")})
     return 0
 
 
@@ -347,6 +363,8 @@ def _probe_args(p) -> None:
     p.add_argument("--model", help="model to run (default: the one the probe was trained for)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU when there is one)")
     p.add_argument("--allow-model-mismatch", action="store_true", help="score with a model the probe was not trained for")
+    p.add_argument("--given-probe", help="the given-answer head for rows with a response (an artifact trained on "
+                   "answers the model did not write; default: the one the probe names, e.g. 'given' for default)")
     _threads_arg(p)
 
 
@@ -416,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="artifact directory to write (new, or an earlier artifact: replaced)")
     e.add_argument("--force", action="store_true",
                    help="if --out holds anything else, keep it under a new name (OUT.bak-N) and write the artifact")
+    e.add_argument("--given-probe", help="record the given-answer head that goes with this probe (a shipped name, "
+                   "or a folder beside --out)")
     sc = sub.add_parser("score", help="score a JSONL file of prompts (generated) or prompt/response pairs (teacher forced)")
     _probe_args(sc)
     sc.add_argument("--input", required=True, help='JSONL, one {"id"?, "prompt", "response"?} per line')
@@ -433,7 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=256, help="requests waiting at most; beyond, 503")
     eg = sub.add_parser("eval-given", help="AUROC of the risk on given right/wrong answers (teacher forcing)")
     _probe_args(eg)
-    eg.add_argument("--set", choices=["halueval", "truthfulqa_mc"], required=True)
+    eg.add_argument("--set", choices=["halueval", "truthfulqa_mc"], help="a public given-answer set")
+    eg.add_argument("--input", help="a JSONL file of {question, answer, label (1 = wrong)} rows (optional: id, "
+                    "provenance own/other/reference, source)")
+    eg.add_argument("--harvest", help="a given-answer harvest (signatures already extracted): its --split rows")
+    eg.add_argument("--split", choices=["train", "val", "test"],
+                    help="only the questions of this split (questions never trained on: test)")
     eg.add_argument("--limit", type=int, default=200, help="questions to use")
     eg.add_argument("--json", help="write the result here")
     eg.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -56,8 +56,10 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
     return path
 
 
-def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", "trajectory", "lens", "raw")):
-    """A probe artifact for ``lm``'s signature with random (but fixed) weights and calibration."""
+def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", "trajectory", "lens", "raw"),
+                  provenance=("other", "own"), ood=None):
+    """A probe artifact for ``lm``'s signature with random (but fixed) weights and calibration, recorded as
+    trained on answers of ``provenance`` (by default own and others', so it scores given answers too)."""
     import torch
 
     from riskprobe.models import render
@@ -87,7 +89,10 @@ def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", 
     ck = out / "final.ckpt"
     ck.parent.mkdir(parents=True, exist_ok=True)
     save_calibrated(mod, ck)
-    art = export_checkpoint(ck, out / "artifact", metrics={"calibration": {"threshold": 0.4}})
+    metrics = {"calibration": {"threshold": 0.4}, "answer_provenance": list(provenance)}
+    if ood is not None:
+        metrics["ood"] = {"threshold": ood, "quantile": 0.99}
+    art = export_checkpoint(ck, out / "artifact", metrics=metrics)
     return art, mod
 
 

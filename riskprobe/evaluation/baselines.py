@@ -17,7 +17,8 @@ ENT, TOP1, LOGP = CI["entropy"], CI["top1_prob"], CI["chosen_logprob"]
 
 def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, np.ndarray]:
     """Output-only risk scores: first-token entropy; mean entropy, mean top-1 probability and mean
-    log-prob over steps 0..k; mean entropy and lowest token probability over the whole answer."""
+    log-prob over steps 0..k; mean entropy, mean log-prob and lowest token probability over the whole answer
+    (the captured steps)."""
     c = tensors["commitment"].float()
     m = tensors["step_mask"].bool()
     mk = m[:, : k + 1]
@@ -29,6 +30,7 @@ def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, 
         f"neg_mean_top1@k{k}": -masked_step_mean(c[:, : k + 1, TOP1], mk),
         f"neg_mean_logprob@k{k}": -masked_step_mean(c[:, : k + 1, LOGP], mk),
         "mean_entropy@answer": masked_step_mean(c[..., ENT], m),
+        "neg_mean_logprob@answer": -masked_step_mean(c[..., LOGP], m),
         "lowest_token_prob@answer": 1.0 - lowest,
     }
     return {k_: v.numpy().astype(np.float64) for k_, v in out.items()}

@@ -48,6 +48,16 @@ def format_controls(res: dict[str, Any]) -> str:
                      f"{e['target_recall']:.0%} recall of wrong answers) catches {e['recall']:.1%} of wrong answers on "
                      f"test, stops {e['right_answers_stopped']:.1%} of right ones, saves {e['tokens_saved']:.1%} of "
                      f"generated tokens")
+    if res.get("ood"):
+        o = res["ood"]
+        lines.append(f"out of distribution: distance > {o['threshold']:.3f} (the {o['quantile']:.0%} quantile on "
+                     f"validation) flags {o['test_flagged']:.1%} of test rows")
+    if res.get("given"):
+        from .given import format_groups
+
+        lines.append("given answers, test split: by provenance and source (length-matched: as many right as wrong "
+                     "answers of each length; best training-free chosen on these rows)")
+        lines.append(format_groups(res["given"]))
     return "\n".join(lines)
 
 

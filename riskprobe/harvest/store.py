@@ -243,13 +243,18 @@ def load_harvests(paths: list[str | Path]) -> Harvests:
         ds = datasets.load_from_disk(str(p))
         cols = [c for c in ("id", "set", "category", "label", "correct", "n_tokens", "prompt", "response")
                 if c in ds.column_names]
-        metas.append({c: list(ds[c]) for c in cols})
+        meta_p = {c: list(ds[c]) for c in cols}
+        # a row is (question, sample, source): a generation harvest's rows are the model's own answers
+        for c, default in (("sample", 0), ("provenance", "own"), ("source", "own")):
+            meta_p[c] = list(ds[c]) if c in ds.column_names else [default] * len(ds)
+        metas.append(meta_p)
         tens.append(signature_tensors(ds))
-    meta = {c: sum((m[c] for m in metas), []) for c in metas[0]}
+    meta = {c: sum((m[c] for m in metas), []) for c in metas[0] if all(c in m for m in metas)}
     tensors = {k: torch.cat([t[k] for t in tens]) if len(tens) > 1 else tens[0][k] for k in tens[0]}
-    if len(paths) > 1:  # a question harvested twice counts once: the first harvest's row is kept
-        seen: set[str] = set()
-        keep = [i for i, q in enumerate(meta["id"]) if not (q in seen or seen.add(q))]
+    if len(paths) > 1:  # an answer harvested twice counts once: the first harvest's row is kept
+        seen: set[tuple] = set()
+        rows = zip(meta["id"], meta["sample"], meta["source"])
+        keep = [i for i, key in enumerate(rows) if not (key in seen or seen.add(key))]
         if len(keep) < len(meta["id"]):
             meta = {c: [v[i] for i in keep] for c, v in meta.items()}
             idx = torch.as_tensor(keep)

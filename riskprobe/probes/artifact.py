@@ -155,6 +155,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
     if metrics:
         meta["threshold"] = metrics.get("calibration", {}).get("threshold")
         meta["test_metrics"] = {"probe": metrics.get("probe"), "margin": metrics.get("margin")}
+        if metrics.get("ood"):
+            meta["ood"] = {k: metrics["ood"][k] for k in ("threshold", "quantile")}
+        if metrics.get("answer_provenance"):
+            meta["answer_provenance"] = list(metrics["answer_provenance"])
     meta["threshold"] = meta.get("threshold") if meta.get("threshold") is not None else 0.5
     if (ckpt.parent / "config.yaml").is_file():
         meta["training"]["config"] = (ckpt.parent / "config.yaml").read_text()
@@ -198,12 +202,13 @@ def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, forc
 
 
 def resolve_artifact(path: str | Path) -> Path:
-    """An artifact directory; ``default`` names the shipped probe (``riskprobe/assets/probes/default``)."""
+    """An artifact directory; a bare name that is not a folder here (``default``, ``given``) names a shipped
+    probe (``riskprobe/assets/probes/NAME``)."""
     p = Path(path)
-    if str(path) == "default" and not p.exists():
+    if not p.exists() and len(p.parts) == 1:
         from ..resources import shipped_probe
 
-        p = shipped_probe("default")
+        p = shipped_probe(str(path))
     if not (p / "probe.json").is_file():
         raise UserError("not a probe artifact (no probe.json); create one with `riskprobe export`", file=p,
                         field="probe")
@@ -257,6 +262,15 @@ def validate_meta(meta: Any, file: Path) -> None:
     if "threshold" in meta:
         t = get("threshold", (int, float))
         _need(0.0 <= t <= 1.0, f"must be a risk in [0, 1], got {t!r}", file, "threshold")
+    if "ood" in meta:
+        t = get("ood.threshold", (int, float))
+        _need(math.isfinite(t) and t > 0, f"must be a positive distance, got {t!r}", file, "ood.threshold")
+    if "answer_provenance" in meta:
+        prov = get("answer_provenance", list)
+        _need(all(p in ("own", "other", "reference") for p in prov), "expected own, other or reference", file,
+              "answer_provenance")
+    if "given_probe" in meta:
+        get("given_probe", str)
 
 
 def read_artifact(path: str | Path) -> tuple[RiskModel, dict[str, Any]]:

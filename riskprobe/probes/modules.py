@@ -119,6 +119,16 @@ class RiskModel(nn.Module):
 
 
 @torch.no_grad()
+def ood_distance(rm: RiskModel, seq, mask, static) -> torch.Tensor:
+    """``[N]``: how far each row's probe input lies from the training rows, the root mean square of its
+    standardised features (valid steps and static features; about 1 for a typical training row)."""
+    s, m, g = rm.standardise(seq, mask, static)
+    total = (s.float() ** 2).sum((1, 2)) + (g.float() ** 2).sum(1)
+    count = m.float().sum(1) * s.shape[-1] + g.shape[1]
+    return (total / count.clamp_min(1)).sqrt()
+
+
+@torch.no_grad()
 def fit_platt(scores, labels, steps: int = 200) -> tuple[float, float]:
     """Platt scaling: ``(a, b)`` with ``P(wrong) = sigmoid(a * score + b)``, fitted by maximum likelihood on
     held-out ``(score, label)`` pairs (the one calibration riskprobe uses, for probes and baselines alike).

@@ -33,27 +33,67 @@ class Scorer:
         threshold: risk at or above which an answer is flagged.
     """
 
-    def __init__(self, risk_model, meta: dict[str, Any], path: Path | None = None):
+    def __init__(self, risk_model, meta: dict[str, Any], path: Path | None = None, given: "Scorer | None" = None):
         self.risk_model = risk_model
         self.meta = meta
         self.path = path
         self.threshold = float(meta.get("threshold", 0.5))
         sel = meta["feature_spec"]["selection"]
         self.selection = FeatureSelection.from_dict(sel)
+        self.given = given
 
     @classmethod
     def load(cls, path: str | Path, *, model: ModelIdentity | LoadedModel | None = None,
-             allow_model_mismatch: bool = False) -> "Scorer":
+             allow_model_mismatch: bool = False, given: str | Path | None = None) -> "Scorer":
         """Load an artifact (checks its version and weights hash); with ``model``, refuse a probe trained
-        for another model unless ``allow_model_mismatch``."""
+        for another model unless ``allow_model_mismatch``.
+
+        ``given`` is the given-answer head (an artifact trained on answers the model did not write), used
+        for rows that come with a response; by default the one the artifact names in ``given_probe``."""
         from ..probes.artifact import resolve_artifact
 
         p = resolve_artifact(path)
         rm, meta = read_artifact(p)
-        sc = cls(rm, meta, p)
+        head = None
+        ref = given if given is not None else meta.get("given_probe")
+        if ref is not None:
+            cand = p.parent / str(ref)
+            head = cls.load(cand if given is None and (cand / "probe.json").is_file() else ref, model=model,
+                            allow_model_mismatch=allow_model_mismatch)
+            if not head.given_capable:
+                raise UserError("this probe was trained on its model's own answers only, so it cannot be the "
+                                "given-answer head", file=head.path, field="given_probe")
+        sc = cls(rm, meta, p, given=head)
         if model is not None:
             sc.check_model(model, allow_model_mismatch=allow_model_mismatch)
         return sc
+
+    @property
+    def given_capable(self) -> bool:
+        """Whether the probe was trained on answers the model did not write (other or reference answers)."""
+        return bool(set(self.meta.get("answer_provenance", ["own"])) - {"own"})
+
+    def head_for_given(self) -> "Scorer":
+        """The head that scores a row with a response: the given-answer head, or this probe where it was
+        trained on given answers itself. A probe trained on its model's own answers only is never used: its risk
+        on foreign text inverts (it reads "unlike what I would say" as "wrong")."""
+        if self.given is not None:
+            return self.given
+        if self.given_capable:
+            return self
+        raise UserError("this probe was trained on its model's own answers only and has no given-answer head; "
+                        "rows with a response need one (--given-probe, or the shipped probe 'given')",
+                        file=self.path, field="response")
+
+    def ood(self, sig: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(distance, flagged)`` per row: how far the row's probe input lies from the training rows, and
+        whether that passes the threshold fitted on validation (``None`` when the artifact has none)."""
+        from ..probes.modules import ood_distance
+
+        x = self._inputs(sig)
+        d = ood_distance(self.risk_model, x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
+        thr = (self.meta.get("ood") or {}).get("threshold")
+        return d, (d > thr) if thr is not None else None
 
     @property
     def k(self) -> int:
@@ -122,7 +162,10 @@ class Scorer:
               allow_model_mismatch: bool = False) -> list[dict[str, Any]]:
         """Score one batch. Rows with a response are teacher forced; rows without are generated.
 
-        Returns per row ``{"response", "risk", "risk_by_step", "flagged", "n_tokens"}``.
+        Returns per row ``{"response", "risk", "risk_by_step", "flagged", "n_tokens", "teacher_forced", "head",
+        "ood", "ood_distance"}``: ``head`` says which probe scored it (``generation`` for a generated row,
+        ``given`` for a row with a response, see :meth:`head_for_given`), ``ood`` whether its signature is farther
+        from the training rows than the artifact's threshold (``None`` where the artifact has none).
         """
         from ..models import render
         from ..models.generation import eos_ids, generate, response_ids
@@ -137,6 +180,9 @@ class Scorer:
             rows = [i for i, r in enumerate(responses) if (r is not None) == forced_mode]
             if not rows:
                 continue
+            head = self.head_for_given() if forced_mode else self
+            if head is not self:
+                head.check_model(lm, allow_model_mismatch=allow_model_mismatch)
             rps = [render(lm.tokenizer, prompts[i], kinds[i], prompt_style) for i in rows]
             forced = response_ids(lm, [responses[i] for i in rows]) if forced_mode else None
             if forced_mode and any(len(f) == 0 for f in forced):
@@ -144,7 +190,7 @@ class Scorer:
             if forced_mode:  # a given answer: one teacher-forced pass, the answer followed by EOS
                 eos = min(eos_ids(lm))
                 token_ids = [list(f) + [eos] for f in forced]
-                sig = Extractor(lm, spec).extract(rps, token_ids)
+                sig = Extractor(lm, head.feature_spec()).extract(rps, token_ids)
                 texts = [responses[i] for i in rows]
             else:
                 cap = Capture(lm, spec)
@@ -153,12 +199,14 @@ class Scorer:
                 token_ids = [g.token_ids for g in gens]
                 sig = cap.finish(token_ids)
                 texts = [g.text for g in gens]
-            risk, by_step = self.risk(sig), self.risk_by_step(sig)
+            risk, by_step = head.risk(sig), head.risk_by_step(sig)
+            dist, far = head.ood(sig)
             for j, i in enumerate(rows):
                 out[i] = {"response": texts[j], "risk": float(risk[j]),
                           "risk_by_step": [round(float(v), 6) for v in by_step[j]],
-                          "flagged": bool(risk[j] >= self.threshold), "n_tokens": len(token_ids[j]),
-                          "teacher_forced": forced_mode}
+                          "flagged": bool(risk[j] >= head.threshold), "n_tokens": len(token_ids[j]),
+                          "teacher_forced": forced_mode, "head": "given" if forced_mode else "generation",
+                          "ood": None if far is None else bool(far[j]), "ood_distance": round(float(dist[j]), 4)}
         return out  # type: ignore[return-value]
 
 

@@ -15,11 +15,13 @@ import torch
 from ..evaluation import metrics as M
 from ..evaluation.baselines import platt, sklearn_baselines, training_free_scores
 from ..probes.inputs import step_feature_names
-from ..probes.modules import RiskModel
+from ..probes.modules import RiskModel, ood_distance
 from .data import HarvestDataModule
 from .module import ProbeModule, fit_probe
 
 log = logging.getLogger(__name__)
+
+OOD_QUANTILE = 0.99  # a row farther from the training rows than 99% of the validation rows is flagged
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -98,11 +100,34 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
     out["selective"] = selective_table(yt, {n: v[1] for n, v in scores.items()}, n_boot=n_boot)
     out["early_stop"] = early_stop_savings(yv, val_risk, yt, test_risk, n_tok[idx["test"]], dm.selection.k)
     out["calibration"] = {"a": float(rm.calib[0]), "b": float(rm.calib[1]), "threshold": thr}
+    d_val, d_test = ood_distance(rm, vs, vm, vg).numpy(), ood_distance(rm, ts, tm, tg).numpy()
+    ood_thr = float(np.quantile(d_val, OOD_QUANTILE))
+    out["ood"] = {"threshold": ood_thr, "quantile": OOD_QUANTILE, "test_flagged": float(np.mean(d_test > ood_thr))}
+    prov = np.asarray(meta["provenance"]) if "provenance" in meta else np.asarray(["own"] * len(meta["id"]))
+    out["answer_provenance"] = sorted(set(prov[idx["train"]].tolist()))
+    if set(prov.tolist()) != {"own"}:  # given answers in the data: the risk by provenance and by source
+        from ..evaluation.given import evaluate_groups
+
+        src = np.asarray(meta["source"])[idx["test"]]
+        pt, st = prov[idx["test"]], np.asarray(meta["set"])[idx["test"]]
+        groups = {f"provenance {p}": pt == p for p in sorted(set(pt.tolist()))}
+        both = lambda g: 0 < yt[g].sum() < g.sum()  # noqa: E731  (only groups holding right and wrong answers)
+        groups.update({f"source {s_}": src == s_ for s_ in sorted(set(src.tolist())) if both(src == s_)})
+        groups.update({f"{p} · {s_}": (pt == p) & (st == s_) for p in sorted(set(pt.tolist()))
+                       for s_ in sorted(set(st.tolist())) if both((pt == p) & (st == s_))})
+        keys = [f"{meta['id'][i]}:{meta['source'][i]}:{meta['sample'][i]}" for i in idx["test"]]
+        out["given"] = evaluate_groups(yt, test_risk, n_tok[idx["test"]], groups,
+                                       baselines={k: v[idx["test"]] for k, v in free.items()}, keys=keys,
+                                       ood=d_test > ood_thr, n_boot=min(n_boot, 500))
     out["reliability"] = M.reliability(ty.numpy(), test_risk)
     te = dm.idx["test"]
     out["predictions"] = {"id": [dm.harvests.meta["id"][i] for i in te], "set": [dm.harvests.meta["set"][i] for i in te],
                           "category": [dm.harvests.meta["category"][i] for i in te],
-                          "label": [int(v) for v in ty.tolist()], "risk": [round(float(v), 6) for v in test_risk]}
+                          "label": [int(v) for v in ty.tolist()], "risk": [round(float(v), 6) for v in test_risk],
+                          "n_tokens": [int(n_tok[i]) for i in te]}
+    if "given" in out:
+        out["predictions"].update(provenance=[str(prov[i]) for i in te],
+                                  source=[dm.harvests.meta["source"][i] for i in te])
     out["importance"] = permutation_importance(rm, dm, ts, tm, tg, ty.numpy())
     return out
 

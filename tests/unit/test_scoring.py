@@ -10,10 +10,11 @@ from synth import K, make_artifact
 from riskprobe.cli import main
 from riskprobe.errors import UserError
 from riskprobe.models import render
-from riskprobe.models.generation import generate
+from riskprobe.models.generation import eos_ids, generate, response_ids
 from riskprobe.serving.jsonl import score_file
 from riskprobe.serving.scorer import Scorer, onnx_risk
 from riskprobe.signatures import Capture
+from riskprobe.signatures.extract import Extractor
 
 
 def _capture(lm, scorer, prompts, n=8):
@@ -171,3 +172,43 @@ def test_monitor_captures_only_what_the_probe_reads(tmp_path, dir_lm):
     assert mon.risk is not None and mon.risk.shape == (2,)
 
 
+
+
+def test_given_rows_never_use_a_generation_only_head(tmp_path, dir_lm):
+    """A probe trained on its model's own answers only refuses rows with a response; with a given-answer head
+    those rows are scored by that head (and say so), generated rows still by the generation probe."""
+    from synth import make_artifact
+
+    own, _ = make_artifact(dir_lm, tmp_path / "own", provenance=("own",), seed=1)
+    given, _ = make_artifact(dir_lm, tmp_path / "given", provenance=("other", "own", "reference"), seed=2, ood=1.5)
+    prompts, answers = ["What is one?", "Name a thing?"], ["One", "A long and winding answer"]
+    sc = Scorer.load(own, model=dir_lm)
+    assert not sc.given_capable and sc.given is None
+    with pytest.raises(UserError, match="own answers only"):
+        sc.score(dir_lm, prompts, answers)
+    with pytest.raises(UserError, match="cannot be the given-answer head"):
+        Scorer.load(own, given=own)
+    both = Scorer.load(own, model=dir_lm, given=given)
+    res = both.score(dir_lm, prompts + ["Why?"], answers + [None], max_new_tokens=4)
+    assert [r["head"] for r in res] == ["given", "given", "generation"]
+    head = both.given
+    sig = Extractor(dir_lm, head.feature_spec()).extract(
+        [render(dir_lm.tokenizer, p) for p in prompts],
+        [ids + [min(eos_ids(dir_lm))] for ids in response_ids(dir_lm, answers)])
+    np.testing.assert_allclose([r["risk"] for r in res[:2]], head.risk(sig), atol=1e-6)
+    own_risk = sc.risk(Extractor(dir_lm, sc.feature_spec()).extract(
+        [render(dir_lm.tokenizer, p) for p in prompts],
+        [ids + [min(eos_ids(dir_lm))] for ids in response_ids(dir_lm, answers)]))
+    assert np.abs(own_risk - head.risk(sig)).max() > 1e-3  # the two heads differ, so the check above can fail
+    dist, far = head.ood(sig)
+    assert [r["ood"] for r in res[:2]] == (dist > 1.5).tolist() and res[2]["ood"] is None  # the own probe has no threshold
+    # an artifact that names its given head in probe.json brings it along
+    from riskprobe.probes.artifact import read_artifact, write_artifact
+
+    rm, meta = read_artifact(own)
+    import shutil
+
+    shutil.copytree(given, tmp_path / "given_head")
+    write_artifact(rm, dict(meta, given_probe="given_head"), tmp_path / "paired")
+    paired = Scorer.load(tmp_path / "paired", model=dir_lm)
+    assert paired.given is not None and paired.given.path == (tmp_path / "given_head")

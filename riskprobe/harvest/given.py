@@ -1,0 +1,231 @@
+"""Given answers as training data: teacher-forced signatures of answers with their provenance.
+
+A *given harvest* is a harvest (the layout and manifest of :mod:`riskprobe.harvest.store`, read by every later
+stage through :func:`~riskprobe.harvest.store.load_harvests`) whose answers were not generated here: each row's
+answer is forced through the model after its rendered prompt (the path :class:`~riskprobe.serving.scorer.Scorer`
+takes for a row with a response), and two columns say where the answer came from:
+
+* ``provenance``: ``own`` (the model's own answer, as in a generation harvest), ``other`` (written by someone
+  else: HaluEval's right and hallucinated answers, TruthfulQA's true and false answers, another model's answers
+  from its corpus) or ``reference`` (a set's gold answer).
+* ``source``: which list it came from (``halueval_qa:right``, ``truthfulqa:incorrect``, ``gold``,
+  ``corpus:gemma3-270m``...).
+
+Rows of one question share its split (:func:`riskprobe.prompts.sets.split_of` of the question id), whatever
+their provenance, so no question's answers are both trained on and tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import UserError
+from ..fsutil import stable_hash
+
+PROVENANCES = ("own", "other", "reference")
+
+
+@dataclass(frozen=True)
+class GivenAnswer:
+    """One (question, answer, label) row to force through a model."""
+
+    id: str            # the question's id (decides the split)
+    set: str
+    category: str
+    question: str
+    answer: str
+    label: int         # 1 = the answer is wrong
+    provenance: str    # own | other | reference
+    source: str
+    answer_kind: str = "alias"
+    answers: tuple[str, ...] = ()  # the question's gold answers, kept for the record
+
+    def __post_init__(self):
+        if self.provenance not in PROVENANCES:
+            raise ValueError(f"provenance must be one of {PROVENANCES}, not {self.provenance!r}")
+        if self.label not in (0, 1):
+            raise ValueError(f"label must be 0 or 1, not {self.label!r}")
+
+
+def _pick(items, limit: int | None, seed: int = 0):
+    if limit is None or limit >= len(items):
+        return list(items)
+    key = lambda it: hashlib.sha256(f"{seed}:{it.id}".encode()).hexdigest()  # noqa: E731
+    return sorted(items, key=key)[:limit]
+
+
+def from_items(items, *, right_source: str | None = None, wrong_source: str | None = None,
+               max_per_question: int | None = None) -> list[GivenAnswer]:
+    """Right answers (``item.answers``) and wrong ones (``item.incorrect``) of items that list known wrong
+    answers (HaluEval QA, TruthfulQA), all of provenance ``other`` (written by the set's authors)."""
+    out: list[GivenAnswer] = []
+    for it in items:
+        for label, answers, src in ((0, it.answers, right_source or f"{it.set}:right"),
+                                    (1, it.incorrect, wrong_source or f"{it.set}:incorrect")):
+            for a in list(dict.fromkeys(a.strip() for a in answers if a.strip()))[:max_per_question]:
+                out.append(GivenAnswer(it.id, it.set, it.category, it.prompt, a, label, "other", src,
+                                       it.answer_kind, tuple(it.answers)))
+    return out
+
+
+def gold_answers(items) -> list[GivenAnswer]:
+    """Each item's first gold answer as a ``reference`` right answer."""
+    return [GivenAnswer(it.id, it.set, it.category, it.prompt, it.answers[0].strip(), 0, "reference", "gold",
+                        it.answer_kind, tuple(it.answers)) for it in items if it.answers and it.answers[0].strip()]
+
+
+def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: int | None = None,
+                   provenance: str = "other", seed: int = 0) -> list[GivenAnswer]:
+    """Answers of a corpus (:mod:`riskprobe.harvest.generations`) with their grades: another model's answers
+    (``other``), or the model's own (``own``) when forced through the model that wrote them."""
+    from .extract import corpus_items
+    from .generations import read_corpus
+
+    m, rows = read_corpus(corpus)
+    items = corpus_items(m, Path(corpus))
+    rows = [r for r in rows if ids is None or r["id"] in ids]
+    rows = [r for r in rows if r["text"].strip()]
+    if limit is not None and limit < len(rows):
+        key = lambda r: hashlib.sha256(f"{seed}:{r['id']}:{r['sample']}".encode()).hexdigest()  # noqa: E731
+        rows = sorted(rows, key=key)[:limit]
+    src = f"corpus:{m['model']['name']}"
+    return [GivenAnswer(r["id"], r["set"], r["category"], items[r["i"]].prompt, r["text"].strip(),
+                        int(not r["correct"]), provenance, src, items[r["i"]].answer_kind,
+                        tuple(items[r["i"]].answers)) for r in rows]
+
+
+def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, features: dict[str, Any] | None = None,
+                        batch_size: int = 32, shard_size: int = 512, progress: bool = True,
+                        prompt_style: str = "auto", description: str = "given answers") -> Path:
+    """Force every answer through ``lm`` and write the rows as a harvest in ``out`` (resumable by shard).
+
+    The signature of a row is exactly what :meth:`Scorer.score` computes for the same (question, answer):
+    the answer's tokens (no special tokens) followed by EOS, teacher forced after the rendered prompt.
+    """
+    from tqdm.auto import tqdm
+
+    from ..models import render
+    from ..models.generation import eos_ids, response_ids
+    from ..prompts.sets import split_of
+    from ..signatures import FeatureSpec
+    from ..signatures.extract import Extractor
+    from .extract import clear_stale_shards
+    from .run import package_versions
+    from .store import HARVEST_VERSION, MANIFEST, _features, _write_shard, hf_features, merge_shards
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError("exists and is not a folder; choose another --out", file=out, field="out")
+    answers = [a for a in answers if a.answer.strip()]
+    if not answers:
+        raise UserError("no given answers to extract", field="answers")
+    spec = FeatureSpec.from_dict(dict(features or {})).resolve(lm)
+    fp = stable_hash("\n".join(f"{a.id}\t{a.source}\t{a.label}\t{a.answer}" for a in answers))
+    manifest = {
+        "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(), "prompts": description,
+        "n_items": len({a.id for a in answers}), "feature_schema": spec.schema(), "versions": package_versions(),
+        "items_fingerprint": fp, "given": {"n_rows": len(answers), "prompt_style": prompt_style,
+                                           "by_source": _count(answers, "source"),
+                                           "by_provenance": _count(answers, "provenance")},
+    }
+    if (out / MANIFEST).is_file():
+        from .store import read_manifest
+
+        old = read_manifest(out)
+        if old.get("items_fingerprint") != fp or old.get("feature_schema") != manifest["feature_schema"]:
+            raise UserError("this folder holds another given-answer harvest (other rows or features); choose "
+                            "another --out", file=out, field="out")
+        if old.get("status") == "complete":
+            return out
+    else:
+        from ..fsutil import atomic_write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
+    eos = min(eos_ids(lm))
+    rendered = {}
+    for a in answers:
+        key = (a.question, a.answer_kind)
+        if key not in rendered:
+            rendered[key] = render(lm.tokenizer, a.question, a.answer_kind, prompt_style)
+    tokens = [list(t) + [eos] for t in response_ids(lm, [a.answer for a in answers])]
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    n_shards = (len(answers) + shard_size - 1) // shard_size
+    todo = [s for s in range(n_shards) if not (shard_dir / f"shard-{s:05d}" / "state.json").is_file()]
+    clear_stale_shards(shard_dir, todo)
+    feats = _features({**hf_features(spec), "provenance": _str(), "source": _str()})
+    ex = Extractor(lm, spec)
+    bar = tqdm(total=sum(min(shard_size, len(answers) - s * shard_size) for s in todo), unit="answer",
+               desc=f"given answers {lm.identity.name}", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    t0, n_tok = time.perf_counter(), 0
+    sample = _sample_index(answers)
+    for s in todo:
+        part = list(range(s * shard_size, min((s + 1) * shard_size, len(answers))))
+        part.sort(key=lambda j: (answers[j].answer_kind, len(rendered[(answers[j].question, answers[j].answer_kind)].text)
+                                 + 4 * min(len(tokens[j]), spec.steps), j))
+        rows = []
+        for b in range(0, len(part), batch_size):
+            idx = part[b:b + batch_size]
+            sig = ex.extract([rendered[(answers[j].question, answers[j].answer_kind)] for j in idx],
+                             [tokens[j] for j in idx])
+            for n, j in enumerate(idx):
+                a = answers[j]
+                row = {"index": j, "id": a.id, "set": a.set, "category": a.category, "prompt": a.question,
+                       "input_text": rendered[(a.question, a.answer_kind)].text, "answers": list(a.answers),
+                       "answer_kind": a.answer_kind, "response": a.answer, "correct": a.label == 0,
+                       "label": a.label, "echo_discounted": False, "n_tokens": len(tokens[j]), "finish": "given",
+                       "split": split_of(a.id), "sample": sample[j], "provenance": a.provenance, "source": a.source}
+                row.update({k: v[n] for k, v in sig.items()})
+                rows.append(row)
+            n_tok += sum(min(len(tokens[j]), spec.steps) for j in idx)
+            bar.update(len(idx))
+        rows.sort(key=lambda r: r["index"])
+        _write_shard(shard_dir / f"shard-{s:05d}", rows, feats)
+    bar.close()
+    from ..fsutil import atomic_write_json
+
+    atomic_write_json(shard_dir / "timing-rank0.json",
+                      {"tokens": n_tok, "seconds": round(time.perf_counter() - t0, 3), "phase": "given"})
+    merge_shards(out, n_shards)
+    return out
+
+
+def _str():
+    import datasets as hd
+
+    return hd.Value("string")
+
+
+def _count(answers: Iterable[GivenAnswer], key: str) -> dict[str, dict[str, int]]:
+    acc: dict[str, dict[str, int]] = {}
+    for a in answers:
+        d = acc.setdefault(getattr(a, key), {"n": 0, "wrong": 0})
+        d["n"] += 1
+        d["wrong"] += a.label
+    return dict(sorted(acc.items()))
+
+
+def _sample_index(answers: Sequence[GivenAnswer]) -> list[int]:
+    """Each row's index among the rows of its question (so (id, sample) names a row)."""
+    seen: dict[str, int] = {}
+    out = []
+    for a in answers:
+        out.append(seen.get(a.id, 0))
+        seen[a.id] = out[-1] + 1
+    return out
+
+
+def describe(answers: Sequence[GivenAnswer]) -> dict[str, Any]:
+    """Counts by source and provenance (what a card or a note prints)."""
+    return {"rows": len(answers), "questions": len({a.id for a in answers}),
+            "by_source": _count(answers, "source"), "by_provenance": _count(answers, "provenance")}
+
+
+__all__ = ["GivenAnswer", "PROVENANCES", "build_given_harvest", "corpus_answers", "describe", "from_items",
+           "gold_answers", "asdict"]

@@ -1,0 +1,12 @@
+"""The runnable examples in docstrings run and give what they say."""
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["riskprobe.evaluation.given", "riskprobe.training.selection"])
+def test_docstring_examples(module):
+    res = doctest.testmod(importlib.import_module(module))
+    assert res.attempted > 0 and res.failed == 0
