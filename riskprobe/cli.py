@@ -104,10 +104,8 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_extract(args) -> int:
-    from .harvest.extract import extract_corpus
-    from .harvest.run import dist_rank
-    from .harvest.store import read_manifest
+def _features_arg(args) -> dict:
+    """The feature spec of ``--features`` (a harvest config or YAML) with the single-setting options applied."""
     from .resources import resolve_config
 
     features: dict = {}
@@ -128,6 +126,47 @@ def cmd_extract(args) -> int:
                  ("raw_layers", args.raw_layers), ("families", args.families)):
         if v is not None:
             features[k] = [f.strip() for f in v.split(",")] if k == "families" else v
+    return features
+
+
+def cmd_given_harvest(args) -> int:
+    from .harvest.given import build_given_harvest, describe, standard_answers
+
+    for f in ("halueval", "per_question", "gold", "other_rows"):
+        if getattr(args, f) < 0:
+            raise UserError(f"must be 0 or more, got {getattr(args, f)}", field=f.replace("_", "-"))
+    _positive(args.batch_size, "batch-size", 4096)
+    extra = []
+    if args.input:
+        from .serving.given import given_rows
+
+        extra = given_rows(args.input, None)
+    rows = standard_answers(corpus=args.corpus, others=args.other, halueval=args.halueval,
+                            truthfulqa=not args.no_truthfulqa, per_question=args.per_question, gold=args.gold,
+                            other_rows=args.other_rows, extra=extra)
+    d = describe(rows)
+    print(f"{d['rows']} answers of {d['questions']} questions")
+    for src, c in d["by_source"].items():
+        print(f"  {src:<32}{c['n']:>7} answers, {c['wrong']:>6} wrong")
+    if args.dry_run:
+        return 0
+    from .models import load_model, set_threads
+
+    features = _features_arg(args)
+    set_threads(args.threads)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    out = build_given_harvest(lm, rows, args.out, features=features, batch_size=args.batch_size,
+                              progress=not args.no_progress, description=f"given answers ({args.out})")
+    print(f"given-answer harvest: {out}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .harvest.extract import extract_corpus
+    from .harvest.run import dist_rank
+    from .harvest.store import read_manifest
+
+    features = _features_arg(args)
     _positive(args.batch_size, "batch_size", 1 << 16)
     _positive(args.limit, "limit")
     t0 = time.perf_counter()
@@ -419,6 +458,33 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", help="float32, bfloat16 or float16")
     _threads_arg(x)
     x.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = sub.add_parser("given-harvest", help="signatures of answers the model did not write, with their provenance",
+                       description="Teacher-forced signatures of given answers (HaluEval QA, TruthfulQA, gold "
+                                   "answers of a corpus's questions, another model's corpus answers, your own JSONL), "
+                                   "each row with its provenance, as a harvest: the training data of a given-answer "
+                                   "head (riskprobe fit --config given).")
+    g.add_argument("--out", required=True, help="harvest folder to write (rerun with the same arguments to resume)")
+    g.add_argument("--model", default="smollm2-135m", help="the model to force the answers through")
+    g.add_argument("--corpus", help="the model's own corpus: its questions get gold answers, and --other answers "
+                   "are taken on them")
+    g.add_argument("--other", nargs="*", default=[], help="other models' corpora (their graded answers)")
+    g.add_argument("--halueval", type=int, default=1500, help="HaluEval QA questions (0: none)")
+    g.add_argument("--no-truthfulqa", action="store_true", help="leave TruthfulQA out")
+    g.add_argument("--per-question", type=int, default=3, dest="per_question",
+                   help="TruthfulQA answers of each kind per training or validation question")
+    g.add_argument("--gold", type=int, default=1500, help="corpus questions whose gold answer is added")
+    g.add_argument("--other-rows", type=int, default=2000, dest="other_rows", help="answers taken from each --other")
+    g.add_argument("--input", help="a JSONL file of your own {question, answer, label} rows to add")
+    g.add_argument("--features", default="corpus", help="a harvest config (file or shipped name) whose 'features:' "
+                   "to use; the same as the harvests it will be mixed with")
+    for name in ("K", "layers", "normalisation", "raw_layers", "families"):
+        g.set_defaults(**{name: None})
+    g.add_argument("--batch-size", type=int, default=32, dest="batch_size")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    g.add_argument("--dtype", help="float32, bfloat16 or float16")
+    g.add_argument("--dry-run", action="store_true", help="print the row counts only")
+    _threads_arg(g)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     m = sub.add_parser("merge", help="merge a harvest's finished shards (after a multi-process run)")
     m.add_argument("--out", required=True)
     d = sub.add_parser("demo", help="run the whole job on the bundled default (smollm2-135m, built-in set + TriviaQA)")
@@ -489,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "generate": cmd_generate, "extract": cmd_extract,
             "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
-            "eval-given": cmd_eval_given, "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge,
+            "eval-given": cmd_eval_given, "given-harvest": cmd_given_harvest, "report": cmd_report,
+            "compare": cmd_compare, "merge": cmd_merge,
             "cross-model": cmd_cross_model,
             "models": cmd_models, "sets": cmd_sets}
 

@@ -99,6 +99,48 @@ def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: in
                         tuple(items[r["i"]].answers)) for r in rows]
 
 
+def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str | Path] = (), halueval: int = 1500,
+                     truthfulqa: bool = True, per_question: int = 3, gold: int = 1500, other_rows: int = 2000,
+                     extra: Sequence[GivenAnswer] = ()) -> list[GivenAnswer]:
+    """The mixed given-answer rows riskprobe trains its given-answer head on.
+
+    HaluEval QA: the right and the hallucinated answer of ``halueval`` questions. TruthfulQA: the true and
+    false answers of its CSV lists (at most ``per_question`` of each) for training and validation questions,
+    every mc2 statement for test questions (what the evaluation reads). With ``corpus`` (the model's own
+    corpus): the gold answer of ``gold`` of its questions (reference), and ``other_rows`` graded answers of each
+    corpus in ``others`` on those questions (another model's answers). Every row keeps its question's split.
+    """
+    from ..prompts.given import given_answer_pairs
+    from ..prompts.sets import _qid, load_items, split_of
+
+    rows: list[GivenAnswer] = []
+    if halueval:
+        rows += from_items(_pick(load_items("halueval_qa"), halueval))
+    if truthfulqa:
+        tq = load_items("truthfulqa")
+        rows += from_items([it for it in tq if split_of(it.id) != "test"], max_per_question=per_question)
+        by_id = {it.id: it for it in tq}
+        for q, a, label, _ in given_answer_pairs("truthfulqa_mc"):
+            qid = _qid("truthfulqa", q)
+            if qid in by_id and split_of(qid) == "test" and a.strip():
+                it = by_id[qid]
+                rows.append(GivenAnswer(qid, "truthfulqa", "factual", it.prompt, a.strip(), label, "other",
+                                        f"truthfulqa_mc2:{'false' if label else 'true'}", it.answer_kind,
+                                        tuple(it.answers)))
+    ids = None
+    if corpus is not None:
+        from .extract import corpus_items
+        from .generations import read_corpus_manifest
+
+        items = corpus_items(read_corpus_manifest(corpus), Path(corpus))
+        ids = {it.id for it in items}
+        if gold:
+            rows += gold_answers(_pick(items, gold, seed=1))
+    for other in others:
+        rows += corpus_answers(other, ids=ids, limit=other_rows, seed=2)
+    return rows + list(extra)
+
+
 def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, features: dict[str, Any] | None = None,
                         batch_size: int = 32, shard_size: int = 512, progress: bool = True,
                         prompt_style: str = "auto", description: str = "given answers") -> Path:
@@ -228,4 +270,4 @@ def describe(answers: Sequence[GivenAnswer]) -> dict[str, Any]:
 
 
 __all__ = ["GivenAnswer", "PROVENANCES", "build_given_harvest", "corpus_answers", "describe", "from_items",
-           "gold_answers", "asdict"]
+           "gold_answers", "standard_answers", "asdict"]

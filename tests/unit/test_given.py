@@ -149,3 +149,23 @@ def test_ood_distance_is_one_for_standard_rows_and_grows_far_away():
     np.testing.assert_allclose(ood_distance(rm, seq, mask, static).numpy(), 1.0, atol=1e-6)
     mask[:, 1] = False  # invalid steps do not count
     np.testing.assert_allclose(ood_distance(rm, seq * 3, mask, static * 3).numpy(), 3.0, atol=1e-6)
+
+
+def test_given_harvest_cli(tmp_path, tiny_model_dir, capsys):
+    from riskprobe.cli import main
+
+    p = tmp_path / "mine.jsonl"
+    p.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}", "label": i % 2}) + "\n" for i in range(6)))
+    base = ["given-harvest", "--model", str(tiny_model_dir), "--halueval", "0", "--no-truthfulqa", "--input", str(p),
+            "--features", str(_feats_yaml(tmp_path)), "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "g")]) == 0
+    h = load_harvests([tmp_path / "g"])
+    assert len(h) == 6 and h.meta["label"] == [0, 1] * 3 and set(h.meta["source"]) == {"mine"}
+    assert main(base + ["--out", str(tmp_path / "g2"), "--gold", "-1"]) == 2
+    assert "gold" in capsys.readouterr().err and not (tmp_path / "g2").exists()
+
+
+def _feats_yaml(tmp_path):
+    f = tmp_path / "feats.yaml"
+    f.write_text("features: {K: 4, lens_steps: 2, raw_steps: 2, raw_layers: sparse2}\n")
+    return f
