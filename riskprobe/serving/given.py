@@ -133,10 +133,11 @@ def evaluate_rows(head: Scorer, sig: dict[str, Any], rows: Sequence[GivenAnswer]
     free = training_free_scores({k: torch.as_tensor(np.asarray(v)) for k, v in sig.items()}, head.k)
     y = np.asarray([r.label for r in rows])
     groups = {"all": np.ones(len(rows), dtype=bool)}
-    for key in ("provenance", "source"):
+    for key in ("provenance", "source", "set"):
         vals = np.asarray([getattr(r, key) for r in rows])
-        if len(set(vals.tolist())) > 1 or key == "source":
-            groups.update({f"{key} {v}": vals == v for v in sorted(set(vals.tolist()))})
+        if len(set(vals.tolist())) > 1:  # groups that hold right and wrong answers
+            groups.update({f"{key} {v}": vals == v for v in sorted(set(vals.tolist()))
+                           if 0 < y[vals == v].sum() < (vals == v).sum()})
     keys = [f"{r.id}:{r.source}:{r.answer}" for r in rows]
     res = evaluate_groups(y, risk, n_tokens, groups, baselines=free, keys=keys, ood=far, n_boot=n_boot)
     return {"groups": res, "rows": len(rows), "questions": len({r.id for r in rows}),
