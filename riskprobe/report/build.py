@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..fsutil import atomic_write_json, atomic_write_text
 from . import profiles as PF
 from .plots import (
+    plot_decisions,
     plot_importance,
     plot_reliability,
     plot_risk_coverage,
@@ -101,6 +102,86 @@ def profile_harvest(h, k: int = 8, layers=None) -> dict[str, Any]:
     return out
 
 
+LAYER_SETS = ("all", "early", "middle", "late")
+
+
+def _layer_subsets(n: int) -> dict[str, list[int] | None]:
+    """Monitored-layer positions by thirds of the stored layers (``all``: every one)."""
+    return {"all": None, "early": list(range(0, n // 3)), "middle": list(range(n // 3, 2 * n // 3)),
+            "late": list(range(2 * n // 3, n))}
+
+
+def hypothesis_grid(harvests, k: int = 8, n_boot: int = 1000) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """H1 and H2 on every model (harvest) x normalisation x prompt category x monitored-layer set, decided by the
+    rule of :mod:`riskprobe.report.decide` (Holm over all cells tested). Thresholds per harvest and layer set on
+    its training split; the cells use the validation and test rows; the control stratifies by answer length and
+    mean entropy of steps 0..k (quintiles each)."""
+    from ..evaluation.metrics import quantile_strata
+    from ..prompts.sets import split_of
+    from ..signatures.features import CI, masked_step_mean
+    from .decide import cell_effect, decide
+
+    cells: list[dict[str, Any]] = []
+    for d, h, info in harvests:
+        model, norm = info["meta"]["model"]["name"], h.schema["normalisation"]
+        split = np.asarray([split_of(i) for i in h.meta["id"]])
+        ev = split != "train"
+        y = np.asarray(h.meta["label"]).astype(float)
+        cats = np.asarray(h.meta["category"])
+        ids = np.asarray(h.meta["id"])
+        mask = h.tensors["step_mask"].bool()[:, : k + 1]
+        ent = masked_step_mean(h.tensors["commitment"].float()[:, : k + 1, CI["entropy"]], mask).numpy()
+        strata = np.asarray([f"{a}|{b}" for a, b in zip(quantile_strata(np.asarray(h.meta["n_tokens"], float)),
+                                                          quantile_strata(ent))])
+        for lname, idx in _layer_subsets(len(h.schema["layers"])).items():
+            if idx is not None and not idx:
+                continue
+            s_ = PF.early_summary(h.tensors, k, idx)
+            reg = PF.assign(s_, PF.Thresholds.fit(s_, split == "train", k))
+            com = reg["regime"] == "committed"
+            arms = {"H1": (com & (reg["sync_level"] == "low"), com & (reg["sync_level"] == "high")),
+                    "H2": (reg["regime"] == "turbulent_unresolved", reg["regime"] == "turbulent_resolved")}
+            for cat in sorted(set(cats.tolist())):
+                rows = ev & (cats == cat)
+                for hyp, (a, b) in arms.items():
+                    c = cell_effect(y, a & rows, b & rows, ids, strata=strata, n_boot=n_boot)
+                    c.update(hypothesis=hyp, model=model, normalisation=norm, category=cat, layers=lname,
+                             harvest=str(d), rows=int(rows.sum()),
+                             share_a=float((a & rows).sum() / max(rows.sum(), 1)),
+                             share_b=float((b & rows).sum() / max(rows.sum(), 1)))
+                    cells.append(c)
+    return cells, decide(cells)
+
+
+def decisions_md(cells: list[dict[str, Any]], info: dict[str, Any], plot: str | None) -> list[str]:
+    """The decisions table (hypothesis x model x normalisation x category x layers)."""
+    md = ["## Hypotheses: decisions", "",
+          f"Rule (riskprobe.report.decide): effect = error rate of regime a minus regime b on validation + test rows; "
+          f"95% bootstrap interval over questions; Holm over the {info['tests']} cells tested (of {info['cells']}; "
+          f"the {info['controlled_tests']} controlled effects are a second family); "
+          f"held / reversed at Holm p < {info['alpha']}, no effect when the interval lies inside "
+          f"+-{info['margin']}, a regime under {info['min_rows']} rows is too small. H1: committed + low sync (a) vs "
+          "committed + high sync (b). H2: unresolved (a) vs resolved turbulence (b). Controlled: within answer-length x "
+          "entropy quintile strata (Mantel-Haenszel).", ""]
+    if plot:
+        md += [f"![decisions]({plot})", ""]
+    md += ["| hyp | model | norm | category | layers | n a / b (share) | effect [95% CI] | odds ratio | Holm p | "
+           "controlled [95% CI], verdict | verdict | rows to decide |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        head = (f"| {c['hypothesis']} | {c['model']} | {c['normalisation']} | {c['category']} | {c['layers']} | "
+                f"{c['n_a']} / {c['n_b']} ({c['share_a']:.0%} / {c['share_b']:.0%}) |")
+        if not c.get("tested"):
+            md.append(head + " - | - | - | - | too small | - |")
+            continue
+        ctl = c.get("controlled") or {}
+        cs = (f"{ctl['effect']:+.3f} [{ctl['ci'][0]:+.3f}, {ctl['ci'][1]:+.3f}] {ctl.get('verdict', '')}"
+              if ctl and np.isfinite(ctl["effect"]) else "-")
+        md.append(head + f" {c['effect']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['odds_ratio']:.2f} | "
+                  f"{c['p_holm']:.3g} | {cs} | **{c['verdict']}** | {c.get('rows_to_decide') or '-'} |")
+    md.append("")
+    return md
+
+
 def _regime_md(tab: list[dict]) -> list[str]:
     out = ["| regime | sync | share | n | error rate [95% CI] |", "|---|---|---|---|---|"]
     for r in tab:
@@ -134,27 +215,10 @@ def harvest_section(d: Path, h, out: Path, tag: str, k: int) -> tuple[list[str],
                                                                   if a != "k"), ""]
     for cat, tab in prof["by_category"].items():
         md += [f"**{cat}**", "", *_regime_md(tab), ""]
-    md += ["Hypotheses (on the validation and test splits):", "", *[_hyp_md(n, v) for n, v in prof["hypotheses"].items()], ""]
-    # H4 within this harvest: the same H1 with other monitored layers
-    L = len(h.schema["layers"])
-    subsets = {"all": None, "early": list(range(0, L // 3)), "middle": list(range(L // 3, 2 * L // 3)),
-               "late": list(range(2 * L // 3, L))}
-    h4 = {}
-    for name, idx in subsets.items():
-        if idx is not None and not idx:
-            continue
-        p = profile_harvest(h, k, idx)
-        h4[name] = {hn: {kk: p["hypotheses"][hn][kk] for kk in ("effect", "ci", "verdict")} for hn in ("H1", "H2")}
-    md += ["H1 and H2 with other monitored layers (the same harvest):", "",
-           "| layers | H1 effect [CI] | H1 | H2 effect [CI] | H2 |", "|---|---|---|---|---|"]
-    for name, v in h4.items():
-        a, b = v["H1"], v["H2"]
-        md.append(f"| {name} | {a['effect']:+.3f} [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}] | {a['verdict']} | "
-                  f"{b['effect']:+.3f} [{b['ci'][0]:+.3f}, {b['ci'][1]:+.3f}] | {b['verdict']} |")
-    md.append("")
+    md += ["Hypotheses, this harvest alone (validation and test splits, no multiplicity correction; the decisions are "
+           "in *Hypotheses: decisions* above):", "", *[_hyp_md(n, v) for n, v in prof["hypotheses"].items()], ""]
     summary = {"title": title, "model": m["model"]["name"], "normalisation": h.schema["normalisation"],
-               "thresholds": prof["thresholds"], "hypotheses": prof["hypotheses"], "by_category": prof["by_category"],
-               "layers_h4": h4}
+               "thresholds": prof["thresholds"], "hypotheses": prof["hypotheses"], "by_category": prof["by_category"]}
     return md, {"summary": summary, "prof": prof, "meta": m}
 
 
@@ -197,6 +261,12 @@ def _write_report_into(runs: list[str | Path], out: Path, k: int) -> None:
             harvests.append((d, h, info))
         else:
             raise UserError("neither a fit run (metrics.json) nor a harvest (riskprobe.json)", file=d, field="run")
+    if harvests:
+        cells, info = hypothesis_grid(harvests, k)
+        plot = plot_decisions(cells, out / "decisions.png") if any(c.get("tested") for c in cells) else None
+        first = next((i for i, line in enumerate(md) if line.startswith("## Harvest ")), len(md))
+        md[first:first] = decisions_md(cells, info, plot)
+        js["decisions"] = {"rule": info, "cells": cells}
     if len(harvests) > 1:
         side = out / "side_by_side.png"
         md += ["## Harvests side by side", "",

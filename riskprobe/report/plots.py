@@ -210,3 +210,30 @@ def plot_side_by_side(hs: list[tuple[str, Any]], path: Path, max_step: int = 16)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_decisions(cells: list[dict], path: Path) -> str:
+    """One panel per hypothesis: each tested cell's effect with its 95% interval (and the +-margin band)."""
+    from .decide import MARGIN
+
+    plt = _plt()
+    hyps = sorted({c["hypothesis"] for c in cells if c.get("tested")})
+    rows = {h: [c for c in cells if c["hypothesis"] == h and c.get("tested")] for h in hyps}
+    n_max = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(1, len(hyps), figsize=(5.5 * len(hyps), max(3.0, 0.28 * n_max + 1.4)), squeeze=False)
+    colors = {"held": "tab:green", "reversed": "tab:red", "no effect": "tab:blue", "undecided": "grey"}
+    for ax, h in zip(axes[0], hyps):
+        cs = rows[h]
+        for i, c in enumerate(cs):
+            col = colors.get(c["verdict"], "grey")
+            ax.errorbar(c["effect"], i, xerr=[[c["effect"] - c["ci"][0]], [c["ci"][1] - c["effect"]]], fmt="o",
+                        color=col, ms=4, capsize=2)
+        ax.axvspan(-MARGIN, MARGIN, color="tab:blue", alpha=0.08)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(cs)), [f"{c['model']} {c['normalisation']} {c['category']} {c['layers']}" for c in cs],
+                      fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("error rate, regime a - regime b")
+        ax.set_title(f"{h} (green held, red reversed, blue no effect, grey undecided)", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
