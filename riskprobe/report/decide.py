@@ -1,11 +1,11 @@
-"""Deciding the dynamic-signature hypotheses: one rule, stated before looking, applied to every cell of a grid.
+"""Deciding the dynamic-signature hypotheses: one rule, applied to every cell of a grid.
 
 A cell is one hypothesis on one model, prompt category, monitored-layer set and normalisation: the error rate of
 regime ``a`` minus that of regime ``b`` (``effect``), on rows the regime thresholds never saw.
 
 * Interval: bootstrap over questions (all answers to a question are resampled together), 95%.
-* p-value: two-sided, normal approximation with the bootstrap's standard error; **Holm**-corrected over every cell tested in the grid (the count is
-  reported with the table).
+* p-value: two-sided, normal approximation with the bootstrap's standard error; **Holm**-corrected over every
+  cell tested in the grid (the count is reported with the table).
 * Verdict: *held* (Holm p < 0.05, effect > 0), *reversed* (Holm p < 0.05, effect < 0), *no effect* (the interval
   lies inside +-``MARGIN``, an equivalence test), else *undecided*; a regime with fewer than ``MIN_ROWS`` rows is
   *too small* and not tested.
