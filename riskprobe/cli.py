@@ -325,6 +325,8 @@ def _scorer_and_model(args):
     model = args.model or scorer.model_identity["name"]
     lm = load_model(model, device=getattr(args, "device", None))
     scorer.check_model(lm, allow_model_mismatch=args.allow_model_mismatch)
+    if scorer.given is not None:  # the given-answer head must fit the model too
+        scorer.given.check_model(lm, allow_model_mismatch=args.allow_model_mismatch)
     return scorer, lm
 
 
@@ -368,7 +370,7 @@ def cmd_eval_given(args) -> int:
             raise UserError("give --set, --input or --harvest", field="set")
         scorer, lm = _scorer_and_model(args)
         r = evaluate_given(scorer, lm, args.input or args.set, limit=args.limit, split=args.split,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
         what = f"{args.input or args.set}" + (f" ({args.split} split)" if args.split else "")
     a = r["groups"]["all"] if "all" in r["groups"] else next(iter(r["groups"].values()))
     auroc = "-" if a["auroc"] is None else f"{a['auroc']:.3f} [{a['auroc_ci'][0]:.3f}, {a['auroc_ci'][1]:.3f}]"

@@ -146,11 +146,12 @@ def evaluate_rows(head: Scorer, sig: dict[str, Any], rows: Sequence[GivenAnswer]
 
 
 def evaluate_given(scorer: Scorer, lm: LoadedModel, name: str, *, limit: int | None = 200, batch_size: int = 16,
-                   split: str | None = None, progress: bool = True, n_boot: int = 500) -> dict[str, Any]:
+                   split: str | None = None, progress: bool = True, n_boot: int = 500,
+                   allow_model_mismatch: bool = False) -> dict[str, Any]:
     """Score the given-answer rows of ``name`` (a set or a JSONL file, see :func:`given_rows`) with the
     scorer's given-answer head and evaluate them by provenance and source."""
     head = scorer.head_for_given()
-    head.check_model(lm, allow_model_mismatch=True)
+    head.check_model(lm, allow_model_mismatch=allow_model_mismatch)
     rows = given_rows(name, limit, split=split)
     t0 = time.perf_counter()
     sig, n_tok = _signatures(head, lm, rows, batch_size, progress)
