@@ -14,7 +14,7 @@ regime ``a`` minus that of regime ``b`` (``effect``), on rows the regime thresho
   quintiles each, combined with Mantel-Haenszel weights ``n_a n_b / (n_a + n_b)``, with its own interval and
   verdict (the controlled effects are a second family, Holm-corrected alike).
 * For an undecided cell, ``rows_to_decide``: the total rows at which an interval of the observed width, shrinking
-  as 1/sqrt(n), would exclude 0 (or fit inside the margin, whichever comes first).
+  as 1/sqrt(n), would pass the Holm bar for its effect (or fit inside the margin, whichever comes first).
 """
 
 from __future__ import annotations
@@ -127,20 +127,24 @@ def verdict(effect: float, lo: float, hi: float, p_holm: float, margin: float = 
     return "undecided"
 
 
-def rows_to_decide(cell: dict[str, Any], margin: float = MARGIN) -> int | None:
-    """For an undecided cell: the total rows at which an interval of the observed width (shrinking as
-    1/sqrt(n)) would exclude 0 or fit inside the margin, whichever needs fewer."""
+def rows_to_decide(cell: dict[str, Any], margin: float = MARGIN, tests: int = 1) -> int | None:
+    """For an undecided cell: the total rows (both regimes) at which an interval of the observed width, shrinking
+    as 1/sqrt(n), would pass the bar that Holm sets for its effect among ``tests`` tests (Bonferroni's, the
+    strictest step) or fit inside the margin, whichever needs fewer."""
+    from statistics import NormalDist
+
     if not cell.get("tested") or cell.get("verdict") != "undecided":
         return None
     n = cell["n_a"] + cell["n_b"]
     hw = (cell["ci"][1] - cell["ci"][0]) / 2
     eff = abs(cell["effect"])
+    z_need = NormalDist().inv_cdf(1 - ALPHA / (2 * max(tests, 1)))
     cands = []
     if eff > 0:
-        cands.append(n * (hw / eff) ** 2)
+        cands.append(n * (hw * z_need / (1.959964 * eff)) ** 2)
     if eff < margin:
         cands.append(n * (hw / (margin - eff)) ** 2)
-    return int(np.ceil(min(cands))) if cands else None
+    return int(np.ceil(min(cands) - 1e-9)) if cands else None
 
 
 def decide(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,7 +154,7 @@ def decide(cells: list[dict[str, Any]]) -> dict[str, Any]:
     for c, pa in zip(tested, holm([c["p"] for c in tested]) if tested else []):
         c["p_holm"] = float(pa)
         c["verdict"] = verdict(c["effect"], c["ci"][0], c["ci"][1], pa)
-        c["rows_to_decide"] = rows_to_decide(c)
+        c["rows_to_decide"] = rows_to_decide(c, tests=len(tested))
     ctl = [c["controlled"] for c in tested if c.get("controlled") and np.isfinite(c["controlled"].get("p", np.nan))]
     for c, pa in zip(ctl, holm([c["p"] for c in ctl]) if ctl else []):
         c["p_holm"] = float(pa)

@@ -34,13 +34,13 @@ def test_small_regimes_are_not_tested_and_undecided_cells_say_how_many_rows():
     y, a, b, ids = _cells(0.1, MIN_ROWS - 1, seed=2)
     c = cell_effect(y, a, b, ids)
     assert c["verdict"] == "too small" and not c["tested"]
-    y, a, b, ids = _cells(0.05, 100, seed=3)
-    c = cell_effect(y, a, b, ids, n_boot=400)
-    decide([c])
-    if c["verdict"] == "undecided":
-        need = rows_to_decide(c)
-        assert need > 200
-    # a cell that is decided needs no more rows
+    # by hand: 200 rows, effect 0.05, half-width 0.1 -> (0.1 / 0.05)^2 x 200 = 800 rows for one test
+    cell = {"tested": True, "verdict": "undecided", "n_a": 100, "n_b": 100, "effect": 0.05, "ci": [-0.05, 0.15]}
+    assert rows_to_decide(cell) == 800
+    assert rows_to_decide(cell, tests=10) == 1641  # z 2.807 instead of 1.960: x (2.807 / 1.960)^2
+    # an effect near zero is decided sooner by equivalence: 200 x (0.05 / (0.03 - 0.01))^2 = 1250
+    near = dict(cell, effect=0.01, ci=[-0.04, 0.06])
+    assert rows_to_decide(near) == 1250
     assert rows_to_decide({"tested": True, "verdict": "held"}) is None
 
 
