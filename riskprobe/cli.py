@@ -372,7 +372,7 @@ def cmd_eval_given(args) -> int:
         r = evaluate_given(scorer, lm, args.input or args.set, limit=args.limit, split=args.split,
                            progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
         what = f"{args.input or args.set}" + (f" ({args.split} split)" if args.split else "")
-    a = r["groups"]["all"] if "all" in r["groups"] else next(iter(r["groups"].values()))
+    a = r["groups"]["all"]
     auroc = "-" if a["auroc"] is None else f"{a['auroc']:.3f} [{a['auroc_ci'][0]:.3f}, {a['auroc_ci'][1]:.3f}]"
     print(f"{what}: AUROC {auroc} on {a['n']} answers ({a['n_wrong']} wrong) of {r['questions']} questions, "
           f"head {r['head']}")

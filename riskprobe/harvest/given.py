@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -152,7 +152,7 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     from tqdm.auto import tqdm
 
     from ..models import render
-    from ..models.generation import eos_ids, response_ids
+    from ..models.generation import forced_ids
     from ..prompts.sets import split_of
     from ..signatures import FeatureSpec
     from ..signatures.extract import Extractor
@@ -189,13 +189,12 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
-    eos = min(eos_ids(lm))
     rendered = {}
     for a in answers:
         key = (a.question, a.answer_kind)
         if key not in rendered:
             rendered[key] = render(lm.tokenizer, a.question, a.answer_kind, prompt_style)
-    tokens = [list(t) + [eos] for t in response_ids(lm, [a.answer for a in answers])]
+    tokens = forced_ids(lm, [a.answer for a in answers])
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = (len(answers) + shard_size - 1) // shard_size
@@ -270,4 +269,4 @@ def describe(answers: Sequence[GivenAnswer]) -> dict[str, Any]:
 
 
 __all__ = ["GivenAnswer", "PROVENANCES", "build_given_harvest", "corpus_answers", "describe", "from_items",
-           "gold_answers", "standard_answers", "asdict"]
+           "gold_answers", "standard_answers"]

@@ -148,6 +148,13 @@ def response_ids(lm: LoadedModel, responses: Sequence[str]) -> list[list[int]]:
     return [lm.tokenizer(r.strip(), add_special_tokens=False)["input_ids"] for r in responses]
 
 
+def forced_ids(lm: LoadedModel, responses: Sequence[str]) -> list[list[int]]:
+    """What a given answer is teacher forced as: its tokens (:func:`response_ids`) followed by EOS, the
+    step that ends it. Scoring, the given-answer harvest and its evaluation all force exactly this."""
+    eos = min(eos_ids(lm))
+    return [ids + [eos] for ids in response_ids(lm, responses)]
+
+
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,

@@ -94,21 +94,20 @@ def _signatures(head: Scorer, lm: LoadedModel, rows: Sequence[GivenAnswer], batc
     from tqdm.auto import tqdm
 
     from ..models import render
-    from ..models.generation import eos_ids, response_ids
+    from ..models.generation import forced_ids
     from ..signatures.extract import Extractor
 
     spec = head.feature_spec()
     if "commitment" not in spec.families:
         spec = replace(spec, families=["commitment", *spec.families])
     ex = Extractor(lm, spec)
-    eos = min(eos_ids(lm))
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i].question) + 4 * len(rows[i].answer), i))
     parts: dict[str, list] = {}
     bar = tqdm(total=len(rows), desc="given answers", unit="answer", disable=not progress, file=sys.stderr)
     n_tok = [0] * len(rows)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
-        ids = [t + [eos] for t in response_ids(lm, [rows[i].answer for i in idx])]
+        ids = forced_ids(lm, [rows[i].answer for i in idx])
         sig = ex.extract([render(lm.tokenizer, rows[i].question, rows[i].answer_kind) for i in idx], ids)
         for k, v in sig.items():
             parts.setdefault(k, []).append(v)
@@ -128,8 +127,8 @@ def evaluate_rows(head: Scorer, sig: dict[str, Any], rows: Sequence[GivenAnswer]
     from ..evaluation.baselines import training_free_scores
     from ..evaluation.given import evaluate_groups
 
-    risk = head.risk(sig)
-    dist, far = head.ood(sig)
+    x = head._inputs(sig)
+    risk, (dist, far) = head._risk(x), head._ood(x)
     free = training_free_scores({k: torch.as_tensor(np.asarray(v)) for k, v in sig.items()}, head.k)
     y = np.asarray([r.label for r in rows])
     groups = {"all": np.ones(len(rows), dtype=bool)}
@@ -169,11 +168,12 @@ def evaluate_given_harvest(scorer: Scorer, harvest: str | Path, *, split: str = 
     from ..prompts.sets import split_of
 
     head = scorer.head_for_given()
+    from ..models.loader import same_model
+
     h = load_harvests([harvest])
-    same = head.model_identity
-    if not (h.model.get("fingerprint") == same.get("fingerprint")):
-        raise UserError(f"this harvest was made with '{h.model.get('name')}', the probe reads '{same['name']}'",
-                        file=harvest, field="harvest")
+    if not same_model(h.model, head.model_identity):
+        raise UserError(f"this harvest was made with '{h.model.get('name')}', the probe reads "
+                        f"'{head.model_identity['name']}'", file=harvest, field="harvest")
     keep = np.flatnonzero([split_of(i) == split for i in h.meta["id"]])
     if not len(keep):
         raise UserError(f"no rows of the {split} split", file=harvest, field="split")

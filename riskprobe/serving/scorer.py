@@ -85,16 +85,6 @@ class Scorer:
                         "rows with a response need one (--given-probe, or the shipped probe 'given')",
                         file=self.path, field="response")
 
-    def ood(self, sig: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(distance, flagged)`` per row: how far the row's probe input lies from the training rows, and
-        whether that passes the threshold fitted on validation (``None`` when the artifact has none)."""
-        from ..probes.modules import ood_distance
-
-        x = self._inputs(sig)
-        d = ood_distance(self.risk_model, x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
-        thr = (self.meta.get("ood") or {}).get("threshold")
-        return d, (d > thr) if thr is not None else None
-
     @property
     def k(self) -> int:
         return self.selection.k
@@ -139,13 +129,23 @@ class Scorer:
     @torch.no_grad()
     def risk(self, sig: dict[str, Any]) -> np.ndarray:
         """Calibrated risk ``[N]`` from signature arrays (harvested or captured)."""
-        x = self._inputs(sig)
-        return self.risk_model(x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
+        return self._risk(self._inputs(sig))
 
     @torch.no_grad()
     def risk_by_step(self, sig: dict[str, Any]) -> np.ndarray:
         """``[N, k+1]``: the risk seen after steps 0..t (later steps hidden as if the answer had ended)."""
-        x = self._inputs(sig)
+        return self._risk_by_step(self._inputs(sig))
+
+    def ood(self, sig: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(distance, flagged)`` per row: how far the row's probe input lies from the training rows, and
+        whether that passes the threshold fitted on validation (``None`` when the artifact has none)."""
+        return self._ood(self._inputs(sig))
+
+    def _risk(self, x: dict[str, torch.Tensor]) -> np.ndarray:
+        with torch.no_grad():
+            return self.risk_model(x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
+
+    def _risk_by_step(self, x: dict[str, torch.Tensor]) -> np.ndarray:
         seq, mask, static = x["seq"], x["mask"], x["static"]
         N, S = mask.shape
         # every prefix in one call of the probe: S copies of the batch, copy t with steps after t hidden
@@ -153,8 +153,16 @@ class Scorer:
         m = (mask.unsqueeze(0) & keep).reshape(S * N, S)
         rep = [v.unsqueeze(0).expand(S, *v.shape).reshape(S * N, *v.shape[1:]) if v is not None else None
                for v in (seq, static)]
-        risk = self.risk_model(rep[0], m, rep[1]).reshape(S, N)
+        with torch.no_grad():
+            risk = self.risk_model(rep[0], m, rep[1]).reshape(S, N)
         return risk.T.numpy().astype(np.float64)
+
+    def _ood(self, x: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        from ..probes.modules import ood_distance
+
+        d = ood_distance(self.risk_model, x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
+        thr = (self.meta.get("ood") or {}).get("threshold")
+        return d, (d > thr) if thr is not None else None
 
     # ------------------------------------------------------------------ with a model
     def score(self, lm: LoadedModel, prompts: Sequence[str], responses: Sequence[str | None] | None = None,
@@ -168,7 +176,7 @@ class Scorer:
         from the training rows than the artifact's threshold (``None`` where the artifact has none).
         """
         from ..models import render
-        from ..models.generation import eos_ids, generate, response_ids
+        from ..models.generation import forced_ids, generate
         from ..signatures.extract import Extractor
 
         self.check_model(lm, allow_model_mismatch=allow_model_mismatch)
@@ -184,12 +192,10 @@ class Scorer:
             if head is not self:
                 head.check_model(lm, allow_model_mismatch=allow_model_mismatch)
             rps = [render(lm.tokenizer, prompts[i], kinds[i], prompt_style) for i in rows]
-            forced = response_ids(lm, [responses[i] for i in rows]) if forced_mode else None
-            if forced_mode and any(len(f) == 0 for f in forced):
-                raise UserError("a given response is empty", field="response")
             if forced_mode:  # a given answer: one teacher-forced pass, the answer followed by EOS
-                eos = min(eos_ids(lm))
-                token_ids = [list(f) + [eos] for f in forced]
+                token_ids = forced_ids(lm, [responses[i] for i in rows])
+                if any(len(t) == 1 for t in token_ids):
+                    raise UserError("a given response is empty", field="response")
                 sig = Extractor(lm, head.feature_spec()).extract(rps, token_ids)
                 texts = [responses[i] for i in rows]
             else:
@@ -199,8 +205,8 @@ class Scorer:
                 token_ids = [g.token_ids for g in gens]
                 sig = cap.finish(token_ids)
                 texts = [g.text for g in gens]
-            risk, by_step = head.risk(sig), head.risk_by_step(sig)
-            dist, far = head.ood(sig)
+            x = head._inputs(sig)  # the probe's inputs, built once for the three readings
+            risk, by_step, (dist, far) = head._risk(x), head._risk_by_step(x), head._ood(x)
             for j, i in enumerate(rows):
                 out[i] = {"response": texts[j], "risk": float(risk[j]),
                           "risk_by_step": [round(float(v), 6) for v in by_step[j]],

@@ -10,7 +10,7 @@ from synth import K, make_artifact
 from riskprobe.cli import main
 from riskprobe.errors import UserError
 from riskprobe.models import render
-from riskprobe.models.generation import eos_ids, generate, response_ids
+from riskprobe.models.generation import forced_ids, generate
 from riskprobe.serving.jsonl import score_file
 from riskprobe.serving.scorer import Scorer, onnx_risk
 from riskprobe.signatures import Capture
@@ -194,11 +194,11 @@ def test_given_rows_never_use_a_generation_only_head(tmp_path, dir_lm):
     head = both.given
     sig = Extractor(dir_lm, head.feature_spec()).extract(
         [render(dir_lm.tokenizer, p) for p in prompts],
-        [ids + [min(eos_ids(dir_lm))] for ids in response_ids(dir_lm, answers)])
+        forced_ids(dir_lm, answers))
     np.testing.assert_allclose([r["risk"] for r in res[:2]], head.risk(sig), atol=1e-6)
     own_risk = sc.risk(Extractor(dir_lm, sc.feature_spec()).extract(
         [render(dir_lm.tokenizer, p) for p in prompts],
-        [ids + [min(eos_ids(dir_lm))] for ids in response_ids(dir_lm, answers)]))
+        forced_ids(dir_lm, answers)))
     assert np.abs(own_risk - head.risk(sig)).max() > 1e-3  # the two heads differ, so the check above can fail
     dist, far = head.ood(sig)
     assert [r["ood"] for r in res[:2]] == (dist > 1.5).tolist() and res[2]["ood"] is None  # the own probe has no threshold
