@@ -6,6 +6,7 @@ memory of a plain-generation process and of harvest processes over N1 and N2 pro
 
     python benchmarks/bench_harvest.py --model smollm2-135m --n 64 --rounds 3
     python benchmarks/bench_harvest.py --memory --mem-prompts 200 2000
+    python benchmarks/bench_harvest.py --settings --n 128 --batch-size 64 --rounds 2
     python benchmarks/bench_harvest.py --device cuda --dtype bfloat16 --n 1024 --batch-sizes 16 64 256 1024
 """
 
@@ -35,22 +36,28 @@ def _hidden_states_generate(lm, rps, max_new_tokens):
     return finish_rows(lm, out.sequences[:, enc["input_ids"].shape[1]:], ())
 
 
-def _gen_rate(lm, items, spec, batch_size, max_new_tokens):
+def _gen_rate(lm, items, spec, batch_size, max_new_tokens, *, share=True, bucket=False):
+    """Generated tokens and seconds for ``items`` in batches; ``bucket`` orders prompts by token length first
+    (what the harvest does), ``share`` computes a batch's shared prompt prefix once (``encode``)."""
     from riskprobe.models import render
     from riskprobe.models.generation import generate
     from riskprobe.signatures import Capture
 
     n_tok, t0 = 0, time.perf_counter()
-    for b in range(0, len(items), batch_size):
-        rps = [render(lm.tokenizer, it.prompt, it.answer_kind) for it in items[b:b + batch_size]]
+    rendered = [render(lm.tokenizer, it.prompt, it.answer_kind) for it in items]
+    if bucket:
+        lengths = [len(x) for x in lm.tokenizer([r.text for r in rendered], add_special_tokens=True)["input_ids"]]
+        rendered = [r for _, r in sorted(zip(lengths, rendered), key=lambda lr: lr[0])]
+    for b in range(0, len(rendered), batch_size):
+        rps = rendered[b:b + batch_size]
         if spec == "hidden_states":
             gens = _hidden_states_generate(lm, rps, max_new_tokens)
         elif spec is None:
-            gens = generate(lm, rps, max_new_tokens=max_new_tokens)
+            gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share)
         else:
             cap = Capture(lm, spec)
             with cap:
-                gens = generate(lm, rps, max_new_tokens=max_new_tokens)
+                gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share)
             cap.finish([g.token_ids for g in gens])
         n_tok += sum(g.n_tokens for g in gens)
     return n_tok, time.perf_counter() - t0
@@ -130,6 +137,50 @@ def speed(args):
     return res
 
 
+def settings(args):
+    """The old settings (batch ``--old-batch``, prompts in file order, every prompt computed whole) against the
+    new ones (batch ``--batch-size``, prompts bucketed by length, a shared prompt prefix computed once), plain
+    generation and harvest, same prompts, interleaved rounds; prints tokens/s and the ratios."""
+    import torch
+
+    from riskprobe.models import load_model
+    from riskprobe.prompts.sets import load_items
+    from riskprobe.signatures import FeatureSpec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    items = load_items(args.prompts, limit=args.n)
+    spec = FeatureSpec().resolve(lm)
+    arms = {("old", "plain"): (None, args.old_batch, False, False), ("old", "harvest"): (spec, args.old_batch, False, False),
+            ("new", "plain"): (None, args.batch_size, True, True), ("new", "harvest"): (spec, args.batch_size, True, True)}
+    for sp, bs, share, bucket in arms.values():  # warm-up: allocator and kernels for these shapes
+        _gen_rate(lm, items[:bs], sp, bs, 4, share=share, bucket=bucket)
+    acc = {k: [0, 0.0] for k in arms}
+    per_round = {k: [] for k in arms}
+    for r in range(args.rounds):
+        order = list(arms.items()) if r % 2 == 0 else list(arms.items())[::-1]  # alternate: drift hits all alike
+        for k, (sp, bs, share, bucket) in order:
+            n, s = _gen_rate(lm, items, sp, bs, args.max_new_tokens, share=share, bucket=bucket)
+            acc[k][0] += n
+            acc[k][1] += s
+            per_round[k].append(n / s)
+    rate = {k: n / s for k, (n, s) in acc.items()}
+    print(f"model {lm.identity.name} on {_device_name(lm)} ({next(lm.model.parameters()).dtype}), {len(items)} prompts x "
+          f"{args.rounds} rounds, max_new_tokens {args.max_new_tokens}, threads {torch.get_num_threads()}")
+    print("old: batch {0}, file order, whole prompts; new: batch {1}, bucketed by length, shared prefix once".format(
+        args.old_batch, args.batch_size))
+    print(f"{'settings':<10}{'plain tok/s':>13}{'harvest tok/s':>15}{'harvest/plain':>15}")
+    for which in ("old", "new"):
+        p, h = rate[(which, "plain")], rate[(which, "harvest")]
+        print(f"{which:<10}{p:>13.1f}{h:>15.1f}{h / p:>15.3f}")
+    print(f"new / old: plain {rate[('new', 'plain')] / rate[('old', 'plain')]:.2f}x, "
+          f"harvest {rate[('new', 'harvest')] / rate[('old', 'harvest')]:.2f}x")
+    print("per-round tokens/s: " + "; ".join(f"{a} {b}: " + ", ".join(f"{x:.1f}" for x in v)
+                                            for (a, b), v in per_round.items()))
+    return rate
+
+
 def _peak_rss_of(cmd: list[str]) -> tuple[float, float]:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -181,6 +232,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-sizes", type=int, nargs="+", help="print tokens/s against batch size instead")
+    ap.add_argument("--settings", action="store_true",
+                    help="old settings (--old-batch, file order, whole prompts) vs new (--batch-size, bucketed, "
+                         "shared prefix), side by side")
+    ap.add_argument("--old-batch", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=33)
     ap.add_argument("--device")
     ap.add_argument("--dtype")
@@ -197,6 +252,8 @@ def main():
         _child(args.child, args.model, args.prompts, args.n, args.out, args.max_new_tokens, args.batch_size)
     elif args.memory:
         memory(args)
+    elif args.settings:
+        settings(args)
     elif args.batch_sizes:
         batch_table(args)
     else:

@@ -76,6 +76,23 @@ def tiny_model(arch: str, seed: int = 0):
     return model.eval()
 
 
+def tiny_gemma_wide():
+    """A tiny Gemma 3 whose sliding window (512) holds a whole row, so that it may share a prompt prefix."""
+    from transformers import AutoModelForCausalLM
+
+    from riskprobe.models import wrap_model
+
+    torch.manual_seed(0)
+    cfg = tiny_config("gemma3_text")
+    cfg.sliding_window = 512
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    return wrap_model(model, byte_tokenizer(), name="tiny-gemma3-wide")
+
+
 @pytest.fixture(params=ARCHS)
 def tiny_lm(request):
     from riskprobe.models import wrap_model

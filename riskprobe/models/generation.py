@@ -70,6 +70,97 @@ def tokenize(lm: LoadedModel, prompts: Sequence[RenderedPrompt]) -> dict[str, to
     return {k: v.to(lm.device) for k, v in enc.items()}
 
 
+#: the fewest tokens a batch's prompts must share before their keys and values are computed once (see :func:`encode`)
+MIN_SHARED_PREFIX = 4
+_PREFIX_CACHE_SIZE = 8
+
+
+def _forward_params(model) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _window(model) -> int | None:
+    """The sliding attention window (in cache slots), where the model has one."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    w = getattr(cfg, "sliding_window", None)
+    return int(w) if isinstance(w, int) and getattr(cfg, "use_sliding_window", True) is not False else None
+
+
+def shared_prefix(lm: LoadedModel, rows: Sequence[Sequence[int]], extra: int | None) -> int:
+    """How many leading tokens every row of ``rows`` (unpadded prompt ids) shares and may compute once: at
+    least :data:`MIN_SHARED_PREFIX`, leaving each row one token of its own, else 0. A model with a sliding
+    attention window shares only when the longest row plus ``extra`` more tokens (``None``: unknown) stays
+    inside the window: padding after the prefix would otherwise push early tokens out of it. The model must take
+    position ids (``generate`` derives them from the attention mask, so padding in the middle keeps every
+    token's position) and a cache."""
+    params = _forward_params(lm.model)
+    if len(rows) < 2 or "position_ids" not in params or not ({"cache", "past_key_values"} & params):
+        return 0
+    n, limit = 0, min(len(r) for r in rows) - 1
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    window = _window(lm.model)
+    if window is not None and (extra is None or max(len(r) for r in rows) + extra >= window):
+        return 0
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def prefix_cache(lm: LoadedModel, prefix: Sequence[int], batch: int) -> dict:
+    """``{cache keyword: cache}`` holding ``prefix``'s keys and values for ``batch`` rows.
+
+    The prefix (batch 1) is computed once per model and prefix and kept (:attr:`LoadedModel.prefix_cache`, a
+    small LRU); callers get a copy. It runs through the decoder without the output head, so hooks that count
+    steps at the head (signature capture) do not see it, and the states it leaves at the layers' hooks are
+    overwritten by the batch's own pass."""
+    import copy
+
+    key, cache = tuple(prefix), lm.prefix_cache
+    if key in cache:
+        cache[key] = cache.pop(key)  # most recent last
+    else:
+        base = lm.model.get_decoder() if hasattr(lm.model, "get_decoder") else lm.model.base_model
+        ids = torch.tensor([key], device=lm.device)
+        with torch.inference_mode():
+            out = base(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        cache[key] = getattr(out, "cache", None) or out.past_key_values
+        while len(cache) > _PREFIX_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+    kv = copy.deepcopy(cache[key])
+    kv.batch_repeat_interleave(batch)
+    return {"cache" if "cache" in _forward_params(lm.model) else "past_key_values": kv}
+
+
+def encode(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, share_prefix: bool = True,
+           max_new_tokens: int | None = None) -> dict:
+    """Model inputs for ``generate``: ``input_ids``, ``attention_mask`` and, where the batch's prompts begin
+    with the same tokens (:func:`shared_prefix`), a cache holding them.
+
+    Prompts rendered with a chat template share their system message (about half of a short question's prompt
+    on SmolLM2). That prefix's keys and values are computed once per model (:func:`prefix_cache`) and the rows
+    are laid out as ``[prefix][padding][rest of the prompt]`` with the padding masked: every token keeps the
+    position it has in its own unpadded prompt, so the answers are those of :func:`tokenize`'s left-padded batch
+    (up to floating-point rounding) while the prefill computes only the rest. Otherwise, or with
+    ``share_prefix=False``, this is :func:`tokenize`.
+    """
+    if not share_prefix or len(prompts) < 2:
+        return tokenize(lm, prompts)
+    flags = {p.add_special_tokens for p in prompts}
+    if len(flags) != 1:
+        raise ValueError("a batch must not mix chat and few-shot prompts")
+    ids = lm.tokenizer([p.text for p in prompts], add_special_tokens=flags.pop())["input_ids"]
+    n = shared_prefix(lm, ids, max_new_tokens)
+    if not n:
+        return tokenize(lm, prompts)
+    rest = [x[n:] for x in ids]
+    width, pad = max(map(len, rest)), lm.tokenizer.pad_token_id
+    dev = lm.device
+    return {"input_ids": torch.tensor([ids[0][:n] + [pad] * (width - len(r)) + r for r in rest], device=dev),
+            "attention_mask": torch.tensor([[1] * n + [0] * (width - len(r)) + [1] * len(r) for r in rest], device=dev),
+            **prefix_cache(lm, ids[0][:n], len(prompts))}
+
+
 def finish_rows(lm: LoadedModel, new_ids: torch.Tensor, stops: tuple[str, ...]) -> list[Generation]:
     """Cut each row of generated ids at its end (EOS or stop string) and decode it."""
     tok = lm.tokenizer
@@ -159,7 +250,7 @@ def forced_ids(lm: LoadedModel, responses: Sequence[str]) -> list[list[int]]:
 def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
              stopping_criteria: list | None = None, forced: list[list[int]] | None = None,
-             row_seeds: Sequence[int] | None = None) -> list[Generation]:
+             row_seeds: Sequence[int] | None = None, share_prefix: bool = True) -> list[Generation]:
     """Generate answers for a batch of rendered prompts (greedy unless ``do_sample``).
 
     A leading stop string (e.g. the newline a model may emit before its answer) does not end a row;
@@ -167,8 +258,10 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
     With ``forced`` (token ids per row), each row emits exactly those tokens and then EOS (teacher
     forcing; stop strings are not applied). With ``do_sample`` and ``row_seeds``, row ``i`` is sampled from
     its own generator seeded ``row_seeds[i]`` (see :class:`RowSampler`): reproducible whatever the batch.
+    A prompt prefix the batch shares is computed once (:func:`encode`; ``share_prefix=False`` turns it off).
     """
-    enc = tokenize(lm, prompts)
+    longest = max(len(f) for f in forced) + 1 if forced else max_new_tokens
+    enc = encode(lm, prompts, share_prefix=share_prefix, max_new_tokens=longest)
     stops = () if forced else tuple(dict.fromkeys(s for p in prompts for s in p.stop_strings))
     criteria = list(stopping_criteria or [])
     if stops:

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,8 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     identity: ModelIdentity
+    #: the key/value cache of shared prompt prefixes, batch 1, filled by :func:`~.generation.encode` (LRU)
+    prefix_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def device(self):

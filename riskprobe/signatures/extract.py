@@ -38,29 +38,6 @@ class Extractor:
         self.sites = capture_sites(lm.model)
         self.L = self.spec.n_layers
         self.share_prefix = share_prefix
-        self._prefixes: dict[tuple[int, ...], object] = {}
-        cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
-        self._window = getattr(cfg, "sliding_window", None) or None
-        import inspect
-
-        # transformers renamed `past_key_values` to `cache` (5.x); pass whichever this version's forward takes
-        params = inspect.signature(lm.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-
-    def _prefix_cache(self, prefix: tuple[int, ...]):
-        """The KV cache of a prompt prefix shared by a batch (a system message, few-shot examples), computed once
-        per distinct prefix and kept (batch of one; callers copy it)."""
-        import copy
-
-        hit = self._prefixes.get(prefix)
-        if hit is None:
-            ids = torch.tensor([prefix], device=self.lm.model.device)
-            out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
-            hit = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            if len(self._prefixes) >= 8:
-                self._prefixes.pop(next(iter(self._prefixes)))
-            self._prefixes[prefix] = hit
-        return copy.deepcopy(hit)
 
     def _forward(self, prompts, token_ids: Sequence[Sequence[int]], steps: int):
         """States ``[B, steps, L+1, H]`` and logits ``[B, steps, V]`` at the step positions.
@@ -68,22 +45,15 @@ class Extractor:
         Layout: ``[shared prefix][left padding][rest of the prompt][response, right padded]``. The prompt tokens
         that every row of the batch starts with are run once and reused as a KV cache (positions count attended
         tokens, as in generation, so where padding sits does not change any attended state)."""
-        from ..models.generation import tokenize
+        from ..models.generation import prefix_cache, shared_prefix, tokenize
 
         enc = tokenize(self.lm, prompts)
         ids, att = enc["input_ids"], enc["attention_mask"]
         B, P = ids.shape
         dev = ids.device
         rows = [ids[i, att[i].bool()].tolist() for i in range(B)]
-        n_pre = 0
-        if self.share_prefix and B > 1:
-            shortest = min(len(r) for r in rows)
-            while n_pre < shortest - 1 and all(r[n_pre] == rows[0][n_pre] for r in rows):
-                n_pre += 1
         R = steps - 1  # response tokens fed: token t-1 is the input at step t
-        # a sliding-window cache keeps only the last tokens of the prefix: share only what stays in the window
-        if n_pre < 4 or (self._window and max(len(r) for r in rows) + R >= self._window):
-            n_pre = 0
+        n_pre = shared_prefix(self.lm, rows, R) if self.share_prefix else 0
         T = max(len(r) for r in rows) - n_pre  # the rest of the prompt, left padded to T
         pad = self.lm.tokenizer.pad_token_id if self.lm.tokenizer.pad_token_id is not None else 0
         rest = torch.full((B, T + R), pad, dtype=ids.dtype, device=dev)
@@ -101,13 +71,7 @@ class Extractor:
         pos = full_att.long().cumsum(-1) - 1
         pos.masked_fill_(full_att == 0, 1)
         pos = pos[:, n_pre:]
-        kwargs = {}
-        if n_pre:
-            cache = self._prefix_cache(tuple(rows[0][:n_pre]))
-            cache.batch_repeat_interleave(B)
-            kwargs = {self._cache_kw: cache, "use_cache": True}
-        else:
-            kwargs = {"use_cache": False}
+        kwargs = {**prefix_cache(self.lm, rows[0][:n_pre], B), "use_cache": True} if n_pre else {"use_cache": False}
         cols = torch.arange(T - 1, T - 1 + steps, device=dev)
         states: list[torch.Tensor | None] = [None] * (self.L + 1)
 

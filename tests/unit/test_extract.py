@@ -49,39 +49,30 @@ def test_extraction_equals_capture_on_each_architecture(tiny_lm):
     spec = _spec(tiny_lm)
     rps = [render(tiny_lm.tokenizer, q) for q in QUESTIONS]
     gens, want = _captured(tiny_lm, spec, rps, max_new_tokens=10)
+    tiny_lm.prefix_cache.clear()
     ex = Extractor(tiny_lm, spec)
     got = ex.extract(rps, [g.token_ids for g in gens])
     assert_same(got, want)
     assert want["step_mask"].any()
     # the shared prompt prefix (system message / few-shot examples) ran once, as a cache; the tiny Gemma's
     # 16-token sliding window is shorter than these rows, so there nothing is shared
-    assert bool(ex._prefixes) == (tiny_lm.identity.architecture != "gemma3_text")
+    assert bool(tiny_lm.prefix_cache) == (tiny_lm.identity.architecture != "gemma3_text")
     plain = Extractor(tiny_lm, spec, share_prefix=False).extract(rps, [g.token_ids for g in gens])
     assert_same(plain, want)
 
 
 def test_prefix_sharing_with_a_wide_sliding_window():
     """Gemma 3 with a window longer than the rows: the prefix is shared and the features still equal capture."""
-    from transformers import AutoModelForCausalLM
+    from tests.conftest import tiny_gemma_wide
 
-    from riskprobe.models import wrap_model
-    from tests.conftest import byte_tokenizer, tiny_config
-
-    torch.manual_seed(0)
-    cfg = tiny_config("gemma3_text")
-    cfg.sliding_window = 512
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4.0)
-    lm = wrap_model(model, byte_tokenizer(), name="tiny-gemma3-wide")
+    lm = tiny_gemma_wide()
     spec = _spec(lm)
     rps = [render(lm.tokenizer, q) for q in QUESTIONS]
     gens, want = _captured(lm, spec, rps, max_new_tokens=10)
+    lm.prefix_cache.clear()
     ex = Extractor(lm, spec)
     assert_same(ex.extract(rps, [g.token_ids for g in gens]), want)
-    assert ex._prefixes
+    assert lm.prefix_cache
 
 
 def test_extraction_with_forced_endings(llama_lm):

@@ -2,7 +2,9 @@
 
 import hashlib
 
+import numpy as np
 import pytest
+import torch
 
 from riskprobe.errors import UserError
 from riskprobe.models import load_model, render
@@ -21,6 +23,70 @@ def test_tiny_architectures_generate(tiny_lm):
     # left padding: the short prompt's answer does not depend on being batched with a longer one
     alone = generate(tiny_lm, rps[:1], max_new_tokens=5)
     assert alone[0].token_ids == gens[0].token_ids
+
+
+QUESTIONS = ("What is the capital of France?", "Who?", "How many legs does a spider have, usually?", "Name a colour.")
+
+
+def test_shared_prefix_gives_the_same_answers(tiny_lm):
+    """A batch's shared prompt prefix computed once, padding after it: the same tokens as left padding, for
+    greedy, seeded sampling and teacher forcing; Gemma 3's 16-slot window is too short to share (checked)."""
+    rps = [render(tiny_lm.tokenizer, q) for q in QUESTIONS]
+    shared = tiny_lm.identity.architecture != "gemma3_text"
+    for kw in ({}, {"do_sample": True, "row_seeds": [1, 2, 3, 4]}, {"forced": [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14]]}):
+        tiny_lm.prefix_cache.clear()
+        a = generate(tiny_lm, rps, max_new_tokens=10, share_prefix=False, **kw)
+        assert not tiny_lm.prefix_cache
+        b = generate(tiny_lm, rps, max_new_tokens=10, **kw)
+        assert bool(tiny_lm.prefix_cache) == shared
+        assert [g.token_ids for g in a] == [g.token_ids for g in b] and [g.text for g in a] == [g.text for g in b]
+
+
+def test_shared_prefix_layout_and_reuse(llama_lm):
+    from riskprobe.models.generation import MIN_SHARED_PREFIX, encode, tokenize
+
+    rps = [render(llama_lm.tokenizer, q) for q in QUESTIONS[:2]]
+    ids = [llama_lm.tokenizer(r.text, add_special_tokens=False)["input_ids"] for r in rps]
+    n = next(i for i, (x, y) in enumerate(zip(*ids)) if x != y)  # the shared prefix, counted by hand
+    assert n >= MIN_SHARED_PREFIX
+    enc = encode(llama_lm, rps, max_new_tokens=4)
+    width = max(len(x) for x in ids) - n
+    pad = llama_lm.tokenizer.pad_token_id
+    for row, mask, x in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), ids):
+        gap = width - (len(x) - n)
+        assert row == x[:n] + [pad] * gap + x[n:]
+        assert mask == [1] * n + [0] * gap + [1] * (len(x) - n)
+    cache = next(v for k, v in enc.items() if k in ("cache", "past_key_values"))
+    assert cache.get_seq_length() == n and list(llama_lm.prefix_cache) == [tuple(ids[0][:n])]
+    encode(llama_lm, rps, max_new_tokens=4)  # the same prefix again: reused, not recomputed
+    assert len(llama_lm.prefix_cache) == 1
+    # one prompt, or sharing turned off: plain left padding
+    for enc1, want in ((encode(llama_lm, rps[:1]), tokenize(llama_lm, rps[:1])),
+                       (encode(llama_lm, rps, share_prefix=False), tokenize(llama_lm, rps))):
+        assert set(enc1) == {"input_ids", "attention_mask"} and torch.equal(enc1["input_ids"], want["input_ids"])
+
+
+@pytest.mark.parametrize("make", ["llama", "gemma_wide"])
+def test_shared_prefix_keeps_the_signature(make, llama_lm):
+    """Every captured feature is the same with and without the shared prefix (floating-point rounding)."""
+    from conftest import tiny_gemma_wide
+
+    from riskprobe.signatures import Capture, FeatureSpec
+
+    lm = llama_lm if make == "llama" else tiny_gemma_wide()
+    rps = [render(lm.tokenizer, q) for q in QUESTIONS]
+    spec = FeatureSpec(K=6, layers="all", lens_layers="all", raw_layers="all").resolve(lm)
+    sigs = []
+    for share in (False, True):
+        cap = Capture(lm, spec)
+        with cap:
+            gens = generate(lm, rps, max_new_tokens=8, share_prefix=share)
+        sigs.append((cap.finish([g.token_ids for g in gens]), [g.token_ids for g in gens]))
+    assert lm.prefix_cache and sigs[0][1] == sigs[1][1]
+    (a, _), (b, _) = sigs
+    assert set(a) == set(b)
+    for k in a:
+        assert np.allclose(a[k].astype(np.float32), b[k].astype(np.float32), atol=2e-3 if k == "raw" else 1e-4), k
 
 
 def test_load_from_directory(tiny_model_dir):
