@@ -169,15 +169,23 @@ def cmd_extract(args) -> int:
     features = _features_arg(args)
     _positive(args.batch_size, "batch_size", 1 << 16)
     _positive(args.limit, "limit")
+    arms = {}
+    for a in args.arm or []:
+        norm, sep, folder = a.partition("=")
+        if not sep or not folder or norm not in ("raw", "final_norm", "unit"):
+            raise UserError(f"expected NORMALISATION=FOLDER with raw, final_norm or unit, got {a!r}", field="arm")
+        arms[folder] = {**features, "normalisation": norm}
     t0 = time.perf_counter()
     out = extract_corpus(args.generations, args.out, features=features, model=args.model, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, threads=args.threads, progress=not args.no_progress,
-                         max_rows=args.limit)
+                         max_rows=args.limit, arms=arms)
     if dist_rank()[0] != 0:
         return 0
-    m = read_manifest(out)
-    print(f"extract: {out}  ({m['n_rows']} rows, model {m['model']['name']}, {time.perf_counter() - t0:.1f} s, "
-          f"{m['n_rows'] / max(m['timing']['seconds'], 1e-9):.1f} rows/s)")
+    for folder in [out, *arms]:
+        m = read_manifest(folder)
+        print(f"extract: {folder}  ({m['n_rows']} rows, model {m['model']['name']}, "
+              f"normalisation {m['feature_schema'].get('normalisation', '?')}, {time.perf_counter() - t0:.1f} s, "
+              f"{m['n_rows'] / max(m['timing']['seconds'], 1e-9):.1f} rows/s)")
     _print_summary(m["summary"])
     return 0
 
@@ -453,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--normalisation", help="hidden-state normalisation: raw, final_norm or unit")
     x.add_argument("--raw-layers", dest="raw_layers", help="layers whose raw states are stored")
     x.add_argument("--families", help="comma-separated feature families (commitment,sync,trajectory,lens,raw)")
+    x.add_argument("--arm", action="append", metavar="NORMALISATION=FOLDER",
+                   help="also write the same features with another hidden-state normalisation into FOLDER, from the "
+                        "same forward passes (repeatable: --arm unit=runs/x-unit --arm final_norm=runs/x-fn)")
     x.add_argument("--limit", type=int, help="extract this many answers (a subsample fixed by question id)")
     x.add_argument("--model", help="the model to load (default: the one the corpus was made with)")
     x.add_argument("--batch-size", type=int, default=32, dest="batch_size")

@@ -61,7 +61,8 @@ def model_for(m: dict[str, Any], model: str | None) -> str:
 def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[str, Any] | None = None, lm=None,
                    model: str | None = None, batch_size: int = 32, shard_size: int | None = None,
                    device: str | None = None, dtype: str | None = None, threads: int | None = None,
-                   progress: bool = True, merge: bool = True, max_rows: int | None = None) -> Path:
+                   progress: bool = True, merge: bool = True, max_rows: int | None = None,
+                   arms: dict[str | Path, dict[str, Any]] | None = None) -> Path:
     """Extract signatures for every answer of the corpus ``generations`` into the harvest folder ``out``.
 
     Args:
@@ -70,6 +71,9 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         features: the feature spec (a mapping, as under ``features:`` in a harvest config).
         lm: an already loaded model; else ``model`` (default: the corpus's own) is loaded.
         max_rows: extract only this many answers, a subsample fixed by a hash of question id and sample.
+        arms: more harvest folders to write from the same forward passes, each with its own feature spec
+            (``{folder: features}``; say the same features with another ``normalisation``): one model pass
+            serves them all, so each arm costs only its feature reduction.
     """
     from ..models import load_model
     from ..models.loader import same_model, set_threads
@@ -109,18 +113,30 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
             raise UserError(f"question {r['id']!r} renders differently now than when it was answered (another chat "
                             "template or prompt text); its signature would not describe that answer",
                             file=generations, field="prompt_sha")
-    manifest = harvest_manifest(m, lm, spec, cfg)
-    manifest["generations"].update(fingerprint=stable_hash("\n".join(
-        f"{r['id']}:{r['sample']}:{','.join(map(str, r['tokens']))}" for r in rows)), n_rows=len(rows), max_rows=max_rows)
-    created = not out.exists()
-    open_harvest(out, manifest, rank)
+    rows_fp = stable_hash("\n".join(f"{r['id']}:{r['sample']}:{','.join(map(str, r['tokens']))}" for r in rows))
+    targets = [(out, cfg, spec)]
+    for arm_out, arm_features in (arms or {}).items():
+        arm_out = Path(arm_out)
+        if arm_out.resolve() in {t[0].resolve() for t in targets}:
+            raise UserError("is written twice; give each arm its own folder", file=arm_out, field="arms")
+        arm_cfg = corpus_config(m, batch_size=batch_size, shard_size=cfg.shard_size, device=device, dtype=dtype,
+                                threads=threads, out=str(arm_out), features=dict(arm_features))
+        targets.append((arm_out, arm_cfg, FeatureSpec.from_dict(arm_cfg.features).resolve(lm)))
+    created = {}
+    for t_out, t_cfg, t_spec in targets:
+        manifest = harvest_manifest(m, lm, t_spec, t_cfg)
+        manifest["generations"].update(fingerprint=rows_fp, n_rows=len(rows), max_rows=max_rows)
+        created[t_out] = not t_out.exists()
+        open_harvest(t_out, manifest, rank)
     try:
-        _extract_shards(cfg, lm, spec, items, rendered, lengths, rows, out, rank, world, progress, merge)
+        _extract_shards(cfg, lm, [(o, sp) for o, _, sp in targets], items, rendered, lengths, rows, rank, world,
+                        progress, merge)
     except BaseException as e:
         if rank == 0:
             from .run import _abandon
 
-            _abandon(out, created, e)
+            for t_out, _, _ in targets:
+                _abandon(t_out, created[t_out], e)
         raise
     return out
 
@@ -196,23 +212,31 @@ def harvest_row(item, corpus_row: dict[str, Any], rendered_text: str) -> dict[st
             "finish": corpus_row["finish"], "split": split_of(item.id), "sample": int(corpus_row["sample"])}
 
 
-def _extract_shards(cfg, lm, spec, items, rendered, lengths, rows, out: Path, rank: int, world: int, progress: bool,
+def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int, world: int, progress: bool,
                     merge: bool) -> None:
+    """Extract the rows shard by shard; ``targets`` = ``[(harvest folder, spec), ...]``, all from the same forward
+    passes. A shard is computed while any target lacks it and written to those that lack it."""
     from tqdm.auto import tqdm
 
     from ..signatures.extract import Extractor
 
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    dirs = [out / "shards" for out, _ in targets]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
     size = cfg.shard_size
     samples = cfg.answers_per_question
     n_shards = (len(rows) + size - 1) // size
-    todo = [s for s in range(n_shards) if s % world == rank and not (shard_dir / f"shard-{s:05d}" / "state.json").is_file()]
-    clear_stale_shards(shard_dir, todo)
-    features = _features(hf_features(spec))
-    ex = Extractor(lm, spec)
+    missing = {s: [d for d in dirs if not (d / f"shard-{s:05d}" / "state.json").is_file()] for s in range(n_shards)}
+    todo = [s for s in range(n_shards) if s % world == rank and missing[s]]
+    for d in dirs:
+        clear_stale_shards(d, todo)
+    features = [_features(hf_features(sp)) for _, sp in targets]
+    spec = targets[0][1]
+    steps = max(sp.steps for _, sp in targets)
+    ex = Extractor(lm, spec, arms=[sp for _, sp in targets[1:]])
     n_todo = sum(len(rows[s * size:(s + 1) * size]) for s in todo)
-    bar = tqdm(total=n_todo, desc=f"extract {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+    bar = tqdm(total=n_todo, desc=f"extract {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+               + (f" ({len(targets)} arms)" if len(targets) > 1 else ""),
                unit="answer", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     n_tok, t0 = 0, time.perf_counter()
     for s in todo:
@@ -220,24 +244,30 @@ def _extract_shards(cfg, lm, spec, items, rendered, lengths, rows, out: Path, ra
         part = list(range(idx0, min(idx0 + size, len(rows))))
         # one system message per batch (its prefix is computed once) and similar total lengths (little padding)
         order = sorted(part, key=lambda j: (items[rows[j]["i"]].answer_kind,
-                                            lengths[rows[j]["i"]] + min(len(rows[j]["tokens"]), spec.steps), j))
-        done_rows, done_sigs = [], []
+                                            lengths[rows[j]["i"]] + min(len(rows[j]["tokens"]), steps), j))
+        done_rows, done_sigs = [], [[] for _ in targets]
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b: b + cfg.batch_size]
             rs = [rows[j] for j in idx]
-            sig = ex.extract([rendered[r["i"]] for r in rs], [r["tokens"] for r in rs])
+            sigs = ex.extract_arms([rendered[r["i"]] for r in rs], [r["tokens"] for r in rs])
             done_rows += rs
-            done_sigs += [{k: v[n] for k, v in sig.items()} for n in range(len(rs))]
-            n_tok += sum(min(len(r["tokens"]), spec.steps) for r in rs)
+            for acc, sig in zip(done_sigs, sigs):
+                acc += [{k: v[n] for k, v in sig.items()} for n in range(len(rs))]
+            n_tok += sum(min(len(r["tokens"]), steps) for r in rs)
             bar.update(len(idx))
-        write_harvest_shard(shard_dir / f"shard-{s:05d}", items, rendered, done_rows, done_sigs, samples, features)
+        for d, acc, feats in zip(dirs, done_sigs, features):
+            if d in missing[s]:
+                write_harvest_shard(d / f"shard-{s:05d}", items, rendered, done_rows, acc, samples, feats)
     bar.close()
     elapsed = time.perf_counter() - t0
-    atomic_write_json(shard_dir / f"timing-rank{rank}.json",
-                      {"tokens": n_tok, "seconds": round(elapsed, 3), "phase": "extract"})
+    for d in dirs:
+        atomic_write_json(d / f"timing-rank{rank}.json",
+                          {"tokens": n_tok, "seconds": round(elapsed, 3), "phase": "extract", "arms": len(targets)})
     if merge and rank == 0:
         if world > 1:
             from .run import _wait_for
 
-            _wait_for(*[shard_dir / f"shard-{s:05d}" / "state.json" for s in range(n_shards)])
-        merge_shards(out, n_shards)
+            for d in dirs:
+                _wait_for(*[d / f"shard-{s:05d}" / "state.json" for s in range(n_shards)])
+        for out, _ in targets:
+            merge_shards(out, n_shards)

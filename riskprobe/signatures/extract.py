@@ -31,10 +31,12 @@ from .spec import FeatureSpec
 class Extractor:
     """Teacher-forced extraction of a :class:`FeatureSpec`'s signature (see the module doc)."""
 
-    def __init__(self, lm, spec: FeatureSpec, *, share_prefix: bool = True):
+    def __init__(self, lm, spec: FeatureSpec, *, share_prefix: bool = True, arms: Sequence[FeatureSpec] = ()):
         self.lm = lm
         self.cap = Capture(lm, spec)  # used for its per-step reduction only; its hooks are never put on
         self.spec = self.cap.spec
+        # more specs reduced from the same forward pass (another normalisation, layer set or family list)
+        self.arm_caps = [Capture(lm, a) for a in arms]
         self.sites = capture_sites(lm.model)
         self.L = self.spec.n_layers
         self.share_prefix = share_prefix
@@ -98,24 +100,32 @@ class Extractor:
     def extract(self, prompts, token_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
         """Signature arrays ``{column: [B, ...]}`` for rendered prompts and their responses' token ids (each up to
         and including the token that ended it, as :class:`~riskprobe.models.generation.Generation` holds them)."""
+        return self.extract_arms(prompts, token_ids)[0]
+
+    @torch.inference_mode()
+    def extract_arms(self, prompts, token_ids: Sequence[Sequence[int]]) -> list[dict[str, np.ndarray]]:
+        """:meth:`extract` for the main spec and then every arm, all from one forward pass."""
         if len(prompts) != len(token_ids):
             raise ValueError("one response per prompt")
         if any(len(t) == 0 for t in token_ids):
             raise ValueError("a response has no tokens")
-        steps = min(self.spec.steps, max(len(t) for t in token_ids))
+        caps = [self.cap, *self.arm_caps]
+        steps = min(max(c.spec.steps for c in caps), max(len(t) for t in token_ids))
         states, logits = self._forward(prompts, token_ids, steps)
         B = len(token_ids)
         chosen = torch.zeros((B, steps), dtype=torch.long, device=logits.device)
         for i, toks in enumerate(token_ids):
             n = min(len(toks), steps)
             chosen[i, :n] = torch.as_tensor(list(toks[:n]), dtype=torch.long, device=logits.device)
-        cap = self.cap
-        cap.reset()
-        for t in range(steps):
-            if t > 0:
-                cap._record_chosen(chosen[:, t - 1])
-            cap._step(logits[:, t], states[:, t])
-        return cap.finish([list(t) for t in token_ids])
+        out = []
+        for cap in caps:
+            cap.reset()
+            for t in range(min(steps, cap.spec.steps)):
+                if t > 0:
+                    cap._record_chosen(chosen[:, t - 1])
+                cap._step(logits[:, t], states[:, t])
+            out.append(cap.finish([list(t) for t in token_ids]))
+        return out
 
 
 def extract(lm, spec: FeatureSpec, prompts, token_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:

@@ -116,6 +116,20 @@ def test_reextraction_with_another_normalisation_changes_exactly_the_affected_co
     # the same spec extracted again (another batch size) gives the harvest's own rows (captured while generating)
     y = extract_corpus(h / "generations", tmp_path / "again", features=SMALL, lm=llama_lm, batch_size=3, progress=False)
     assert_same_dataset(datasets.load_from_disk(str(y)), datasets.load_from_disk(str(h)), atol=1e-3)
+    # arms: both normalisations (and final_norm) from one set of forward passes = each extracted on its own
+    arms = {tmp_path / "arm-unit": {**SMALL, "normalisation": "unit"},
+            tmp_path / "arm-fn": {**SMALL, "normalisation": "final_norm"}}
+    z = extract_corpus(h / "generations", tmp_path / "arm-raw", features=SMALL, lm=llama_lm, batch_size=5,
+                       progress=False, arms=arms)
+    assert_same_dataset(datasets.load_from_disk(str(z)), a, atol=0)
+    assert_same_dataset(datasets.load_from_disk(str(tmp_path / "arm-unit")), b, atol=0)
+    fn = extract_corpus(h / "generations", tmp_path / "fn", features={**SMALL, "normalisation": "final_norm"},
+                        lm=llama_lm, batch_size=5, progress=False)
+    assert_same_dataset(datasets.load_from_disk(str(tmp_path / "arm-fn")), datasets.load_from_disk(str(fn)), atol=0)
+    assert read_manifest(tmp_path / "arm-fn")["feature_schema"]["normalisation"] == "final_norm"
+    with pytest.raises(UserError, match="written twice"):
+        extract_corpus(h / "generations", tmp_path / "dup", features=SMALL, lm=llama_lm, progress=False,
+                       arms={tmp_path / "dup": SMALL})
 
 
 def test_extract_refusals(tmp_path, llama_lm, mini_prompts):
@@ -154,3 +168,11 @@ def test_extract_cli(tmp_path, tiny_model_dir, mini_prompts, capsys):
     assert main(["extract", "--generations", str(gen), "--out", str(tmp_path / "y"), "--normalisation", "zscore",
                  "--no-progress"]) == 2
     assert "features.normalisation" in capsys.readouterr().err
+    assert main(["extract", "--generations", str(gen), "--out", str(tmp_path / "r"), "--K", "3",
+                 "--arm", f"unit={tmp_path / 'u'}", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "normalisation raw" in out and "normalisation unit" in out
+    assert read_manifest(tmp_path / "u")["feature_schema"]["normalisation"] == "unit"
+    assert main(["extract", "--generations", str(gen), "--out", str(tmp_path / "r2"), "--arm", "zscore=x",
+                 "--no-progress"]) == 2
+    assert "arm" in capsys.readouterr().err
