@@ -158,7 +158,7 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     from ..signatures.extract import Extractor
     from .extract import clear_stale_shards
     from .run import package_versions
-    from .store import HARVEST_VERSION, MANIFEST, _features, _write_shard, hf_features, merge_shards
+    from .store import HARVEST_VERSION, _features, _write_shard, hf_features, merge_shards
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -175,20 +175,13 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
                                            "by_source": _count(answers, "source"),
                                            "by_provenance": _count(answers, "provenance")},
     }
-    if (out / MANIFEST).is_file():
-        from .store import read_manifest
+    from .extract import open_harvest
+    from .store import read_manifest
 
-        old = read_manifest(out)
-        if old.get("items_fingerprint") != fp or old.get("feature_schema") != manifest["feature_schema"]:
-            raise UserError("this folder holds another given-answer harvest (other rows or features); choose "
-                            "another --out", file=out, field="out")
-        if old.get("status") == "complete":
-            return out
-    else:
-        from ..fsutil import atomic_write_json
-
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
+    out.mkdir(parents=True, exist_ok=True)
+    open_harvest(out, manifest, 0)  # the one compatibility rule: same model, rows and features, or refused
+    if read_manifest(out).get("status") == "complete":
+        return out
     rendered = {}
     for a in answers:
         key = (a.question, a.answer_kind)

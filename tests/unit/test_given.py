@@ -85,8 +85,10 @@ def test_given_harvest_records_provenance_and_keeps_questions_in_one_split(tmp_p
     assert all(len(s) == 1 for s in where.values())
     # resuming a finished harvest does nothing; other rows in the same folder are refused
     assert build_given_harvest(dir_lm, rows, out, features=FEATS, progress=False) == out
-    with pytest.raises(UserError, match="another given-answer harvest"):
+    with pytest.raises(UserError, match="the prompt items changed"):
         build_given_harvest(dir_lm, rows[:-1], out, features=FEATS, progress=False)
+    with pytest.raises(UserError, match="different configuration.*feature_schema"):
+        build_given_harvest(dir_lm, rows, out, features={**FEATS, "normalisation": "unit"}, progress=False)
 
 
 def test_generation_harvests_read_as_own_answers_and_a_repeat_counts_once(tmp_path):
