@@ -115,7 +115,8 @@ def hypothesis_grid(harvests, k: int = 8, n_boot: int = 1000) -> tuple[list[dict
     """H1 and H2 on every model (harvest) x normalisation x prompt category x monitored-layer set, decided by the
     rule of :mod:`riskprobe.report.decide` (Holm over all cells tested). Thresholds per harvest and layer set on
     its training split; the cells use the validation and test rows; the control stratifies by answer length and
-    mean entropy of steps 0..k (quintiles each)."""
+    mean entropy of steps 0..k (quintiles each). ``harvests``: ``(folder, harvest, info)`` with the harvest
+    section's profile in ``info["prof"]`` (its all-layer regimes are reused, not computed again)."""
     from ..evaluation.metrics import quantile_strata
     from ..prompts.sets import split_of
     from ..signatures.features import CI, masked_step_mean
@@ -136,8 +137,11 @@ def hypothesis_grid(harvests, k: int = 8, n_boot: int = 1000) -> tuple[list[dict
         for lname, idx in _layer_subsets(len(h.schema["layers"])).items():
             if idx is not None and not idx:
                 continue
-            s_ = PF.early_summary(h.tensors, k, idx)
-            reg = PF.assign(s_, PF.Thresholds.fit(s_, split == "train", k))
+            if idx is None:  # every layer: the harvest section's profile already holds these regimes
+                reg = info["prof"]["regimes"]
+            else:
+                s_ = PF.early_summary(h.tensors, k, idx)
+                reg = PF.assign(s_, PF.Thresholds.fit(s_, split == "train", k))
             com = reg["regime"] == "committed"
             arms = {"H1": (com & (reg["sync_level"] == "low"), com & (reg["sync_level"] == "high")),
                     "H2": (reg["regime"] == "turbulent_unresolved", reg["regime"] == "turbulent_resolved")}
