@@ -22,7 +22,7 @@ from .plots import (
     plot_decisions,
     plot_importance,
     plot_reliability,
-    plot_risk_coverage,
+    plot_selective,
     plot_side_by_side,
     plot_trajectories,
 )
@@ -74,11 +74,10 @@ def fit_section(d: Path, out: Path, tag: str) -> list[str]:
         plot_sweep(sw, out / f"{tag}_auroc_vs_k.png")
         md += ["### Risk by step: AUROC vs k", "", f"![AUROC vs k]({tag}_auroc_vs_k.png)", "", sweep_table(sw), ""]
     if m.get("reliability"):
-        rc_title = "risk-coverage (test)"
         md += ["### Calibration and selective answering", "",
                f"![reliability]({plot_reliability(m['reliability'], out / f'{tag}_reliability.png', 'reliability (test)')}) "
-               + (f"![risk-coverage]({plot_risk_coverage(m['predictions'], out / f'{tag}_risk_coverage.png', rc_title)})"
-                  if m.get("predictions") else ""), ""]
+               + (f"![risk-coverage]({plot_selective(m['selective'], out / f'{tag}_risk_coverage.png')})"
+                  if m.get("selective") else ""), ""]
     if m.get("importance"):
         md += ["### What carries the risk", "",
                f"![importance]({plot_importance(m['importance'], out / f'{tag}_importance.png', 'permutation importance')})", ""]

@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.metrics import risk_coverage
 from ..evaluation.tables import sweep_series
 from ..fsutil import atomic_savefig
 from ..signatures.features import CI, SI, TI
 
 
-def plot_selective(selective: dict[str, Any], path: str | Path) -> None:
-    """Error rate among the kept answers against the share kept, one line per score (lower is better)."""
+def plot_selective(selective: dict[str, Any], path: str | Path) -> str:
+    """Error rate among the kept answers against the share kept, one line per score (lower is better): the fit's
+    ``risk_coverage.png`` and the report's. Returns the file name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,6 +35,7 @@ def plot_selective(selective: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
+    return Path(path).name
 
 
 def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
@@ -103,23 +104,6 @@ def plot_reliability(rel: list[dict], path: Path, title: str) -> str:
     ax.set_title(title, fontsize=9)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_risk_coverage(pred: dict, path: Path, title: str) -> str:
-    plt = _plt()
-    y, r = np.asarray(pred["label"], float), np.asarray(pred["risk"], float)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    c, e = risk_coverage(y, r)
-    ax.plot(c, e, label="probe")
-    c2, e2 = risk_coverage(y, y + 1e-6 * np.arange(len(y)))
-    ax.plot(c2, e2, ls=":", label="oracle")
-    ax.axhline(y.mean(), ls="--", color="grey", lw=0.8, label="no selection")
-    ax.set_xlabel("coverage (fraction of answers kept, least risky first)")
-    ax.set_ylabel("error rate among kept answers")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
