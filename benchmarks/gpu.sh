@@ -7,7 +7,7 @@
 #     bash benchmarks/gpu.sh [MODEL]          # MODEL: smollm2-135m (default), a .gguf file, a directory, a hub id
 #     SECTIONS="extract monitor raw" PROBE_RAW=path/to/probe bash benchmarks/gpu.sh MODEL   # some sections only
 #
-# Sections: batch, extract, monitor, harvest, raw (all by default). Results are printed and kept in
+# Sections: settings, batch, extract, monitor, harvest, raw (all by default). Results are printed and kept in
 # $BENCH_OUT (default runs/gpu-bench). Needs a CUDA build of torch and riskprobe's dependencies; the public
 # TriviaQA set (RISKPROBE_DATASETS). Each section goes on when another fails.
 set -uo pipefail
@@ -15,7 +15,7 @@ MODEL=${1:-smollm2-135m}
 PY=${PY:-python3}
 B=${BENCH_OUT:-runs/gpu-bench}
 N=${BENCH_N:-512}
-SECTIONS=" ${SECTIONS:-batch extract monitor harvest raw} "
+SECTIONS=" ${SECTIONS:-settings batch extract monitor harvest raw} "
 PROBE_RAW=${PROBE_RAW:-}
 CORPUS=${CORPUS-data/corpora/smollm2-135m}   # re-extracted in the extract section; empty: skip (needs all its sets)
 on() { [[ "$SECTIONS" == *" $1 "* ]]; }
@@ -23,6 +23,11 @@ mkdir -p "$B"
 export TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$B/gpu.txt"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+if on settings; then
+    echo "== a shared prompt prefix computed once + prompts bucketed by length, against neither (same batch, plain and harvest)"
+    "$PY" benchmarks/bench_harvest.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --rounds 2 --settings \
+        --old-batch 128 --batch-size 128 2>&1 | grep -v "it/s" | tee "$B/settings.txt"
+fi
 if on batch; then
     echo "== tokens/s against batch size (plain generate vs harvest capture; warm-up per size, alternating order)"
     "$PY" benchmarks/bench_harvest.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --rounds 2 \
