@@ -169,11 +169,14 @@ def cmd_extract(args) -> int:
     features = _features_arg(args)
     _positive(args.batch_size, "batch_size", 1 << 16)
     _positive(args.limit, "limit")
+    from .signatures.spec import NORMALISATIONS
+
     arms = {}
     for a in args.arm or []:
         norm, sep, folder = a.partition("=")
-        if not sep or not folder or norm not in ("raw", "final_norm", "unit"):
-            raise UserError(f"expected NORMALISATION=FOLDER with raw, final_norm or unit, got {a!r}", field="arm")
+        if not sep or not folder or norm not in NORMALISATIONS:
+            raise UserError(f"expected NORMALISATION=FOLDER with one of {', '.join(NORMALISATIONS)}, got {a!r}",
+                            field="arm")
         arms[folder] = {**features, "normalisation": norm}
     t0 = time.perf_counter()
     out = extract_corpus(args.generations, args.out, features=features, model=args.model, batch_size=args.batch_size,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,8 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         arm_out = Path(arm_out)
         if arm_out.resolve() in {t[0].resolve() for t in targets}:
             raise UserError("is written twice; give each arm its own folder", file=arm_out, field="arms")
-        arm_cfg = corpus_config(m, batch_size=batch_size, shard_size=cfg.shard_size, device=device, dtype=dtype,
-                                threads=threads, out=str(arm_out), features=dict(arm_features))
+        arm_cfg = replace(cfg, out=str(arm_out), features=dict(arm_features))  # the same run, another spec
+        arm_cfg.validate()
         targets.append((arm_out, arm_cfg, FeatureSpec.from_dict(arm_cfg.features).resolve(lm)))
     created = {}
     for t_out, t_cfg, t_spec in targets:

@@ -101,9 +101,6 @@ def profile_harvest(h, k: int = 8, layers=None) -> dict[str, Any]:
     return out
 
 
-LAYER_SETS = ("all", "early", "middle", "late")
-
-
 def _layer_subsets(n: int) -> dict[str, list[int] | None]:
     """Monitored-layer positions by thirds of the stored layers (``all``: every one)."""
     return {"all": None, "early": list(range(0, n // 3)), "middle": list(range(n // 3, 2 * n // 3)),

@@ -127,8 +127,8 @@ def evaluate_rows(head: Scorer, sig: dict[str, Any], rows: Sequence[GivenAnswer]
     from ..evaluation.baselines import training_free_scores
     from ..evaluation.given import evaluate_groups
 
-    x = head._inputs(sig)
-    risk, (dist, far) = head._risk(x), head._ood(x)
+    r = head.readings(sig)
+    risk, dist, far = r["risk"], r["ood_distance"], r["ood"]
     free = training_free_scores({k: torch.as_tensor(np.asarray(v)) for k, v in sig.items()}, head.k)
     y = np.asarray([r.label for r in rows])
     groups = {"all": np.ones(len(rows), dtype=bool)}
@@ -165,11 +165,10 @@ def evaluate_given_harvest(scorer: Scorer, harvest: str | Path, *, split: str = 
     """Evaluate the scorer's given-answer head on the ``split`` rows of a given-answer harvest (signatures
     already extracted: :mod:`riskprobe.harvest.given`)."""
     from ..harvest.store import load_harvests
+    from ..models.loader import same_model
     from ..prompts.sets import split_of
 
     head = scorer.head_for_given()
-    from ..models.loader import same_model
-
     h = load_harvests([harvest])
     if not same_model(h.model, head.model_identity):
         raise UserError(f"this harvest was made with '{h.model.get('name')}', the probe reads "

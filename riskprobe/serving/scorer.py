@@ -141,6 +141,16 @@ class Scorer:
         whether that passes the threshold fitted on validation (``None`` when the artifact has none)."""
         return self._ood(self._inputs(sig))
 
+    def readings(self, sig: dict[str, Any], *, by_step: bool = False) -> dict[str, Any]:
+        """Every reading of the probe from one build of its inputs: ``risk`` ``[N]``, ``risk_by_step`` ``[N, k+1]``
+        (with ``by_step``), and ``ood_distance`` / ``ood`` as :meth:`ood` gives them."""
+        x = self._inputs(sig)
+        dist, far = self._ood(x)
+        out = {"risk": self._risk(x), "ood_distance": dist, "ood": far}
+        if by_step:
+            out["risk_by_step"] = self._risk_by_step(x)
+        return out
+
     def _risk(self, x: dict[str, torch.Tensor]) -> np.ndarray:
         with torch.no_grad():
             return self.risk_model(x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
@@ -205,8 +215,8 @@ class Scorer:
                 token_ids = [g.token_ids for g in gens]
                 sig = cap.finish(token_ids)
                 texts = [g.text for g in gens]
-            x = head._inputs(sig)  # the probe's inputs, built once for the three readings
-            risk, by_step, (dist, far) = head._risk(x), head._risk_by_step(x), head._ood(x)
+            r = head.readings(sig, by_step=True)
+            risk, by_step, dist, far = r["risk"], r["risk_by_step"], r["ood_distance"], r["ood"]
             for j, i in enumerate(rows):
                 out[i] = {"response": texts[j], "risk": float(risk[j]),
                           "risk_by_step": [round(float(v), 6) for v in by_step[j]],

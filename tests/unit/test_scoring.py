@@ -202,6 +202,12 @@ def test_given_rows_never_use_a_generation_only_head(tmp_path, dir_lm):
     assert np.abs(own_risk - head.risk(sig)).max() > 1e-3  # the two heads differ, so the check above can fail
     dist, far = head.ood(sig)
     assert [r["ood"] for r in res[:2]] == (dist > 1.5).tolist() and res[2]["ood"] is None  # the own probe has no threshold
+    # readings: every reading from one build of the inputs, equal to each one read on its own
+    r = head.readings(sig, by_step=True)
+    np.testing.assert_allclose(r["risk"], head.risk(sig), atol=1e-12)
+    np.testing.assert_allclose(r["risk_by_step"], head.risk_by_step(sig), atol=1e-12)
+    np.testing.assert_allclose(r["ood_distance"], dist, atol=1e-12)
+    assert r["ood"].tolist() == far.tolist() and "risk_by_step" not in head.readings(sig)
     # an artifact that names its given head in probe.json brings it along
     from riskprobe.probes.artifact import read_artifact, write_artifact
 
