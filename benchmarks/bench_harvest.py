@@ -181,28 +181,50 @@ def settings(args):
     return rate
 
 
-def _peak_rss_of(cmd: list[str]) -> tuple[float, float]:
+def _peak_rss_of(cmd: list[str]) -> tuple[float, float, float]:
+    """Run a child; its peak RSS (MB), its peak anonymous RSS (MB; nan where /proc is missing) and seconds."""
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(p.stderr[-2000:])
-    line = [x for x in p.stdout.splitlines() if x.startswith("PEAK_RSS_MB")][-1]
-    return float(line.split()[1]), time.perf_counter() - t0
+    line = [x for x in p.stdout.splitlines() if x.startswith("PEAK_RSS_MB")][-1].split()
+    return float(line[1]), float(line[2]), time.perf_counter() - t0
+
+
+def _anon_mb() -> float:
+    """This process's anonymous resident memory (heap, tensors; not the pages of mapped files), MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _child(mode: str, model: str, prompts: str, n: int, out: str, max_new_tokens: int, batch_size: int):
+    import threading
+
     from riskprobe.harvest.config import HarvestConfig
     from riskprobe.harvest.run import harvest
     from riskprobe.models import load_model
     from riskprobe.prompts.sets import load_items
 
+    peak = [float("nan")]
+    if os.path.exists("/proc/self/status"):
+        def sample():  # ru_maxrss counts mapped file pages too; the anonymous peak is sampled every 20 ms
+            while True:
+                a = _anon_mb()
+                peak[0] = a if peak[0] != peak[0] else max(peak[0], a)
+                time.sleep(0.02)
+
+        threading.Thread(target=sample, daemon=True).start()
     if mode == "plain":
         lm = load_model(model)
         _gen_rate(lm, load_items(prompts, limit=n), None, batch_size, max_new_tokens)
     else:
         harvest(HarvestConfig(model=model, prompts=prompts, limit=n, out=out, max_new_tokens=max_new_tokens,
                               batch_size=batch_size), progress=False)
-    print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    time.sleep(0.05)
+    print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, max(peak[0], _anon_mb()))
 
 
 def memory(args):
@@ -210,17 +232,25 @@ def memory(args):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.mem_prompts:
-            plain, tp = _peak_rss_of(me + ["--child", "plain", "--model", args.model, "--prompts", args.prompts,
-                                           "--n", str(n), "--max-new-tokens", str(args.mem_max_new_tokens)])
+            plain, plain_anon, tp = _peak_rss_of(me + ["--child", "plain", "--model", args.model, "--prompts",
+                                                       args.prompts, "--n", str(n), "--max-new-tokens",
+                                                       str(args.mem_max_new_tokens)])
             out = os.path.join(tmp, f"h{n}")
-            harv, th = _peak_rss_of(me + ["--child", "harvest", "--model", args.model, "--prompts", args.prompts,
-                                          "--n", str(n), "--out", out, "--max-new-tokens", str(args.mem_max_new_tokens)])
+            harv, harv_anon, th = _peak_rss_of(me + ["--child", "harvest", "--model", args.model, "--prompts",
+                                                     args.prompts, "--n", str(n), "--out", out, "--max-new-tokens",
+                                                     str(args.mem_max_new_tokens)])
             size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file() and "shards" not in f.parts)
-            rows.append((n, plain, harv, harv / plain, size / n, tp, th))
-    print(f"peak resident memory, max_new_tokens {args.mem_max_new_tokens} (each a fresh process)")
-    print(f"{'prompts':>8}{'plain MB':>10}{'harvest MB':>12}{'ratio':>8}{'bytes/example':>15}{'plain s':>9}{'harvest s':>11}")
-    for n, p, h, r, b, tp, th in rows:
-        print(f"{n:>8}{p:>10.0f}{h:>12.0f}{r:>8.2f}{b:>15.0f}{tp:>9.1f}{th:>11.1f}")
+            rows.append((n, plain, harv, harv / plain, plain_anon, harv_anon, harv_anon / plain_anon, size / n, tp, th))
+    print(f"peak resident memory, max_new_tokens {args.mem_max_new_tokens} (each a fresh process); RSS = ru_maxrss "
+          "(mapped file pages included), anon = peak anonymous RSS (sampled every 20 ms)")
+    print(f"{'prompts':>8}{'plain MB':>10}{'harvest MB':>12}{'ratio':>8}{'plain anon':>12}{'harv anon':>11}"
+          f"{'ratio':>8}{'bytes/example':>15}{'plain s':>9}{'harvest s':>11}")
+    for n, p, h, r, pa, ha, ra, b, tp, th in rows:
+        print(f"{n:>8}{p:>10.0f}{h:>12.0f}{r:>8.2f}{pa:>12.0f}{ha:>11.0f}{ra:>8.2f}{b:>15.0f}{tp:>9.1f}{th:>11.1f}")
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        print(f"harvest of {b[0]} prompts against {a[0]}: RSS {b[2] / a[2] - 1:+.1%}, anon {b[5] / a[5] - 1:+.1%} "
+              "(target: within 10%); harvest / plain at the larger: RSS {:.2f}, anon {:.2f} (target <= 1.2)".format(b[3], b[6]))
     return rows
 
 

@@ -33,12 +33,63 @@ HARVEST_VERSION = 1
 
 
 def _write_shard(path: Path, rows: list[dict[str, Any]], features) -> None:
+    """Write rows (signature columns as numpy arrays) as one shard, a `datasets` dataset folder."""
+    import pyarrow as pa
+
+    schema = features.arrow_schema
+    table = pa.Table.from_arrays([_arrow_column([r[f.name] for r in rows], f.type) for f in schema], schema=schema)
+    with atomic_dir(path, replace=True) as tmp:
+        _write_dataset(tmp, schema, [lambda: table])
+
+
+def _arrow_column(values: list, typ) -> "Any":
+    """An arrow column of ``typ`` from one value per row. Arrays (a fixed-shape signature column) are stacked
+    and handed to arrow as one buffer: no Python object per number, so a shard costs about its own size in
+    memory (building it through ``Dataset.from_list`` took seven times that)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if not values or not isinstance(values[0], np.ndarray):
+        return pa.array(values, type=typ)
+    arr = np.ascontiguousarray(np.stack(values))
+    flat = pa.array(arr.reshape(-1))
+    if isinstance(typ, pa.ExtensionType):  # datasets' ArrayND: nested lists in the storage
+        for d in reversed(arr.shape[1:]):
+            flat = pa.ListArray.from_arrays(pa.array(np.arange(len(flat) // d + 1, dtype=np.int32) * d), flat)
+        return pa.ExtensionArray.from_storage(typ, flat.cast(typ.storage_type))
+    return pa.FixedSizeListArray.from_arrays(flat, arr.shape[1]).cast(typ)
+
+
+def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 64 << 20) -> None:
+    """Write a `datasets` dataset folder (what ``Dataset.save_to_disk`` writes: one arrow stream file, its
+    ``state.json`` and ``dataset_info.json``) from ``parts``, callables that each return an arrow table of
+    ``schema``, read one after another. Consecutive parts are joined into record batches of about
+    ``batch_bytes`` (a small harvest is one batch, which the reader maps without copying), so writing holds
+    about two such batches in memory whatever the dataset's size (``save_to_disk`` holds several copies of
+    all it writes). The two small files come from ``save_to_disk`` of the first row."""
     import datasets
+    import pyarrow as pa
 
     datasets.disable_progress_bars()
-    with atomic_dir(path, replace=True) as tmp:
-        ds = datasets.Dataset.from_list(rows, features=features)
-        ds.save_to_disk(str(tmp))
+    folder = Path(folder)
+    pending: list = []
+    size = 0
+    with pa.OSFile(str(folder / ".data.arrow"), "wb") as fh, pa.ipc.new_stream(fh, schema) as w:
+        for part in parts:
+            table = part()
+            if not (folder / "state.json").is_file():
+                datasets.Dataset(table.slice(0, 1)).save_to_disk(str(folder))
+            pending.append(table)
+            size += table.nbytes
+            if size >= batch_bytes:
+                w.write_table(pa.concat_tables(pending).combine_chunks())
+                pending, size = [], 0
+        if pending:
+            w.write_table(pa.concat_tables(pending).combine_chunks())
+    files = [f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
+    if len(files) != 1:  # the layout this relies on; a datasets release that changes it fails here, not silently
+        raise RuntimeError(f"datasets wrote {len(files)} data files for one row; expected one")
+    os.replace(folder / ".data.arrow", folder / files[0])
 
 
 def hf_features(spec) -> dict[str, Any]:
@@ -106,26 +157,48 @@ def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
     names = sorted(p.name for p in shard_dir.glob("shard-*") if (p / "state.json").is_file())
     if n_shards is not None and len(names) != n_shards:
         raise UserError(f"{n_shards - len(names)} shards are unfinished; rerun the harvest to complete them", file=out)
-    ds = datasets.concatenate_datasets([datasets.load_from_disk(str(shard_dir / n)) for n in names])
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # pyarrow's deprecation inside datasets' sort
-        ds = ds.sort("index")
     tmp = out / ".merge.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
+    index = [i for n in names for i in datasets.load_from_disk(str(shard_dir / n))["index"]]
+    if all(a < b for a, b in zip(index, index[1:])):
+        # shards are slices of the items, so they are already in order: stream them one at a time (the merge
+        # holds one shard in memory, whatever the harvest's size)
+        schema = datasets.load_from_disk(str(shard_dir / names[0])).features.arrow_schema
+        tmp.mkdir()
+        _write_dataset(tmp, schema, [lambda n=n: _read_shard_table(shard_dir / n, schema) for n in names])
+    else:
+        import warnings
+
+        ds = datasets.concatenate_datasets([datasets.load_from_disk(str(shard_dir / n)) for n in names])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pyarrow's deprecation inside datasets' sort
+            ds = ds.sort("index")
+        ds.save_to_disk(str(tmp))
+        del ds
     for old in list(out.glob("data-*.arrow")) + [out / "state.json"]:
         old.unlink(missing_ok=True)
     for f in sorted(tmp.iterdir(), key=lambda p: p.name == "state.json"):  # state.json last
         os.replace(f, out / f.name)
     tmp.rmdir()
     timings = [json.loads(p.read_text()) for p in shard_dir.glob("timing-rank*.json")]
+    ds = datasets.load_from_disk(str(out))
     manifest.update(status="complete", n_rows=len(ds), summary=summarize(ds),
                     timing={"tokens": sum(t["tokens"] for t in timings),
                             "seconds": max((t["seconds"] for t in timings), default=0.0)})
     atomic_write_json(out / MANIFEST, manifest)
-    return datasets.load_from_disk(str(out))
+    return ds
+
+
+def _read_shard_table(folder: Path, schema) -> "Any":
+    """A finished shard's rows as one arrow table in memory (its files are read, not mapped)."""
+    import pyarrow as pa
+
+    state = json.loads((folder / "state.json").read_text())
+    tables = []
+    for f in state["_data_files"]:
+        with pa.OSFile(str(folder / f["filename"]), "rb") as fh:
+            tables.append(pa.ipc.open_stream(fh).read_all())
+    return pa.concat_tables(tables).cast(schema)
 
 
 def _leaf_values(arr):

@@ -139,3 +139,74 @@ def test_cli_checksum_mismatch(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "checksum mismatch" in err and "SmolLM2-135M-Instruct.Q4_1.gguf" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def _shard_rows(spec, n, start=0, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(start, start + n):
+        r = {"index": i, "id": f"q{i}", "set": "s", "category": "factual", "prompt": f"question {i}?",
+             "input_text": f"<q>{i}</q>", "answers": ["a", f"b{i}"], "answer_kind": "short", "response": "r",
+             "correct": bool(i % 2), "label": int(not i % 2), "echo_discounted": False, "n_tokens": 3,
+             "finish": "stop", "split": "train", "sample": 0}
+        for name, (shape, dtype, _) in spec.shapes().items():
+            r[name] = rng.random(shape) < 0.5 if dtype == "bool" else rng.standard_normal(shape).astype(dtype)
+        rows.append(r)
+    return rows
+
+
+def test_shard_writer_equals_datasets_own_writer(tmp_path):
+    """The shard writer builds arrow columns from the arrays' buffers; what it writes reads back exactly as
+    what ``Dataset.from_list(...).save_to_disk`` wrote, value for value, and as one batch (zero-copy read)."""
+    from riskprobe.harvest.store import _features, _write_shard, hf_features, signature_tensors
+    from riskprobe.signatures import FeatureSpec
+
+    spec = FeatureSpec.from_dict({"K": 3, "raw_steps": 2, "lens_steps": 1}).resolve(4, 8)
+    feats = _features(hf_features(spec))
+    rows = _shard_rows(spec, 7)
+    _write_shard(tmp_path / "new", rows, feats)
+    datasets.Dataset.from_list(rows, features=feats).save_to_disk(str(tmp_path / "ref"))
+    new, ref = datasets.load_from_disk(str(tmp_path / "new")), datasets.load_from_disk(str(tmp_path / "ref"))
+    assert new.features == ref.features and new.data.column("raw").num_chunks == 1
+    assert_same_dataset(new, ref)
+    a, b = signature_tensors(new), signature_tensors(ref)
+    assert all(torch.equal(a[k], b[k]) for k in b) and a["raw"].dtype == torch.float16
+    assert not list((tmp_path / "new").glob(".*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_merge_streams_shards_in_order_else_sorts(tmp_path, in_order):
+    """Shards in index order are streamed into the merged dataset (in batches of ``batch_bytes``); shards out
+    of order (not written by riskprobe's own runs) are sorted. Either way: every row once, by index."""
+    import json
+
+    from riskprobe.harvest import store
+    from riskprobe.signatures import FeatureSpec
+
+    spec = FeatureSpec.from_dict({"K": 2, "raw_steps": 1, "lens_steps": 1}).resolve(3, 4)
+    feats = store._features(store.hf_features(spec))
+    parts = [_shard_rows(spec, 5, 0, 1), _shard_rows(spec, 4, 5, 2), _shard_rows(spec, 6, 9, 3)]
+    if not in_order:
+        parts[0], parts[2] = parts[2], parts[0]
+    out = tmp_path / "h"
+    for s, rows in enumerate(parts):
+        store._write_shard(out / "shards" / f"shard-{s:05d}", rows, feats)
+    (out / store.MANIFEST).write_text(json.dumps({"version": 1, "status": "running"}))
+    (out / "shards" / "timing-rank0.json").write_text(json.dumps({"tokens": 1, "seconds": 1.0}))
+    ds = store.merge_shards(out, 3)
+    assert ds["index"] == list(range(15)) and ds["id"] == [f"q{i}" for i in range(15)]
+    want = {r["index"]: r for rows in parts for r in rows}
+    sig = store.signature_tensors(ds)
+    for i in (0, 7, 14):
+        assert torch.equal(sig["raw"][i], torch.from_numpy(want[i]["raw"]))
+    assert store.read_manifest(out)["n_rows"] == 15
+    m = json.loads((out / store.MANIFEST).read_text())
+    assert m["status"] == "complete"
+    assert ds.data.column("raw").num_chunks == 1  # small parts joined into one batch
+    batched = tmp_path / "batched"  # with a batch size smaller than a part: one batch per part
+    batched.mkdir()
+    store._write_dataset(batched, feats.arrow_schema, [lambda r=r: datasets.Dataset.from_list(r, features=feats).data.table
+                                                       for r in parts], batch_bytes=1)
+    assert datasets.load_from_disk(str(batched)).data.column("raw").num_chunks == 3
