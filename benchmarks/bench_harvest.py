@@ -38,7 +38,8 @@ def _hidden_states_generate(lm, rps, max_new_tokens):
 
 def _gen_rate(lm, items, spec, batch_size, max_new_tokens, *, share=True, bucket=False):
     """Generated tokens and seconds for ``items`` in batches; ``bucket`` orders prompts by token length first
-    (what the harvest does), ``share`` computes a batch's shared prompt prefix once (``encode``)."""
+    (what the harvest does), ``share`` computes a batch's shared prompt prefix once (``encode``) and lets ended
+    rows leave the batch (``generate(compact=True)``); ``share=False`` is generation as it was before both."""
     from riskprobe.models import render
     from riskprobe.models.generation import generate
     from riskprobe.signatures import Capture
@@ -53,11 +54,11 @@ def _gen_rate(lm, items, spec, batch_size, max_new_tokens, *, share=True, bucket
         if spec == "hidden_states":
             gens = _hidden_states_generate(lm, rps, max_new_tokens)
         elif spec is None:
-            gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share)
+            gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=share)
         else:
             cap = Capture(lm, spec)
             with cap:
-                gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share)
+                gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=share)
             cap.finish([g.token_ids for g in gens])
         n_tok += sum(g.n_tokens for g in gens)
     return n_tok, time.perf_counter() - t0
@@ -139,7 +140,8 @@ def speed(args):
 
 def settings(args):
     """The old settings (batch ``--old-batch``, prompts in file order, every prompt computed whole) against the
-    new ones (batch ``--batch-size``, prompts bucketed by length, a shared prompt prefix computed once), plain
+    new ones (batch ``--batch-size``, prompts bucketed by length, a shared prompt prefix computed once, ended rows
+    leaving the batch), plain
     generation and harvest, same prompts, interleaved rounds; prints tokens/s and the ratios."""
     import torch
 
@@ -168,7 +170,8 @@ def settings(args):
     rate = {k: n / s for k, (n, s) in acc.items()}
     print(f"model {lm.identity.name} on {_device_name(lm)} ({next(lm.model.parameters()).dtype}), {len(items)} prompts x "
           f"{args.rounds} rounds, max_new_tokens {args.max_new_tokens}, threads {torch.get_num_threads()}")
-    print("old: batch {0}, file order, whole prompts; new: batch {1}, bucketed by length, shared prefix once".format(
+    print("old: batch {0}, file order, whole prompts; new: batch {1}, bucketed by length, shared prefix once, ended "
+          "rows leave the batch".format(
         args.old_batch, args.batch_size))
     print(f"{'settings':<10}{'plain tok/s':>13}{'harvest tok/s':>15}{'harvest/plain':>15}")
     for which in ("old", "new"):

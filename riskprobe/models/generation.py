@@ -3,7 +3,10 @@
 :func:`generate` wraps ``model.generate`` and returns, for each row, the answer text cut at the first
 stop string, the generated token ids, and how many of them belong to the answer (``n_tokens``, counting
 the token that ended it). Anything that wants to watch the generation (signature capture, live
-monitoring) passes ``stopping_criteria`` or registers hooks around this call.
+monitoring) passes ``stopping_criteria`` or registers hooks around this call. Two things keep the model from
+computing what nobody reads: a prompt prefix that the batch shares is computed once (:func:`encode`), and rows
+that have ended leave the batch every :data:`COMPACT_EVERY` tokens (hooks that keep per-row state register in
+``LoadedModel.watchers`` and are told which rows go on).
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ def tokenize(lm: LoadedModel, prompts: Sequence[RenderedPrompt]) -> dict[str, to
 #: the fewest tokens a batch's prompts must share before their keys and values are computed once (see :func:`encode`)
 MIN_SHARED_PREFIX = 4
 _PREFIX_CACHE_SIZE = 8
+#: every this many new tokens, the rows that ended leave the batch (see :func:`generate`)
+COMPACT_EVERY = 4
 
 
 def _forward_params(model) -> set[str]:
@@ -226,6 +231,10 @@ class RowSampler:
         out.scatter_(1, chosen.to(scores.device).view(-1, 1), 0.0)
         return out
 
+    def select_rows(self, keep: Sequence[int]) -> None:
+        """Only the rows at positions ``keep`` go on (the others ended): their generators, in that order."""
+        self.gens = [self.gens[i] for i in keep]
+
 
 def sample_seed(seed: int, item_id: str, sample: int) -> int:
     """The seed of one sampled answer: a hash of the run's seed, the question's id and the sample index."""
@@ -250,7 +259,7 @@ def forced_ids(lm: LoadedModel, responses: Sequence[str]) -> list[list[int]]:
 def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
              stopping_criteria: list | None = None, forced: list[list[int]] | None = None,
-             row_seeds: Sequence[int] | None = None, share_prefix: bool = True) -> list[Generation]:
+             row_seeds: Sequence[int] | None = None, share_prefix: bool = True, compact: bool = True) -> list[Generation]:
     """Generate answers for a batch of rendered prompts (greedy unless ``do_sample``).
 
     A leading stop string (e.g. the newline a model may emit before its answer) does not end a row;
@@ -259,6 +268,14 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
     forcing; stop strings are not applied). With ``do_sample`` and ``row_seeds``, row ``i`` is sampled from
     its own generator seeded ``row_seeds[i]`` (see :class:`RowSampler`): reproducible whatever the batch.
     A prompt prefix the batch shares is computed once (:func:`encode`; ``share_prefix=False`` turns it off).
+
+    Rows that end leave the batch (``compact``): the batch is generated :data:`COMPACT_EVERY` tokens at a time,
+    and after each stretch the rows that ended are dropped from the inputs and the key/value cache, so the
+    model no longer computes steps nobody reads (on two CPU cores about a third of a batch's row-steps
+    belonged to ended rows). The answers are those of one uninterrupted ``generate`` (a test checks it). It
+    applies to greedy and row-seeded sampling; not to teacher forcing, to sampling from torch's global
+    generator, or when the caller passes ``stopping_criteria`` (which may expect the batch to keep its
+    rows). Signature captures attached to the model (:attr:`LoadedModel.watchers`) are told which rows go on.
     """
     longest = max(len(f) for f in forced) + 1 if forced else max_new_tokens
     enc = encode(lm, prompts, share_prefix=share_prefix, max_new_tokens=longest)
@@ -286,8 +303,66 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
                       max_new_tokens=max(len(f) for f in forced) + 1,
                       logits_processor=LogitsProcessorList([ForceTokens(forced, enc["input_ids"].shape[1], eos)]))
-    seqs = lm.model.generate(**enc, **kwargs, stopping_criteria=StoppingCriteriaList(criteria))
+    criteria = StoppingCriteriaList(criteria)
+    sampler = kwargs["logits_processor"][0] if do_sample and row_seeds is not None else None
+    if (compact and not forced and not stopping_criteria and (not do_sample or sampler is not None)
+            and all(hasattr(w, "select_rows") for w in lm.watchers)):
+        return _generate_compacting(lm, enc, kwargs, criteria, stops, max_new_tokens, sampler)
+    seqs = lm.model.generate(**enc, **kwargs, stopping_criteria=criteria)
     return finish_rows(lm, seqs[:, enc["input_ids"].shape[1]:], stops)
+
+
+def _generate_compacting(lm: LoadedModel, enc: dict, kwargs: dict, criteria, stops: tuple[str, ...],
+                         max_new_tokens: int, sampler: RowSampler | None) -> list[Generation]:
+    """:func:`generate`'s loop in stretches of :data:`COMPACT_EVERY` tokens; the rows that ended after a stretch
+    leave the batch and its cache (each stretch continues from the cache, so no token is computed twice)."""
+    ids, att = enc["input_ids"], enc["attention_mask"]
+    key = next((k for k in ("cache", "past_key_values") if k in enc), None)
+    cache = enc.get(key) if key else None
+    if key is None:
+        key = "cache" if "cache" in _forward_params(lm.model) else "past_key_values"
+    P = ids.shape[1]
+    ends = eos_ids(lm)
+    alive = list(range(ids.shape[0]))
+    done: list[Generation | None] = [None] * len(alive)
+    seqs, made = ids, 0
+    while True:
+        n = min(COMPACT_EVERY, max_new_tokens - made)
+        out = lm.model.generate(input_ids=seqs, attention_mask=att, **({key: cache} if cache is not None else {}),
+                                **dict(kwargs, max_new_tokens=n), stopping_criteria=criteria,
+                                return_dict_in_generate=True)
+        stretch = out.sequences.shape[1] - seqs.shape[1]
+        seqs = out.sequences
+        cache = getattr(out, "cache", None) or out.past_key_values
+        made = seqs.shape[1] - P
+        new = seqs[:, P:]
+        if made >= max_new_tokens or stretch < n:  # the end, or every row ended inside the stretch
+            for j, g in enumerate(finish_rows(lm, new, stops)):
+                done[alive[j]] = g
+            return done
+        # one decode per row finds the candidates; finish_rows (the rule the answers are cut by) decides
+        rows = new.tolist()
+        maybe = [j for j, r in enumerate(rows)
+                 if ends & set(r) or (stops and any(x in lm.tokenizer.decode(r, skip_special_tokens=True).lstrip()
+                                                    for x in stops))]
+        ended = {}
+        if maybe:
+            ended = {j: g for j, g in zip(maybe, finish_rows(lm, new[maybe], stops)) if g.finish != "length"}
+        for j, g in ended.items():
+            done[alive[j]] = g
+        keep = [j for j in range(len(alive)) if j not in ended]
+        if not keep:
+            return done
+        att = torch.cat([att, torch.ones((len(alive), made - (att.shape[1] - P)), dtype=att.dtype, device=att.device)], 1)
+        if len(keep) < len(alive):
+            rows = torch.tensor(keep, device=seqs.device)
+            for w in lm.watchers:
+                w.select_rows(rows, seqs[:, -1])
+            if sampler is not None:
+                sampler.select_rows(keep)
+            cache.batch_select_indices(rows)
+            seqs, att = seqs[rows], att[rows]
+            alive = [alive[j] for j in keep]
 
 
 class _LeadingSafeStop:

@@ -89,6 +89,8 @@ class LoadedModel:
     identity: ModelIdentity
     #: the key/value cache of shared prompt prefixes, batch 1, filled by :func:`~.generation.encode` (LRU)
     prefix_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    #: signature captures attached to the model now (each is told when ended rows leave a batch)
+    watchers: list = field(default_factory=list, repr=False, compare=False)
 
     @property
     def device(self):

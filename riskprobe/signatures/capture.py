@@ -82,9 +82,12 @@ class Capture:
         self._prev: list[torch.Tensor] = []  # normalised monitored states of steps t-1, t-2
         self._logp: torch.Tensor | None = None  # log-probs of the last step, until its token is known
         self._chosen = None
+        self._rows: torch.Tensor | None = None  # the batch's rows still generating (None: all)
+        self._full: dict[str, torch.Tensor] = {}  # every row's buffers, once rows have left the batch
 
     def __enter__(self) -> "Capture":
         self.reset()
+        self.lm.watchers.append(self)  # generate() tells it when ended rows leave the batch
 
         def pre0(_mod, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
@@ -114,6 +117,27 @@ class Capture:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self in self.lm.watchers:
+            self.lm.watchers.remove(self)
+
+    def select_rows(self, keep: torch.Tensor, last: torch.Tensor) -> None:
+        """Only the current batch's rows at positions ``keep`` go on generating (the others ended and leave
+        the batch). ``last``: every current row's last token, the one chosen at the last step (recorded now,
+        before the ended rows leave). The ended rows' features are kept for :meth:`finish`."""
+        if self._logp is not None:
+            self._record_chosen(last)
+        if not self.buf:
+            return
+        if self._rows is None:
+            self._rows = torch.arange(last.shape[0], device=keep.device)
+            self._full = self.buf
+        else:
+            for name, buf in self.buf.items():
+                self._full[name][self._rows] = buf
+        keep = keep.to(next(iter(self.buf.values())).device)
+        self.buf = {name: self._full[name][self._rows[keep]] for name in self._full}
+        self._prev = [p[keep] for p in self._prev]
+        self._rows = self._rows[keep]
 
     # ------------------------------------------------------------------ per step
     def _alloc(self, B: int, device) -> None:
@@ -203,8 +227,13 @@ class Capture:
         dev = next(iter(self.buf.values())).device
         last = self.t - 1
         if self._logp is not None and last <= self.spec.K:
-            tok = torch.tensor([ids[last] if last < len(ids) else 0 for ids in token_ids], device=dev)
+            going = range(B) if self._rows is None else self._rows.tolist()
+            tok = torch.tensor([token_ids[j][last] if last < len(token_ids[j]) else 0 for j in going], device=dev)
             self._record_chosen(tok)
+        if self._rows is not None:  # rows left the batch: the rest of it back into every row's buffers
+            for name, buf in self.buf.items():
+                self._full[name][self._rows] = buf
+            self.buf = self._full
         n = torch.tensor([min(len(ids), S, self.t) for ids in token_ids], device=dev)
         mask = torch.arange(S, device=dev).view(1, S) < n.view(B, 1)  # [B, S]
         out = {"step_mask": mask}
