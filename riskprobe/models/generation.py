@@ -354,7 +354,7 @@ def _generate_compacting(lm: LoadedModel, enc: dict, kwargs: dict, criteria, sto
         if not keep:
             return done
         att = torch.cat([att, torch.ones((len(alive), made - (att.shape[1] - P)), dtype=att.dtype, device=att.device)], 1)
-        if len(keep) < len(alive):
+        if len(keep) < len(alive) and hasattr(cache, "batch_select_indices"):  # (no cache: ended rows stay, cut later)
             rows = torch.tensor(keep, device=seqs.device)
             for w in lm.watchers:
                 w.select_rows(rows, seqs[:, -1])
