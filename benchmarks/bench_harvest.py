@@ -141,8 +141,8 @@ def speed(args):
 def settings(args):
     """The old settings (batch ``--old-batch``, prompts in file order, every prompt computed whole) against the
     new ones (batch ``--batch-size``, prompts bucketed by length, a shared prompt prefix computed once, ended rows
-    leaving the batch), plain
-    generation and harvest, same prompts, interleaved rounds; prints tokens/s and the ratios."""
+    leaving the batch), plain generation and harvest, same prompts, interleaved rounds; prints tokens/s and the
+    ratios."""
     import torch
 
     from riskprobe.models import load_model
@@ -195,11 +195,15 @@ def _peak_rss_of(cmd: list[str]) -> tuple[float, float, float]:
 
 
 def _anon_mb() -> float:
-    """This process's anonymous resident memory (heap, tensors; not the pages of mapped files), MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
+    """This process's anonymous resident memory (heap, tensors; not the pages of mapped files), MB; nan where
+    /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
@@ -211,14 +215,14 @@ def _child(mode: str, model: str, prompts: str, n: int, out: str, max_new_tokens
     from riskprobe.models import load_model
     from riskprobe.prompts.sets import load_items
 
-    peak = [float("nan")]
-    if os.path.exists("/proc/self/status"):
-        def sample():  # ru_maxrss counts mapped file pages too; the anonymous peak is sampled every 20 ms
-            while True:
-                a = _anon_mb()
-                peak[0] = a if peak[0] != peak[0] else max(peak[0], a)
-                time.sleep(0.02)
+    peak = [_anon_mb()]
 
+    def sample():  # ru_maxrss counts mapped file pages too; the anonymous peak is sampled every 20 ms
+        while True:
+            peak[0] = max(peak[0], _anon_mb())
+            time.sleep(0.02)
+
+    if peak[0] == peak[0]:  # not nan: /proc is there
         threading.Thread(target=sample, daemon=True).start()
     if mode == "plain":
         lm = load_model(model)

@@ -24,7 +24,7 @@ export TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$B/gpu.txt"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 if on settings; then
-    echo "== a shared prompt prefix computed once + prompts bucketed by length, against neither (same batch, plain and harvest)"
+    echo "== a shared prompt prefix computed once + prompts bucketed by length + ended rows leaving the batch, against none of them (same batch, plain and harvest)"
     "$PY" benchmarks/bench_harvest.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --rounds 2 --settings \
         --old-batch 128 --batch-size 128 2>&1 | grep -v "it/s" | tee "$B/settings.txt"
 fi

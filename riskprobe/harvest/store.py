@@ -159,22 +159,24 @@ def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
         raise UserError(f"{n_shards - len(names)} shards are unfinished; rerun the harvest to complete them", file=out)
     tmp = out / ".merge.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    index = [i for n in names for i in datasets.load_from_disk(str(shard_dir / n))["index"]]
+    shards = [datasets.load_from_disk(str(shard_dir / n)) for n in names]  # memory-mapped, nothing read yet
+    index = [i for d in shards for i in d["index"]]
     if all(a < b for a, b in zip(index, index[1:])):
         # shards are slices of the items, so they are already in order: stream them one at a time (the merge
         # holds one shard in memory, whatever the harvest's size)
-        schema = datasets.load_from_disk(str(shard_dir / names[0])).features.arrow_schema
+        schema = shards[0].features.arrow_schema
         tmp.mkdir()
         _write_dataset(tmp, schema, [lambda n=n: _read_shard_table(shard_dir / n, schema) for n in names])
     else:
         import warnings
 
-        ds = datasets.concatenate_datasets([datasets.load_from_disk(str(shard_dir / n)) for n in names])
+        ds = datasets.concatenate_datasets(shards)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pyarrow's deprecation inside datasets' sort
             ds = ds.sort("index")
         ds.save_to_disk(str(tmp))
         del ds
+    del shards
     for old in list(out.glob("data-*.arrow")) + [out / "state.json"]:
         old.unlink(missing_ok=True)
     for f in sorted(tmp.iterdir(), key=lambda p: p.name == "state.json"):  # state.json last

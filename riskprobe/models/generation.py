@@ -293,20 +293,20 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
         kwargs.update(temperature=None, top_p=None, top_k=None)
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
+    sampler = None
     if do_sample and row_seeds is not None:
         if len(row_seeds) != len(prompts):
             raise ValueError("row_seeds needs one seed per prompt")
+        sampler = RowSampler(row_seeds, temperature, top_p)
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
-                      logits_processor=LogitsProcessorList([RowSampler(row_seeds, temperature, top_p)]))
+                      logits_processor=LogitsProcessorList([sampler]))
     if forced:
         eos = min(eos_ids(lm))
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
                       max_new_tokens=max(len(f) for f in forced) + 1,
                       logits_processor=LogitsProcessorList([ForceTokens(forced, enc["input_ids"].shape[1], eos)]))
     criteria = StoppingCriteriaList(criteria)
-    sampler = kwargs["logits_processor"][0] if do_sample and row_seeds is not None else None
-    if (compact and not forced and not stopping_criteria and (not do_sample or sampler is not None)
-            and all(hasattr(w, "select_rows") for w in lm.watchers)):
+    if compact and not forced and not stopping_criteria and (not do_sample or sampler is not None):
         return _generate_compacting(lm, enc, kwargs, criteria, stops, max_new_tokens, sampler)
     seqs = lm.model.generate(**enc, **kwargs, stopping_criteria=criteria)
     return finish_rows(lm, seqs[:, enc["input_ids"].shape[1]:], stops)
@@ -355,13 +355,13 @@ def _generate_compacting(lm: LoadedModel, enc: dict, kwargs: dict, criteria, sto
             return done
         att = torch.cat([att, torch.ones((len(alive), made - (att.shape[1] - P)), dtype=att.dtype, device=att.device)], 1)
         if len(keep) < len(alive) and hasattr(cache, "batch_select_indices"):  # (no cache: ended rows stay, cut later)
-            rows = torch.tensor(keep, device=seqs.device)
+            idx = torch.tensor(keep, device=seqs.device)
             for w in lm.watchers:
-                w.select_rows(rows, seqs[:, -1])
+                w.select_rows(idx, seqs[:, -1])
             if sampler is not None:
                 sampler.select_rows(keep)
-            cache.batch_select_indices(rows)
-            seqs, att = seqs[rows], att[rows]
+            cache.batch_select_indices(idx)
+            seqs, att = seqs[idx], att[idx]
             alive = [alive[j] for j in keep]
 
 

@@ -130,14 +130,20 @@ class Capture:
             return
         if self._rows is None:
             self._rows = torch.arange(last.shape[0], device=keep.device)
-            self._full = self.buf
-        else:
-            for name, buf in self.buf.items():
-                self._full[name][self._rows] = buf
-        keep = keep.to(next(iter(self.buf.values())).device)
-        self.buf = {name: self._full[name][self._rows[keep]] for name in self._full}
+        self._merge_rows()
+        keep = keep.to(self._rows.device)
+        self.buf = {name: full[self._rows[keep]] for name, full in self._full.items()}
         self._prev = [p[keep] for p in self._prev]
         self._rows = self._rows[keep]
+
+    def _merge_rows(self) -> None:
+        """Put the rows still generating back into every row's buffers (the first time: the buffers are
+        every row's)."""
+        if not self._full:
+            self._full = self.buf
+            return
+        for name, buf in self.buf.items():
+            self._full[name][self._rows] = buf
 
     # ------------------------------------------------------------------ per step
     def _alloc(self, B: int, device) -> None:
@@ -231,8 +237,7 @@ class Capture:
             tok = torch.tensor([token_ids[j][last] if last < len(token_ids[j]) else 0 for j in going], device=dev)
             self._record_chosen(tok)
         if self._rows is not None:  # rows left the batch: the rest of it back into every row's buffers
-            for name, buf in self.buf.items():
-                self._full[name][self._rows] = buf
+            self._merge_rows()
             self.buf = self._full
         n = torch.tensor([min(len(ids), S, self.t) for ids in token_ids], device=dev)
         mask = torch.arange(S, device=dev).view(1, S) < n.view(B, 1)  # [B, S]
