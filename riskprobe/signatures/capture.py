@@ -80,7 +80,8 @@ class Capture:
         self.buf: dict[str, torch.Tensor] = {}
         self._states: list[torch.Tensor | None] = [None] * (self.L + 1)
         self._prev: list[torch.Tensor] = []  # normalised monitored states of steps t-1, t-2
-        self._logp: torch.Tensor | None = None  # log-probs of the last step, until its token is known
+        # the last step's logits and their log normaliser, until its token is known (chosen_logprob)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self._chosen = None
         self._rows: torch.Tensor | None = None  # the batch's rows still generating (None: all)
         self._full: dict[str, torch.Tensor] = {}  # every row's buffers, once rows have left the batch
@@ -100,7 +101,7 @@ class Capture:
 
         def embed_pre(_mod, args):
             ids = args[0]
-            if self._logp is not None and ids.dim() == 2:
+            if self._pending is not None and ids.dim() == 2:
                 self._record_chosen(ids[:, -1])
 
         def head(_mod, _args, out):
@@ -124,7 +125,7 @@ class Capture:
         """Only the current batch's rows at positions ``keep`` go on generating (the others ended and leave
         the batch). ``last``: every current row's last token, the one chosen at the last step (recorded now,
         before the ended rows leave). The ended rows' features are kept for :meth:`finish`."""
-        if self._logp is not None:
+        if self._pending is not None:
             self._record_chosen(last)
         if not self.buf:
             return
@@ -161,8 +162,9 @@ class Capture:
     def _record_chosen(self, tokens: torch.Tensor) -> None:
         t = self.t - 1
         if "commitment" in self.buf and t <= self.spec.K:
-            self.buf["commitment"][:, t, F.CI["chosen_logprob"]] = F.chosen_logprob(self._logp, tokens.to(self._logp.device))
-        self._logp = None
+            logits, lse = self._pending
+            self.buf["commitment"][:, t, F.CI["chosen_logprob"]] = F.chosen_logprob(logits, lse, tokens.to(lse.device))
+        self._pending = None
 
     @torch.no_grad()
     def _step(self, logits: torch.Tensor, states: torch.Tensor | None = None) -> None:
@@ -184,7 +186,7 @@ class Capture:
             row = self.buf["commitment"][:, t]
             for name in ("entropy", "top1_prob", "margin", "branching"):
                 row[:, F.CI[name]] = c[name]
-            self._logp = c["logp"]
+            self._pending = (logits, c["lse"])
             row[:, F.CI["commit_depth"]] = 1.0
         if sp.has("sync") or sp.has("trajectory"):
             hn = F.normalise(states, sp.normalisation, norm)
@@ -210,7 +212,7 @@ class Capture:
                 lens = F.logit_lens(states[:, inner], norm, self.sites["lm_head"].weight, top1)
                 ent[:, : len(inner)], agree[:, : len(inner)] = lens["lens_entropy"], lens["lens_agree"]
             if self._lens_last:  # the lens at layer L is the model's own output: no second unembedding
-                ent[:, -1] = F.entropy_from_logits(logits)
+                ent[:, -1] = c["entropy"] if sp.has("commitment") else F.entropy_from_logits(logits)
                 agree[:, -1] = 1.0
             if "commitment" in self.buf:
                 self.buf["commitment"][:, t, F.CI["commit_depth"]] = F.commitment_depth(agree)
@@ -232,7 +234,7 @@ class Capture:
             raise RuntimeError("Capture.finish() called before any forward pass")
         dev = next(iter(self.buf.values())).device
         last = self.t - 1
-        if self._logp is not None and last <= self.spec.K:
+        if self._pending is not None and last <= self.spec.K:
             going = range(B) if self._rows is None else self._rows.tolist()
             tok = torch.tensor([token_ids[j][last] if last < len(token_ids[j]) else 0 for j in going], device=dev)
             self._record_chosen(tok)

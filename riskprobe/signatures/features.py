@@ -22,29 +22,40 @@ TI = {n: i for i, n in enumerate(TRAJECTORY)}
 LI = {n: i for i, n in enumerate(LENS)}
 
 
+def _entropy(z: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Entropy from logits ``z`` (float32) and their ``log_softmax``. The probabilities come from ``softmax``,
+    not ``logp.exp()``: on the CPU an elementwise exp of inputs below about -87 (where it underflows) runs a
+    slow path, several times slower, and a logit lens of a middle layer spreads over hundreds of nats."""
+    return -(torch.softmax(z, dim=-1) * logp).sum(-1)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of ``softmax(logits)`` over the last dimension."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    z = logits.float()
+    return _entropy(z, torch.log_softmax(z, dim=-1))
 
 
 def commitment(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """How sharply the next-token distribution commits, from ``logits [B, V]``.
 
     Returns ``entropy``, ``top1_prob``, ``margin`` (top-1 minus top-2 probability), ``branching``
-    (exp(entropy)) and ``logp`` ``[B, V]`` (kept by the caller for the chosen token's log-prob).
+    (exp(entropy)) and ``lse`` ``[B]``, the log normaliser: with the logits it gives the chosen token's
+    log-probability once that token is known (:func:`chosen_logprob`), without keeping ``[B, V]`` log-probs.
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
-    ent = -(p * logp).sum(-1)
-    top2 = p.topk(2, dim=-1).values
+    z = logits.float()
+    logp = torch.log_softmax(z, dim=-1)
+    ent = _entropy(z, logp)
+    top = logp.topk(2, dim=-1)
+    top2 = top.values.exp()
+    lse = z.gather(-1, top.indices[:, :1]).squeeze(-1) - top.values[:, 0]
     return {"entropy": ent, "top1_prob": top2[:, 0], "margin": top2[:, 0] - top2[:, 1], "branching": ent.exp(),
-            "logp": logp}
+            "lse": lse}
 
 
-def chosen_logprob(logp: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Log-probability ``[B]`` of the tokens ``chosen [B]`` under ``logp [B, V]``."""
-    return logp.gather(-1, chosen.long().view(-1, 1)).squeeze(-1)
+def chosen_logprob(logits: torch.Tensor, lse: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Log-probability ``[B]`` of the tokens ``chosen [B]`` under ``softmax(logits [B, V])``, whose log
+    normaliser is ``lse [B]`` (from :func:`commitment`)."""
+    return logits.gather(-1, chosen.long().view(-1, 1)).squeeze(-1).float() - lse
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

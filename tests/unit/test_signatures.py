@@ -20,7 +20,28 @@ def test_commitment_by_hand():
     assert c["top1_prob"].item() == pytest.approx(0.5, abs=1e-6)
     assert c["margin"].item() == pytest.approx(0.25, abs=1e-6)
     assert c["branching"].item() == pytest.approx(math.exp(h), abs=1e-5)
-    assert F.chosen_logprob(c["logp"], torch.tensor([2])).item() == pytest.approx(math.log(0.25), abs=1e-6)
+    assert c["lse"].item() == pytest.approx(0.0, abs=1e-6)  # the probabilities sum to one already
+    assert F.chosen_logprob(logits, c["lse"], torch.tensor([2])).item() == pytest.approx(math.log(0.25), abs=1e-6)
+    shifted = F.commitment(logits + 3.0)  # softmax is shift-invariant; the normaliser moves with the shift
+    assert shifted["lse"].item() == pytest.approx(3.0, abs=1e-6)
+    assert F.chosen_logprob(logits + 3.0, shifted["lse"], torch.tensor([0])).item() == pytest.approx(math.log(0.5), abs=1e-6)
+
+
+def test_entropy_of_wide_logits_against_float64():
+    """Logits spread over hundreds of nats (a middle layer's logit lens): the entropy, the normaliser and the
+    chosen log-probability match a float64 reference, and fully committed rows give zero entropy, not nan."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 500, generator=g) * torch.tensor([1.0, 4.0, 25.0, 60.0, 200.0, 1000.0]).view(-1, 1)
+    p = torch.softmax(logits.double(), -1)
+    ref = -(p * torch.log_softmax(logits.double(), -1)).sum(-1)
+    torch.testing.assert_close(F.entropy_from_logits(logits).double(), ref, atol=1e-5, rtol=1e-5)
+    c = F.commitment(logits)
+    torch.testing.assert_close(c["entropy"].double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c["lse"].double(), torch.logsumexp(logits.double(), -1), atol=1e-4, rtol=1e-6)
+    chosen = torch.tensor([0, 1, 2, 3, 4, 5])
+    lp = torch.log_softmax(logits.double(), -1).gather(-1, chosen.view(-1, 1)).squeeze(-1)
+    torch.testing.assert_close(F.chosen_logprob(logits, c["lse"], chosen).double(), lp, atol=1e-3, rtol=1e-6)
+    assert c["entropy"][-1].item() == pytest.approx(0.0, abs=1e-6) and not c["entropy"].isnan().any()
 
 
 def test_synchronisation_by_hand():
