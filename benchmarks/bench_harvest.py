@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,8 @@ def _device_name(lm) -> str:
 
 
 def batch_table(args):
-    """tokens/s of plain generation and of a harvest against batch size (interleaved rounds per size)."""
+    """tokens/s of plain generation and of a harvest against batch size (interleaved rounds per size), prompts
+    bucketed by length as the harvest does."""
     import torch
 
     from riskprobe.models import load_model
@@ -93,11 +95,11 @@ def batch_table(args):
     for bs in args.batch_sizes:
         acc = {"plain": [0, 0.0], "harvest": [0, 0.0]}
         for sp in (None, spec):  # warm-up at this size: allocator, kernels and caches for these shapes
-            _gen_rate(lm, items[:bs], sp, bs, args.max_new_tokens)
+            _gen_rate(lm, items[:bs], sp, bs, args.max_new_tokens, bucket=True)
         for r in range(args.rounds):
             order = (("plain", None), ("harvest", spec))
             for name, sp in (order if r % 2 == 0 else order[::-1]):  # alternate: drift hits both alike
-                n, s = _gen_rate(lm, items, sp, bs, args.max_new_tokens)
+                n, s = _gen_rate(lm, items, sp, bs, args.max_new_tokens, bucket=True)
                 acc[name][0] += n
                 acc[name][1] += s
         p, h = (acc[k][0] / acc[k][1] for k in ("plain", "harvest"))
@@ -158,6 +160,9 @@ def settings(args):
             ("new", "plain"): (None, args.batch_size, True, True), ("new", "harvest"): (spec, args.batch_size, True, True)}
     for sp, bs, share, bucket in arms.values():  # warm-up: allocator and kernels for these shapes
         _gen_rate(lm, items[:bs], sp, bs, 4, share=share, bucket=bucket)
+    for _ in range(args.warmup_rounds):  # untimed full rounds: every batch shape an arm meets (a GPU needs this)
+        for sp, bs, share, bucket in arms.values():
+            _gen_rate(lm, items, sp, bs, args.max_new_tokens, share=share, bucket=bucket)
     acc = {k: [0, 0.0] for k in arms}
     per_round = {k: [] for k in arms}
     for r in range(args.rounds):
@@ -177,6 +182,10 @@ def settings(args):
     for which in ("old", "new"):
         p, h = rate[(which, "plain")], rate[(which, "harvest")]
         print(f"{which:<10}{p:>13.1f}{h:>15.1f}{h / p:>15.3f}")
+    med = {k: statistics.median(v) for k, v in per_round.items()}
+    print(f"by the median round: new / old plain {med[('new', 'plain')] / med[('old', 'plain')]:.2f}x, harvest "
+          f"{med[('new', 'harvest')] / med[('old', 'harvest')]:.2f}x; harvest / plain old "
+          f"{med[('old', 'harvest')] / med[('old', 'plain')]:.3f}, new {med[('new', 'harvest')] / med[('new', 'plain')]:.3f}")
     print(f"new / old: plain {rate[('new', 'plain')] / rate[('old', 'plain')]:.2f}x, "
           f"harvest {rate[('new', 'harvest')] / rate[('old', 'harvest')]:.2f}x")
     print("per-round tokens/s: " + "; ".join(f"{a} {b}: " + ", ".join(f"{x:.1f}" for x in v)
@@ -273,6 +282,8 @@ def main():
                     help="old settings (--old-batch, file order, whole prompts) vs new (--batch-size, bucketed, "
                          "shared prefix), side by side")
     ap.add_argument("--old-batch", type=int, default=16)
+    ap.add_argument("--warmup-rounds", type=int, default=0,
+                    help="--settings: untimed full rounds of every arm first (on a GPU the first round is slow)")
     ap.add_argument("--max-new-tokens", type=int, default=33)
     ap.add_argument("--device")
     ap.add_argument("--dtype")

@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 if on settings; then
     echo "== a shared prompt prefix computed once + prompts bucketed by length + ended rows leaving the batch, against none of them (same batch, plain and harvest)"
     "$PY" benchmarks/bench_harvest.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --rounds 2 --settings \
-        --old-batch 128 --batch-size 128 2>&1 | grep -v "it/s" | tee "$B/settings.txt"
+        --old-batch 128 --batch-size 128 --warmup-rounds 1 2>&1 | grep -v "it/s" | tee "$B/settings.txt"
 fi
 if on batch; then
     echo "== tokens/s against batch size (plain generate vs harvest capture; warm-up per size, alternating order)"

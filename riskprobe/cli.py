@@ -16,6 +16,19 @@ from pathlib import Path
 from .errors import UserError
 
 
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive integer, or ``auto`` (chosen from the model and the device)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1 << 16:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {1 << 16} or auto, got {text!r}")
+    return value
+
+
 def _harvest_parser(sub, name: str = "harvest") -> None:
     if name == "harvest":
         p = sub.add_parser("harvest", help="generate, grade and record signatures into a dataset",
@@ -37,7 +50,8 @@ def _harvest_parser(sub, name: str = "harvest") -> None:
     p.add_argument("--prompts", help="set name (builtin, triviaqa, nq_open, gsm8k, ...), name+name, or a .jsonl file")
     p.add_argument("--limit", type=int, help="take this many items (a deterministic subsample)")
     p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
-    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--batch-size", type=_batch_size, dest="batch_size",
+                   help="rows per batch, or auto (default: 64 on a CPU, up to 512 by free memory on a GPU)")
     p.add_argument("--out", help="output directory (rerun with the same config to resume)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when there is one)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
@@ -167,7 +181,6 @@ def cmd_extract(args) -> int:
     from .harvest.store import read_manifest
 
     features = _features_arg(args)
-    _positive(args.batch_size, "batch_size", 1 << 16)
     _positive(args.limit, "limit")
     from .signatures.spec import NORMALISATIONS
 
@@ -469,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "same forward passes (repeatable: --arm unit=runs/x-unit --arm final_norm=runs/x-fn)")
     x.add_argument("--limit", type=int, help="extract this many answers (a subsample fixed by question id)")
     x.add_argument("--model", help="the model to load (default: the one the corpus was made with)")
-    x.add_argument("--batch-size", type=int, default=32, dest="batch_size")
+    x.add_argument("--batch-size", type=_batch_size, default="auto", dest="batch_size",
+                   help="rows per forward pass, or auto (default: 64 on a CPU, up to 512 by free memory on a GPU)")
     x.add_argument("--device", help="cpu, cuda, cuda:1 ...")
     x.add_argument("--dtype", help="float32, bfloat16 or float16")
     _threads_arg(x)

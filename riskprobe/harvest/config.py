@@ -20,7 +20,7 @@ class HarvestConfig:
     limit: int | None = None
     out: str = "runs/harvest"
     max_new_tokens: int = 33
-    batch_size: int = 32
+    batch_size: int | str = "auto"
     shard_size: int = 256
     seed: int = 0
     do_sample: bool = False
@@ -40,7 +40,8 @@ class HarvestConfig:
               "temperature", "top_p", "prompt_style", "dtype", "truncate_prompts", "features")
     # Expected types, checked before anything is loaded (bool is not an int here).
     TYPES = {"model": str, "prompts": str, "limit": (int, type(None)), "out": str, "max_new_tokens": int,
-             "batch_size": int, "shard_size": int, "seed": int, "do_sample": bool, "samples": int, "temperature": (int, float),
+             "batch_size": (int, str), "shard_size": int, "seed": int, "do_sample": bool, "samples": int,
+             "temperature": (int, float),
              "top_p": (int, float), "prompt_style": str, "device": (str, type(None)), "dtype": (str, type(None)),
              "datasets_root": (str, type(None)), "threads": (int, type(None)), "truncate_prompts": bool,
              "features": dict}
@@ -78,7 +79,8 @@ class HarvestConfig:
         need(self.limit is None or (isinstance(self.limit, int) and self.limit > 0), "limit", "must be a positive integer")
         need(isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 4096, "max_new_tokens",
              "must be an integer from 1 to 4096")
-        need(isinstance(self.batch_size, int) and self.batch_size > 0, "batch_size", "must be a positive integer")
+        need(self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0), "batch_size",
+             "must be a positive integer or auto")
         need(isinstance(self.shard_size, int) and self.shard_size > 0, "shard_size", "must be a positive integer")
         need(1 <= self.samples <= 1000, "samples", "must be an integer from 1 to 1000")
         need(self.samples == 1 or self.do_sample, "samples", "more than one sample per question needs do_sample: true")

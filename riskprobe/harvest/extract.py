@@ -59,7 +59,7 @@ def model_for(m: dict[str, Any], model: str | None) -> str:
 
 
 def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[str, Any] | None = None, lm=None,
-                   model: str | None = None, batch_size: int = 32, shard_size: int | None = None,
+                   model: str | None = None, batch_size: int | str = "auto", shard_size: int | None = None,
                    device: str | None = None, dtype: str | None = None, threads: int | None = None,
                    progress: bool = True, merge: bool = True, max_rows: int | None = None,
                    arms: dict[str | Path, dict[str, Any]] | None = None) -> Path:
@@ -76,7 +76,7 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
             serves them all, so each arm costs only its feature reduction.
     """
     from ..models import load_model
-    from ..models.loader import same_model, set_threads
+    from ..models.loader import resolve_batch_size, same_model, set_threads
     from ..signatures import FeatureSpec
     from .run import dist_rank, render_items
 
@@ -108,6 +108,8 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
                         "through another model", file=generations, field="model")
     spec = spec.resolve(lm)
     rendered, _, lengths = render_items(lm, items, cfg)
+    cfg.batch_size = resolve_batch_size(cfg.batch_size, lm, seq_len=max(lengths, default=0) + spec.steps,
+                                        steps=spec.steps)
     for r in rows:
         if prompt_sha(rendered[r["i"]].text) != r["prompt_sha"]:
             raise UserError(f"question {r['id']!r} renders differently now than when it was answered (another chat "

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import UserError, short
 from ..fsutil import atomic_write_json, owned_dir
-from ..models.loader import identity_diff, set_threads
+from ..models.loader import identity_diff, resolve_batch_size, set_threads
 from .config import HarvestConfig
 from .store import MANIFEST, read_manifest
 
@@ -125,6 +125,8 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     spec = FeatureSpec.from_dict(cfg.features).resolve(lm)
     rendered, truncated, lengths = render_items(lm, items, cfg)
+    cfg = replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, lm, seq_len=max(lengths, default=0) + cfg.max_new_tokens,
+                                                     steps=spec.steps))
     gen_dir = out / GENERATIONS
     gen_cfg = replace(cfg, out=str(gen_dir))
     samples = cfg.answers_per_question
@@ -189,6 +191,8 @@ def generate(cfg: HarvestConfig, *, lm=None, progress: bool = True, reuse: str |
     if lm is None:
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     rendered, truncated, lengths = render_items(lm, items, cfg)
+    cfg = replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, lm, seq_len=max(lengths, default=0) + cfg.max_new_tokens,
+                                                     steps=1))
     return generate_corpus(cfg, lm, items, rendered, lengths, out, progress=progress, rank=rank, world=world,
                            versions=package_versions(), truncated=truncated, reuse=reuse)
 

@@ -4,6 +4,7 @@ from .bundled import BUNDLED, DEFAULT_MODEL, BundledModel, cache_root
 from .loader import (
     LoadedModel,
     ModelIdentity,
+    auto_batch_size,
     check_device,
     context_length,
     default_device,
@@ -20,6 +21,7 @@ __all__ = [
     "cache_root",
     "LoadedModel",
     "ModelIdentity",
+    "auto_batch_size",
     "check_device",
     "context_length",
     "default_device",

