@@ -79,6 +79,9 @@ class SelectionGrid:
         Cs: inverse L2 strengths for ``logreg``.
         folds: cross-validation folds, grouped by question id.
         max_epochs, patience: training of gradient-trained probes within each fold.
+        within_se: choose the candidate cheapest to monitor (:data:`~riskprobe.signatures.spec.MONITOR_COST`
+            of its families) among those whose CV AUROC is within this many standard errors (fold sd /
+            sqrt(folds)) of the best; 0 (the default): the best.
     """
 
     probes: list[str] = field(default_factory=lambda: ["logreg", "mlp"])
@@ -89,6 +92,7 @@ class SelectionGrid:
     folds: int = 5
     max_epochs: int = 40
     patience: int = 6
+    within_se: float = 0.0
 
     def validate(self) -> None:
         from ..probes.modules import PROBES
@@ -116,6 +120,8 @@ class SelectionGrid:
             raise UserError("needs at least 2 folds", field="selection.folds")
         if not self.Cs or any(c <= 0 for c in self.Cs):
             raise UserError("Cs must be positive numbers", field="selection.Cs")
+        if not self.within_se >= 0:
+            raise UserError(f"must be 0 or more, got {self.within_se}", field="selection.within_se")
 
     def feature_candidates(self, n_raw_layers: int) -> list[Recipe]:
         """Every feature selection of the grid (probe left empty), without repeats."""
@@ -142,16 +148,44 @@ class SelectionGrid:
         return uniq
 
 
+def monitor_cost(families) -> float:
+    """What monitoring a recipe's feature families costs per step (:data:`~riskprobe.signatures.spec.MONITOR_COST`)."""
+    from ..signatures.spec import MONITOR_COST
+
+    return float(sum(MONITOR_COST[f] for f in families))
+
+
+def choose(table: list[dict[str, Any]], folds: int, within_se: float) -> dict[str, Any]:
+    """The row of ``table`` to fit: the best CV AUROC, or with ``within_se`` > 0 the cheapest to monitor among
+    the rows within ``within_se`` standard errors of the best (ties: the higher AUROC).
+
+    >>> rows = [{"cv_auroc": 0.834, "cv_sd": 0.005, "families": ["lens", "raw"]},
+    ...         {"cv_auroc": 0.831, "cv_sd": 0.002, "families": ["raw"]},
+    ...         {"cv_auroc": 0.700, "cv_sd": 0.002, "families": ["raw"]}]
+    >>> choose(rows, 5, 0.0)["cv_auroc"], choose(rows, 5, 1.0)["cv_auroc"], choose(rows, 5, 2.0)["cv_auroc"]
+    (0.834, 0.834, 0.831)
+    """
+    best = max(table, key=lambda t: t["cv_auroc"])
+    if within_se <= 0:
+        return best
+    floor = best["cv_auroc"] - within_se * best["cv_sd"] / np.sqrt(folds)
+    near = [t for t in table if t["cv_auroc"] >= floor]
+    return min(near, key=lambda t: (monitor_cost(t["families"]), -t["cv_auroc"]))
+
+
 @dataclass
 class SelectionResult:
     best: Recipe
     table: list[dict[str, Any]]
     folds: int
     n_train: int
+    within_se: float = 0.0
+    best_by_cv: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"best": self.best.to_dict(), "best_label": self.best.label(), "folds": self.folds,
-                "n_train": self.n_train, "table": self.table}
+                "n_train": self.n_train, "within_se": self.within_se,
+                "best_by_cv": self.best_by_cv or self.best.label(), "table": self.table}
 
 
 def _design(dm, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,16 +273,21 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
     for t in table:
         if t["raw_layers"] is not None:
             t["raw_layer_ids"] = [dm.harvests.schema["raw_layers"][i] for i in t["raw_layers"]]
-    best_row = max(table, key=lambda t: t["cv_auroc"])
-    best = Recipe(best_row["probe"], best_row["families"], best_row["raw_layers"], best_row["raw_pool"], best_row["C"])
     table.sort(key=lambda t: -t["cv_auroc"])
-    return SelectionResult(best, table, grid.folds, int(len(tr)))
+    row = choose(table, grid.folds, grid.within_se)
+    best = Recipe(row["probe"], row["families"], row["raw_layers"], row["raw_pool"], row["C"])
+    return SelectionResult(best, table, grid.folds, int(len(tr)), grid.within_se, table[0]["recipe"])
 
 
 def format_selection(res: dict[str, Any], top: int = 12) -> str:
     """The CV table (best first) as text."""
+    rule = ""
+    if res.get("within_se"):
+        rule = (f" (the cheapest to monitor within {res['within_se']:g} standard error(s) of the best, "
+                f"{res['best_by_cv']})" if res.get("best_by_cv") != res["best_label"] else
+                f" (also the cheapest to monitor within {res['within_se']:g} standard error(s))")
     lines = [f"selection: {res['folds']}-fold CV grouped by question on the training split ({res['n_train']} rows); "
-             f"chosen: {res['best_label']}",
+             f"chosen: {res['best_label']}{rule}",
              f"{'recipe':<58}{'C':>8}{'CV AUROC':>10}{'sd':>7}"]
     for t in res["table"][:top]:
         c = f"{t['C']:g}" if t.get("C") is not None else "-"

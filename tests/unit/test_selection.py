@@ -151,3 +151,32 @@ def test_stacked_probe_is_one_linear_map_that_exports_and_reloads(tmp_path):
     assert [t["probe"] for t in res.table].count("stacked") == 1 and len(res.table) == 3
     with pytest.raises(UserError, match="stacked is scored"):
         SelectionGrid(probes=["stacked"]).validate()
+
+
+def test_selection_prefers_the_cheaper_recipe_within_standard_errors(tmp_path):
+    """within_se > 0: among the candidates whose CV AUROC is within that many standard errors of the best, the
+    one cheapest to monitor (no logit lens, no softmax where raw states do as well); 0: the best."""
+    from riskprobe.signatures.spec import MONITOR_COST
+    from riskprobe.training.selection import choose, format_selection, monitor_cost
+
+    dm = _dm(make_harvest(tmp_path / "h", n=600, signal=1.5))
+    grid = dict(families=[["commitment", "raw"], ["raw"], ["commitment"], ["lens"]], raw_layers=[None],
+                raw_pool=["first"], Cs=[0.01, 0.1, 1.0], folds=3)
+    plain = select_recipe(dm, SelectionGrid(probes=["logreg"], **grid), progress=False)
+    assert plain.best.families == ["commitment", "raw"] and plain.to_dict()["best_by_cv"] == plain.best.label()
+    anything = select_recipe(dm, SelectionGrid(probes=["logreg"], within_se=1e6, **grid), progress=False)
+    assert anything.best.families == ["raw"]  # every candidate is near: the cheapest (raw 0.1 ms per step)
+    assert anything.table == plain.table  # the CV table itself does not change
+    d = anything.to_dict()
+    assert d["best_by_cv"] == plain.best.label() != d["best_label"]
+    assert "the cheapest to monitor within 1e+06 standard error(s) of the best" in format_selection(d)
+    one = select_recipe(dm, SelectionGrid(probes=["logreg"], within_se=1.0, **grid), progress=False)
+    top = plain.table[0]
+    floor = top["cv_auroc"] - top["cv_sd"] / np.sqrt(3)
+    row = next(t for t in one.table if t["recipe"] == one.best.label())
+    assert row["cv_auroc"] >= floor
+    assert not [t for t in one.table if t["cv_auroc"] >= floor and monitor_cost(t["families"]) < monitor_cost(row["families"])]
+    assert monitor_cost(["commitment", "lens"]) == MONITOR_COST["commitment"] + MONITOR_COST["lens"]
+    assert choose(plain.table, 3, 0.0) is plain.table[0]
+    with pytest.raises(UserError, match="within_se"):
+        SelectionGrid(within_se=-1).validate()
