@@ -82,7 +82,6 @@ class Capture:
         self._prev: list[torch.Tensor] = []  # normalised monitored states of steps t-1, t-2
         # the last step's logits and their log normaliser, until its token is known (chosen_logprob)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._chosen = None
         self._rows: torch.Tensor | None = None  # the batch's rows still generating (None: all)
         self._full: dict[str, torch.Tensor] = {}  # every row's buffers, once rows have left the batch
 

@@ -175,17 +175,18 @@ def choose(table: list[dict[str, Any]], folds: int, within_se: float) -> dict[st
 
 @dataclass
 class SelectionResult:
+    """The recipe to fit and the CV table it was chosen from (best CV AUROC first)."""
+
     best: Recipe
     table: list[dict[str, Any]]
     folds: int
     n_train: int
     within_se: float = 0.0
-    best_by_cv: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"best": self.best.to_dict(), "best_label": self.best.label(), "folds": self.folds,
                 "n_train": self.n_train, "within_se": self.within_se,
-                "best_by_cv": self.best_by_cv or self.best.label(), "table": self.table}
+                "best_by_cv": self.table[0]["recipe"] if self.table else self.best.label(), "table": self.table}
 
 
 def _design(dm, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -276,7 +277,7 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
     table.sort(key=lambda t: -t["cv_auroc"])
     row = choose(table, grid.folds, grid.within_se)
     best = Recipe(row["probe"], row["families"], row["raw_layers"], row["raw_pool"], row["C"])
-    return SelectionResult(best, table, grid.folds, int(len(tr)), grid.within_se, table[0]["recipe"])
+    return SelectionResult(best, table, grid.folds, int(len(tr)), grid.within_se)
 
 
 def format_selection(res: dict[str, Any], top: int = 12) -> str:
