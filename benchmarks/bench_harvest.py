@@ -40,7 +40,7 @@ def _hidden_states_generate(lm, rps, max_new_tokens):
 def _gen_rate(lm, items, spec, batch_size, max_new_tokens, *, share=True, bucket=False):
     """Generated tokens and seconds for ``items`` in batches; ``bucket`` orders prompts by token length first
     (what the harvest does), ``share`` computes a batch's shared prompt prefix once (``encode``) and lets ended
-    rows leave the batch (``generate(compact=True)``); ``share=False`` is generation as it was before both."""
+    rows leave the batch where that pays (``generate``'s default: on a CPU); ``share=False`` is generation as it was before both."""
     from riskprobe.models import render
     from riskprobe.models.generation import generate
     from riskprobe.signatures import Capture
@@ -55,11 +55,11 @@ def _gen_rate(lm, items, spec, batch_size, max_new_tokens, *, share=True, bucket
         if spec == "hidden_states":
             gens = _hidden_states_generate(lm, rps, max_new_tokens)
         elif spec is None:
-            gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=share)
+            gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=None if share else False)
         else:
             cap = Capture(lm, spec)
             with cap:
-                gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=share)
+                gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=None if share else False)
             cap.finish([g.token_ids for g in gens])
         n_tok += sum(g.n_tokens for g in gens)
     return n_tok, time.perf_counter() - t0

@@ -259,7 +259,8 @@ def forced_ids(lm: LoadedModel, responses: Sequence[str]) -> list[list[int]]:
 def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
              stopping_criteria: list | None = None, forced: list[list[int]] | None = None,
-             row_seeds: Sequence[int] | None = None, share_prefix: bool = True, compact: bool = True) -> list[Generation]:
+             row_seeds: Sequence[int] | None = None, share_prefix: bool = True,
+             compact: bool | None = None) -> list[Generation]:
     """Generate answers for a batch of rendered prompts (greedy unless ``do_sample``).
 
     A leading stop string (e.g. the newline a model may emit before its answer) does not end a row;
@@ -276,6 +277,8 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
     applies to greedy and row-seeded sampling; not to teacher forcing, to sampling from torch's global
     generator, or when the caller passes ``stopping_criteria`` (which may expect the batch to keep its
     rows). Signature captures attached to the model (:attr:`LoadedModel.watchers`) are told which rows go on.
+    ``compact=None`` (the default) compacts where it pays (:func:`compacts_by_default`): on a CPU, not on a
+    CUDA GPU.
     """
     longest = max(len(f) for f in forced) + 1 if forced else max_new_tokens
     enc = encode(lm, prompts, share_prefix=share_prefix, max_new_tokens=longest)
@@ -306,10 +309,25 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
                       max_new_tokens=max(len(f) for f in forced) + 1,
                       logits_processor=LogitsProcessorList([ForceTokens(forced, enc["input_ids"].shape[1], eos)]))
     criteria = StoppingCriteriaList(criteria)
+    if compact is None:
+        compact = compacts_by_default(lm.device)
     if compact and not forced and not stopping_criteria and (not do_sample or sampler is not None):
         return _generate_compacting(lm, enc, kwargs, criteria, stops, max_new_tokens, sampler)
     seqs = lm.model.generate(**enc, **kwargs, stopping_criteria=criteria)
     return finish_rows(lm, seqs[:, enc["input_ids"].shape[1]:], stops)
+
+
+def compacts_by_default(device) -> bool:
+    """Whether rows that ended leave the batch unless told otherwise: not on a CUDA GPU, where a step's time
+    hardly depends on the row count and each compaction restarts ``model.generate`` after a host
+    synchronisation (an H100 at batch 512: 1.51 s with compaction against 1.18 s without, 2.76 against 2.07
+    in a second round, ``benchmarks/results/2026-11-26/h100_generate_profile.txt``); on a CPU a third of a
+    batch's row-steps belonged to ended rows and dropping them pays.
+
+    >>> compacts_by_default("cpu"), compacts_by_default("cuda:0")
+    (True, False)
+    """
+    return torch.device(device).type != "cuda"
 
 
 def _generate_compacting(lm: LoadedModel, enc: dict, kwargs: dict, criteria, stops: tuple[str, ...],

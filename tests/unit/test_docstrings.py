@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["riskprobe.evaluation.given", "riskprobe.training.selection", "riskprobe.models.loader"])
+@pytest.mark.parametrize("module", ["riskprobe.evaluation.given", "riskprobe.training.selection", "riskprobe.models.loader",
+                                    "riskprobe.models.generation"])
 def test_docstring_examples(module):
     res = doctest.testmod(importlib.import_module(module))
     assert res.attempted > 0 and res.failed == 0
