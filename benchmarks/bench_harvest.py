@@ -38,9 +38,10 @@ def _hidden_states_generate(lm, rps, max_new_tokens):
 
 
 def _gen_rate(lm, items, spec, batch_size, max_new_tokens, *, share=True, bucket=False):
-    """Generated tokens and seconds for ``items`` in batches; ``bucket`` orders prompts by token length first
-    (what the harvest does), ``share`` computes a batch's shared prompt prefix once (``encode``) and lets ended
-    rows leave the batch where that pays (``generate``'s default: on a CPU); ``share=False`` is generation as it was before both."""
+    """Generated tokens and seconds for ``items`` in batches; ``bucket`` orders prompts by answer kind and token
+    length first (what the harvest does), ``share`` computes a batch's shared prompt prefix once (``encode``) and
+    lets ended rows leave the batch where that pays (``generate``'s default: on a CPU); ``share=False`` is
+    generation as it was before both."""
     from riskprobe.models import render
     from riskprobe.models.generation import generate
     from riskprobe.signatures import Capture
@@ -49,7 +50,8 @@ def _gen_rate(lm, items, spec, batch_size, max_new_tokens, *, share=True, bucket
     rendered = [render(lm.tokenizer, it.prompt, it.answer_kind) for it in items]
     if bucket:
         lengths = [len(x) for x in lm.tokenizer([r.text for r in rendered], add_special_tokens=True)["input_ids"]]
-        rendered = [r for _, r in sorted(zip(lengths, rendered), key=lambda lr: lr[0])]
+        order = sorted(range(len(items)), key=lambda i: (items[i].answer_kind, lengths[i], i))  # as the harvest
+        rendered = [rendered[i] for i in order]
     for b in range(0, len(rendered), batch_size):
         rps = rendered[b:b + batch_size]
         if spec == "hidden_states":
@@ -75,7 +77,7 @@ def _device_name(lm) -> str:
 
 def batch_table(args):
     """tokens/s of plain generation and of a harvest against batch size (interleaved rounds per size), prompts
-    bucketed by length as the harvest does."""
+    bucketed by answer kind and length as the harvest does."""
     import torch
 
     from riskprobe.models import load_model
@@ -142,7 +144,7 @@ def speed(args):
 
 def settings(args):
     """The old settings (batch ``--old-batch``, prompts in file order, every prompt computed whole) against the
-    new ones (batch ``--batch-size``, prompts bucketed by length, a shared prompt prefix computed once, ended rows
+    new ones (batch ``--batch-size``, prompts bucketed by answer kind and length, a shared prompt prefix computed once, ended rows
     leaving the batch), plain generation and harvest, same prompts, interleaved rounds; prints tokens/s and the
     ratios."""
     import torch

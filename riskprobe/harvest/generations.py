@@ -242,7 +242,10 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     for s in todo:
         i0 = s * cfg.shard_size
         idx_items = range(i0, min(i0 + cfg.shard_size, len(items)))
-        jobs = sorted(((i, k) for i in idx_items for k in range(samples)), key=lambda ik: (lengths[ik[0]], ik))
+        # batches of one answer kind (one system message: its tokens are computed once per batch, see
+        # generation.encode), then of similar length (little padding)
+        jobs = sorted(((i, k) for i in idx_items for k in range(samples)),
+                      key=lambda ik: (items[ik[0]].answer_kind, lengths[ik[0]], ik))
         rows, sigs = [], []
         if old:
             sha = {i: prompt_sha(rendered[i].text) for i in idx_items}
