@@ -177,9 +177,11 @@ def settings(args):
     rate = {k: n / s for k, (n, s) in acc.items()}
     print(f"model {lm.identity.name} on {_device_name(lm)} ({next(lm.model.parameters()).dtype}), {len(items)} prompts x "
           f"{args.rounds} rounds, max_new_tokens {args.max_new_tokens}, threads {torch.get_num_threads()}")
-    print("old: batch {0}, file order, whole prompts; new: batch {1}, bucketed by length, shared prefix once, ended "
-          "rows leave the batch".format(
-        args.old_batch, args.batch_size))
+    from riskprobe.models.generation import compacts_by_default
+
+    print("old: batch {0}, file order, whole prompts; new: batch {1}, bucketed by answer kind and length, shared "
+          "prefix once{2}".format(args.old_batch, args.batch_size,
+                                  ", ended rows leave the batch" if compacts_by_default(lm.device) else ""))
     print(f"{'settings':<10}{'plain tok/s':>13}{'harvest tok/s':>15}{'harvest/plain':>15}")
     for which in ("old", "new"):
         p, h = rate[(which, "plain")], rate[(which, "harvest")]
