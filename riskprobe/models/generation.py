@@ -4,9 +4,9 @@
 stop string, the generated token ids, and how many of them belong to the answer (``n_tokens``, counting
 the token that ended it). Anything that wants to watch the generation (signature capture, live
 monitoring) passes ``stopping_criteria`` or registers hooks around this call. Two things keep the model from
-computing what nobody reads: a prompt prefix that the batch shares is computed once (:func:`encode`), and rows
-that have ended leave the batch every :data:`COMPACT_EVERY` tokens (hooks that keep per-row state register in
-``LoadedModel.watchers`` and are told which rows go on).
+computing what nobody reads: a prompt prefix that the batch shares is computed once (:func:`encode`), and on a
+CPU rows that have ended leave the batch every :data:`COMPACT_EVERY` tokens (hooks that keep per-row state
+register in ``LoadedModel.watchers`` and are told which rows go on; see :func:`compacts_by_default`).
 """
 
 from __future__ import annotations
