@@ -43,25 +43,25 @@ def _gen_rate(lm, items, spec, batch_size, max_new_tokens, *, share=True, bucket
     lets ended rows leave the batch where that pays (``generate``'s default: on a CPU); ``share=False`` is
     generation as it was before both."""
     from riskprobe.models import render
-    from riskprobe.models.generation import generate
+    from riskprobe.models.generation import batch_order, generate
     from riskprobe.signatures import Capture
 
     n_tok, t0 = 0, time.perf_counter()
     rendered = [render(lm.tokenizer, it.prompt, it.answer_kind) for it in items]
     if bucket:
         lengths = [len(x) for x in lm.tokenizer([r.text for r in rendered], add_special_tokens=True)["input_ids"]]
-        order = sorted(range(len(items)), key=lambda i: (items[i].answer_kind, lengths[i], i))  # as the harvest
-        rendered = [rendered[i] for i in order]
+        rendered = [rendered[i] for i in batch_order([it.answer_kind for it in items], lengths)]  # as the harvest
+    compact = None if share else False  # None: generate's default for the device
     for b in range(0, len(rendered), batch_size):
         rps = rendered[b:b + batch_size]
         if spec == "hidden_states":
             gens = _hidden_states_generate(lm, rps, max_new_tokens)
         elif spec is None:
-            gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=None if share else False)
+            gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=compact)
         else:
             cap = Capture(lm, spec)
             with cap:
-                gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=None if share else False)
+                gens = generate(lm, rps, max_new_tokens=max_new_tokens, share_prefix=share, compact=compact)
             cap.finish([g.token_ids for g in gens])
         n_tok += sum(g.n_tokens for g in gens)
     return n_tok, time.perf_counter() - t0

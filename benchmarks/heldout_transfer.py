@@ -47,7 +47,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for pool in ("first+mean", "first", "mean"):
-        X, y, sets, split = _load(args.corpus, pool, args.k)
+        X, y, sets, split = data = _load(args.corpus, pool, args.k)
+        if pool == "first+mean":
+            kept = data  # the pooling of the honest selection below
         for held in args.held:
             te = np.flatnonzero(sets == held)
             for train_on in ("all", "factual"):
@@ -55,7 +57,7 @@ def main():
                 tr = np.flatnonzero(ok)
                 res = [f"{C:g}:{roc_auc_score(y[te], _fit(X[tr], y[tr], C).decision_function(X[te])):.3f}" for C in CS]
                 print(f"pool {pool:<10} held {held:<9} train {train_on:<8} n={len(tr)}  " + "  ".join(res), flush=True)
-    X, y, sets, split = _load(args.corpus, "first+mean", args.k)
+    X, y, sets, split = kept
     for held in args.held:
         fact = [s for s in FACTUAL if s != held and s in set(sets.tolist())]
         tr_all = (split == "train") & np.isin(sets, fact)

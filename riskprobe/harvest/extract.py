@@ -220,6 +220,7 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
     passes. A shard is computed while any target lacks it and written to those that lack it."""
     from tqdm.auto import tqdm
 
+    from ..models.generation import batch_order
     from ..signatures.extract import Extractor
 
     dirs = [out / "shards" for out, _ in targets]
@@ -244,9 +245,9 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
     for s in todo:
         idx0 = s * size
         part = list(range(idx0, min(idx0 + size, len(rows))))
-        # one system message per batch (its prefix is computed once) and similar total lengths (little padding)
-        order = sorted(part, key=lambda j: (items[rows[j]["i"]].answer_kind,
-                                            lengths[rows[j]["i"]] + min(len(rows[j]["tokens"]), steps), j))
+        # by answer kind, then by prompt + answer length
+        order = [part[p] for p in batch_order([items[rows[j]["i"]].answer_kind for j in part],
+                                              [lengths[rows[j]["i"]] + min(len(rows[j]["tokens"]), steps) for j in part])]
         done_rows, done_sigs = [], [[] for _ in targets]
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b: b + cfg.batch_size]

@@ -212,7 +212,7 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     """
     from tqdm.auto import tqdm
 
-    from ..models.generation import generate, sample_seed
+    from ..models.generation import batch_order, generate, sample_seed
     from ..prompts.grading import grade
 
     out = Path(out)
@@ -242,10 +242,8 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     for s in todo:
         i0 = s * cfg.shard_size
         idx_items = range(i0, min(i0 + cfg.shard_size, len(items)))
-        # batches of one answer kind (one system message: its tokens are computed once per batch, see
-        # generation.encode), then of similar length (little padding)
-        jobs = sorted(((i, k) for i in idx_items for k in range(samples)),
-                      key=lambda ik: (items[ik[0]].answer_kind, lengths[ik[0]], ik))
+        jobs = [(i, k) for i in idx_items for k in range(samples)]
+        jobs = [jobs[j] for j in batch_order([items[i].answer_kind for i, _ in jobs], [lengths[i] for i, _ in jobs])]
         rows, sigs = [], []
         if old:
             sha = {i: prompt_sha(rendered[i].text) for i in idx_items}

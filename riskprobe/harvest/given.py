@@ -152,7 +152,7 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     from tqdm.auto import tqdm
 
     from ..models import render
-    from ..models.generation import forced_ids
+    from ..models.generation import batch_order, forced_ids
     from ..prompts.sets import split_of
     from ..signatures import FeatureSpec
     from ..signatures.extract import Extractor
@@ -201,8 +201,10 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     sample = _sample_index(answers)
     for s in todo:
         part = list(range(s * shard_size, min((s + 1) * shard_size, len(answers))))
-        part.sort(key=lambda j: (answers[j].answer_kind, len(rendered[(answers[j].question, answers[j].answer_kind)].text)
-                                 + 4 * min(len(tokens[j]), spec.steps), j))
+        part = [part[p] for p in batch_order(
+            [answers[j].answer_kind for j in part],
+            [len(rendered[(answers[j].question, answers[j].answer_kind)].text) + 4 * min(len(tokens[j]), spec.steps)
+             for j in part])]
         rows = []
         for b in range(0, len(part), batch_size):
             idx = part[b:b + batch_size]

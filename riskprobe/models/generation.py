@@ -166,6 +166,16 @@ def encode(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, share_prefix: 
             **prefix_cache(lm, ids[0][:n], len(prompts))}
 
 
+def batch_order(kinds: Sequence[str], lengths: Sequence[int]) -> list[int]:
+    """Positions in the order to batch them: by answer kind (one system message per batch, so :func:`encode`
+    computes its tokens once), then by length (little padding); ties keep their order.
+
+    >>> batch_order(["number", "alias", "alias", "number"], [5, 9, 3, 5])
+    [2, 1, 0, 3]
+    """
+    return sorted(range(len(kinds)), key=lambda i: (kinds[i], lengths[i], i))
+
+
 def finish_rows(lm: LoadedModel, new_ids: torch.Tensor, stops: tuple[str, ...]) -> list[Generation]:
     """Cut each row of generated ids at its end (EOS or stop string) and decode it."""
     tok = lm.tokenizer
