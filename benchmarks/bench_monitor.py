@@ -2,9 +2,11 @@
 
     python benchmarks/bench_monitor.py --probe default --n 64 --rounds 8
 
-Plain ``model.generate`` vs the same call with a RiskMonitor (flag only), interleaved rounds (the order
-alternates from round to round), same prompts, batch size and max tokens; prints tokens/s, the ratio of the
-totals, and the median and spread (min, max, IQR) of the per-round ratios.
+Plain ``model.generate`` vs the same call with a RiskMonitor (flag only), same prompts, batch size and max
+tokens, each batch run plain and monitored back to back (the order alternating; ``--pairing round`` runs whole
+rounds instead); prints tokens/s, the ratio of the totals, and per round the ratio by wall clock and by process
+CPU time: median, IQR, range and a bootstrap 95% interval of the median (the interval is what more rounds
+narrow; a single round's spread is the machine's noise).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=33)
     ap.add_argument("--device")
     ap.add_argument("--dtype")
+    ap.add_argument("--pairing", choices=("batch", "round"), default="batch",
+                    help="run plain and monitored back to back per batch (default) or per round")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one batch: where the monitor's time goes (torch.profiler ranges)")
     ap.add_argument("--allow-model-mismatch", action="store_true",
@@ -58,46 +62,76 @@ def main():
                     break
         return n
 
-    def run(monitor: bool):
-        toks, t0 = 0, time.perf_counter()
-        for enc in batches:
-            kw = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-            with torch.inference_mode():
-                if monitor:
-                    with RiskMonitor(scorer, lm, allow_model_mismatch=args.allow_model_mismatch) as mon:
-                        out = lm.model.generate(**enc, **kw, stopping_criteria=StoppingCriteriaList([mon]))
-                else:
-                    out = lm.model.generate(**enc, **kw)
-            toks += count(out, enc["input_ids"].shape[1])
-        return toks, time.perf_counter() - t0
+    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+
+    def one(enc, monitor: bool):
+        """One batch: (tokens, wall seconds, process CPU seconds)."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        with torch.inference_mode():
+            if monitor:
+                with RiskMonitor(scorer, lm, allow_model_mismatch=args.allow_model_mismatch) as mon:
+                    out = lm.model.generate(**enc, **kw, stopping_criteria=StoppingCriteriaList([mon]))
+            else:
+                out = lm.model.generate(**enc, **kw)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize(lm.device)
+        return count(out, enc["input_ids"].shape[1]), time.perf_counter() - t0, time.process_time() - c0
 
     import numpy as np
 
-    run(False)  # warm-up
-    run(True)
-    res = {"plain": [0, 0.0], "with RiskMonitor": [0, 0.0]}
-    ratios = []
+    names = ("plain", "with RiskMonitor")
+    for enc in batches:  # warm-up
+        one(enc, False)
+        one(enc, True)
+    res = {name: np.zeros(3) for name in names}  # tokens, wall s, cpu s
+    wall_ratios, cpu_ratios = [], []
     for r in range(args.rounds):
-        rate = {}
-        for name in (list(res) if r % 2 == 0 else list(res)[::-1]):
-            n, s = run(name != "plain")
-            res[name][0] += n
-            res[name][1] += s
-            rate[name] = n / s
-        ratios.append(rate["with RiskMonitor"] / rate["plain"])
+        rnd = {name: np.zeros(3) for name in names}
+        if args.pairing == "batch":
+            # each batch runs plain and monitored back to back (order alternating), so that both halves of a
+            # pair see the same state of a shared machine; a round sums its batches
+            for b, enc in enumerate(batches):
+                for name in (names if (r + b) % 2 == 0 else names[::-1]):
+                    rnd[name] += one(enc, name != "plain")
+        else:
+            for name in (names if r % 2 == 0 else names[::-1]):
+                for enc in batches:
+                    rnd[name] += one(enc, name != "plain")
+        for name in names:
+            res[name] += rnd[name]
+        p, m = rnd["plain"], rnd["with RiskMonitor"]
+        wall_ratios.append((m[0] / m[1]) / (p[0] / p[1]))
+        cpu_ratios.append((m[0] / m[2]) / (p[0] / p[2]))
     base = res["plain"][0] / res["plain"][1]
     dev = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"model {lm.identity.name} on {dev} ({next(lm.model.parameters()).dtype}), probe k={scorer.k}, "
           f"{len(items)} prompts x {args.rounds} rounds, batch {args.batch_size}, max_new_tokens "
-          f"{args.max_new_tokens}, threads {torch.get_num_threads()}")
-    print(f"{'variant':<20}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ratio':>8}")
-    for name, (n, s) in res.items():
-        print(f"{name:<20}{n:>8}{s:>10.2f}{n / s:>10.1f}{(n / s) / base:>8.3f}")
-    q = np.quantile(ratios, [0.0, 0.25, 0.5, 0.75, 1.0])
-    print(f"per-round ratio (monitor / plain) over {len(ratios)} rounds: median {q[2]:.4f}, IQR [{q[1]:.4f}, {q[3]:.4f}], "
-          f"min {q[0]:.4f}, max {q[4]:.4f}; median overhead {100 * (1 - q[2]):.2f}%")
+          f"{args.max_new_tokens}, threads {torch.get_num_threads()}, paired by {args.pairing}")
+    print(f"{'variant':<20}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ratio':>8}{'cpu s':>10}")
+    for name, (n, s, c) in res.items():
+        print(f"{name:<20}{int(n):>8}{s:>10.2f}{n / s:>10.1f}{(n / s) / base:>8.3f}{c:>10.2f}")
+    for what, ratios in (("wall-clock", wall_ratios), ("process CPU time", cpu_ratios)):
+        print(f"per-round ratio of tokens/s by {what} (monitor / plain) over {len(ratios)} rounds: "
+              + ratio_summary(ratios))
     if args.profile:
         profile_batch(scorer, lm, batches[0], args)
+
+
+def ratio_summary(ratios, n_boot: int = 10_000, seed: int = 0) -> str:
+    """Median, IQR, range and a bootstrap 95% interval of the median of per-round ratios. The interval is what
+    more rounds narrow (the spread of single rounds is the machine's noise and does not shrink).
+
+    >>> ratio_summary([0.98, 1.0, 1.02]).split("; ")[0]
+    'median 1.0000 [95% CI 0.9800, 1.0200], IQR [0.9900, 1.0100], min 0.9800, max 1.0200'
+    """
+    import numpy as np
+
+    r = np.asarray(ratios, dtype=float)
+    q = np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])
+    boot = np.median(np.random.default_rng(seed).choice(r, (n_boot, len(r))), axis=1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return (f"median {q[2]:.4f} [95% CI {lo:.4f}, {hi:.4f}], IQR [{q[1]:.4f}, {q[3]:.4f}], min {q[0]:.4f}, "
+            f"max {q[4]:.4f}; median overhead {100 * (1 - q[2]):.2f}% (CI half-width {50 * (hi - lo):.2f}%)")
 
 
 def profile_batch(scorer, lm, enc, args) -> None:
