@@ -153,11 +153,11 @@ def _city_items(gc, set_name: str, lo: int, hi: int | None, numbered: bool = Tru
         lname = name.lower()
         if any(w in lname or lname in w for w in country_words):
             continue
-        level = _level(pop, (150_000, 500_000, 2_000_000))
+        level = 1 if pop >= 2_000_000 else 2 if pop >= 500_000 else 3 if pop >= 150_000 else 4
         out.append(Item(id=f"geo-city-{v['geonameid']}", set=set_name, category="factual",
                         prompt=f"In which country is the city of {name}?",
                         answers=(c["name"], *COUNTRY_ALIASES.get(c["name"], ())),
-                        meta={"difficulty": 5 - level, "kind": "city", "population": pop}))
+                        meta={"difficulty": level, "kind": "city", "population": pop}))
     return out
 
 

@@ -104,7 +104,6 @@ def test_geo_sets_are_pinned_disjoint_and_answered_by_the_country():
     assert not any(ch.isdigit() for it in towns for ch in it.prompt)  # numbered districts left out
     paris = next(i for i in geo if i.id == "geo-capital-FR")
     assert paris.prompt == "What is the capital city of France?" and paris.answers == ("Paris",)
-    assert all(P.split_of(i.id) in ("train", "val", "test") for i in towns[:50])
 
 
 def test_user_jsonl_and_errors(tmp_path):
