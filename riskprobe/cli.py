@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .resources import shipped_configs
 
 
 def _batch_size(text: str) -> int | str:
@@ -44,8 +45,8 @@ def _harvest_parser(sub, name: str = "harvest") -> None:
         p.add_argument("--temperature", type=float, help="sampling temperature")
         p.add_argument("--reuse", help="an earlier corpus of the same model and settings (say a smaller --limit): "
                        "its answers are taken over, not generated again")
-    p.add_argument("--config", help="YAML config: a file, or a shipped one by name (default, triviaqa, gemma3); "
-                   "default: the shipped default")
+    p.add_argument("--config", help="YAML config: a file, or a shipped one by name ("
+                   + ", ".join(sorted(shipped_configs("harvest"))) + "); default: the shipped default")
     p.add_argument("--model", help="bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), .gguf file, directory or hub id")
     p.add_argument("--prompts", help="set name (builtin, triviaqa, nq_open, gsm8k, ...), name+name, or a .jsonl file")
     p.add_argument("--limit", type=int, help="take this many items (a deterministic subsample)")

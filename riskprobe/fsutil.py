@@ -151,13 +151,53 @@ class _NoAliasLoader(__import__("yaml").SafeLoader):
                                               ev.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        import yaml
+
+        from .errors import short
+
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {short(key, 40)} (first on "
+                                                        f"line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def key_lines(text: str) -> dict[str, int]:
+    r"""The 1-based line of every mapping key in a YAML document, by dotted path (``features.K``), so that a
+    value checked after parsing can be reported where it stands.
+
+    >>> key_lines("version: 1\nfeatures:\n  K: 4\n")
+    {'version': 1, 'features': 2, 'features.K': 3}
+    """
+    import yaml
+
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    path = prefix + k.value
+                    lines.setdefault(path, k.start_mark.line + 1)
+                    walk(v, path + ".")
+
+    walk(yaml.compose(text, Loader=_NoAliasLoader), "")
+    return lines
+
 
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def load_yaml(path: str | Path, text: str | None = None):
-    """Parse a small YAML file safely: at most 1 MiB, no aliases; a bad file is a one-line UserError
-    naming its line."""
+def load_yaml(path: str | Path, text: str | None = None, *, with_lines: bool = False):
+    """Parse a small YAML file safely: at most 1 MiB, no aliases, no duplicate keys; a bad file is a one-line
+    UserError naming its line. With ``with_lines``, return ``(data, key_lines(text))``."""
     import yaml
 
     from .errors import UserError
@@ -170,7 +210,8 @@ def load_yaml(path: str | Path, text: str | None = None):
             raise UserError(f"config file is larger than {MAX_CONFIG_BYTES >> 20} MiB", file=p)
         text = read_text(p)
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+        return (data, key_lines(text)) if with_lines else data
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         raise UserError(f"invalid YAML: {getattr(e, 'problem', None) or e}", file=p,

@@ -103,20 +103,32 @@ class HarvestConfig:
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HarvestConfig:
-    """A :class:`HarvestConfig` from a YAML file (``version: 1``) plus overrides (``None`` values ignored)."""
+    """A :class:`HarvestConfig` from a YAML file (``version: 1``) plus overrides (``None`` values ignored).
+
+    A bad value is reported where it came from: the file and line of a key in the file, or the command-line
+    option (``--max-new-tokens``) of an override."""
     from ..fsutil import load_yaml
 
     data: dict[str, Any] = {}
-    src = None
+    src, lines = None, {}
     if path is not None:
         src = str(path)
         p = Path(path)
-        data = load_yaml(p) or {}
+        data, lines = load_yaml(p, with_lines=True)
+        data = data or {}
         if not isinstance(data, dict):
             raise UserError("expected a mapping at the top level", file=p)
         version = data.pop("version", 1)
         if version != 1:
             raise UserError(f"unsupported config version {short(version)} (this riskprobe reads version 1)", file=p,
-                            field="version")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return HarvestConfig.from_dict(data, src)
+                            field="version", line=lines.get("version"))
+    over = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(over)
+    try:
+        return HarvestConfig.from_dict(data, src)
+    except UserError as e:
+        if e.field in over:
+            raise UserError(e.message, field="--" + e.field.replace("_", "-")) from None
+        if e.file is not None and e.file == src and e.line is None and e.field in lines:
+            raise UserError(e.message, file=src, line=lines[e.field], field=e.field) from None
+        raise

@@ -219,7 +219,7 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     manifest = corpus_manifest(cfg, lm, items, versions=versions, truncated=truncated)
     n_shards = manifest["n_shards"]
     if rank == 0:
-        _check_resume(out, manifest)
+        check_corpus_out(out, manifest)
         if not (out / CORPUS_MANIFEST).is_file():
             atomic_write_json(out / CORPUS_MANIFEST, dict(manifest, status="running"))
     else:
@@ -318,7 +318,9 @@ def finish_corpus(out: Path) -> dict[str, Any]:
     return m
 
 
-def _check_resume(out: Path, manifest: dict[str, Any]) -> None:
+def check_corpus_out(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a corpus folder ``out`` that holds something else (a user's files) or
+    a corpus made for other items or with other settings than ``manifest``; an empty or missing folder passes."""
     from ..models.loader import identity_diff
 
     if not (out / CORPUS_MANIFEST).is_file():

@@ -83,7 +83,7 @@ def _check_compatible(out: Path, manifest: dict[str, Any]) -> None:
                         file=out)
     if diffs:
         raise UserError("refusing to mix rows from a different configuration into this harvest ("
-                        + "; ".join(diffs[:4]) + "); use a new --out or delete the directory", file=out)
+                        + "; ".join(diffs[:4]) + "); use a new --out", file=out)
 
 
 # -------------------------------------------------------------------------------------------- the phases
@@ -111,7 +111,7 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
         open_harvest,
         write_harvest_shard,
     )
-    from .generations import corpus_manifest, generate_corpus, read_corpus_manifest
+    from .generations import check_corpus_out, corpus_manifest, generate_corpus, read_corpus_manifest
     from .store import _features, hf_features
 
     cfg.validate()  # the feature spec included
@@ -134,6 +134,8 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     ecfg = corpus_config(cm, batch_size=cfg.batch_size, shard_size=cfg.shard_size * samples, out=str(out),
                          features=dict(cfg.features))
     created = not out.exists()
+    if rank == 0:  # both folders are checked before either is written to
+        check_corpus_out(gen_dir, cm)
     open_harvest(out, harvest_manifest(cm, lm, spec, ecfg), rank)  # refuses other settings before any work
     features = _features(hf_features(spec))
     clear_stale_shards(out / "shards", [s for s in range(cm["n_shards"]) if s % world == rank])

@@ -366,6 +366,10 @@ def load_items(spec: str, *, limit: int | None = None, seed: int = 0) -> list[It
     for part in spec.split("+"):
         part = part.strip()
         name, _, n = part.rpartition(":") if part.rpartition(":")[2].isdigit() else (part, "", "")
+        head, colon, count = part.rpartition(":")
+        if colon and head in REGISTRY and not (count.isdigit() and int(count) > 0):
+            raise UserError(f"'{part}': the count after ':' must be a positive whole number (as in {head}:300)",
+                            field="prompts")
         if name in REGISTRY:
             got = list(_dedupe(REGISTRY[name][0]()))
         elif name.endswith(".jsonl") or Path(name).is_file():

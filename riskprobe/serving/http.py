@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .scorer import MAX_CHARS, Scorer
 
@@ -18,7 +18,10 @@ MAX_BODY_BYTES = 4 * MAX_CHARS + 1024
 
 
 class ScoreRequest(BaseModel):
-    """Body of ``POST /score``: a prompt, and optionally the response to score (teacher forced)."""
+    """Body of ``POST /score``: a prompt, and optionally the response to score (teacher forced); any other
+    field (a typo such as ``respnse``, a per-run setting such as ``max_new_tokens``) is a 400 naming it."""
+
+    model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_CHARS)
     response: Optional[str] = Field(default=None, min_length=1, max_length=MAX_CHARS)

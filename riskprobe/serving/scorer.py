@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, short
 from ..models.loader import LoadedModel, ModelIdentity, same_model, same_shape
 from ..probes.artifact import read_artifact
 from ..probes.inputs import FeatureSelection, inputs_from_signatures
@@ -192,6 +192,10 @@ class Scorer:
         self.check_model(lm, allow_model_mismatch=allow_model_mismatch)
         responses = list(responses) if responses is not None else [None] * len(prompts)
         kinds = list(answer_kinds) if answer_kinds is not None else ["alias"] * len(prompts)
+        for name, seq in (("responses", responses), ("answer_kinds", kinds)):
+            if len(seq) != len(prompts):
+                raise UserError(f"{len(prompts)} prompts but {len(seq)} {name}: give one per prompt (None to "
+                                "generate)" if name == "responses" else "give one per prompt", field=name)
         out: list[dict[str, Any] | None] = [None] * len(prompts)
         spec = self.feature_spec()
         for forced_mode in (False, True):
@@ -241,13 +245,38 @@ def onnx_risk(artifact: str | Path, seq, mask, static) -> np.ndarray:
 # ------------------------------------------------------------------------------------- requests
 
 
+REQUEST_FIELDS = ("id", "prompt", "question", "response", "answer_kind")
+# Settings of a whole run, not of one request: a request that carries one would be silently ignored.
+# (A scored output row, which carries "model", "risk" and the like, stays valid input for scoring again.)
+RUN_SETTINGS = {"max_new_tokens": "--max-new-tokens", "threshold": "the probe's threshold", "batch_size": "--batch-size",
+                "temperature": "greedy decoding"}
+
+
 def request_problem(obj: Any) -> str | None:
     """Why a scoring request (a JSONL line or an HTTP body) cannot be scored, or ``None`` if it can.
 
     A request is ``{"prompt" (or "question"): str, "response"?: str | null, "answer_kind"?: str, "id"?}``;
-    texts are judged after stripping whitespace."""
+    texts are judged after stripping whitespace. Other fields are carried through to the output as the
+    caller's own (``answers``, ``category``), except a near-miss of a request field (``respnse``) and a
+    setting of the whole run (``max_new_tokens``), which would be ignored without a word.
+
+    >>> request_problem({"prompt": "Q?", "respnse": "A"})
+    "field 'respnse': unknown; did you mean 'response'?"
+    >>> request_problem({"prompt": "Q?", "answers": ["A"]}) is None
+    True
+    """
+    import difflib
+
     if not isinstance(obj, dict):
         return "expected a JSON object"
+    for key in obj:
+        if key in REQUEST_FIELDS:
+            continue
+        if key in RUN_SETTINGS:
+            return f"field '{key}': set for the whole run ({RUN_SETTINGS[key]}), not per request"
+        near = difflib.get_close_matches(str(key), REQUEST_FIELDS, n=1, cutoff=0.75)
+        if near:
+            return f"field '{short(key, 40)[1:-1]}': unknown; did you mean '{near[0]}'?"
     prompt = obj.get("prompt", obj.get("question"))
     if not isinstance(prompt, str) or not prompt.strip():
         return "field 'prompt': missing or empty"

@@ -88,14 +88,18 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(UserError, match=r"bad.yaml:\d+: invalid YAML"):
         load_config(bad)
     bad.write_text("version: 1\nmodle: x\n")
-    with pytest.raises(UserError, match=r"bad.yaml: field 'modle': unknown key"):
+    with pytest.raises(UserError, match=r"bad.yaml:2: field 'modle': unknown key"):
         load_config(bad)
     bad.write_text("version: 2\n")
     with pytest.raises(UserError, match="unsupported config version"):
         load_config(bad)
     bad.write_text("version: 1\nlimit: -3\n")
-    with pytest.raises(UserError, match="field 'limit'"):
+    with pytest.raises(UserError, match="bad.yaml:2: field 'limit'"):
         load_config(bad)
+    # an override is named as the option it came from, not as the file's field
+    bad.write_text("version: 1\nlimit: 3\n")
+    with pytest.raises(UserError, match="^field '--max-new-tokens': must be an integer"):
+        load_config(bad, {"max_new_tokens": 0, "seed": None})
 
 
 @pytest.mark.parametrize("case", ["missing_file", "malformed", "no_answers", "unknown_model", "unknown_set"])

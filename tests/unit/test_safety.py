@@ -105,6 +105,16 @@ def test_score_refuses_output_equal_to_input_and_duplicate_ids(tmp_path, dir_lm,
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_scorer_api_refuses_lists_of_other_lengths(dir_lm, art):
+    sc = Scorer.load(art, model=dir_lm)
+    with pytest.raises(UserError, match="field 'responses': 2 prompts but 1 responses"):
+        sc.score(dir_lm, ["a?", "b?"], ["x"])
+    with pytest.raises(UserError, match="field 'responses': 1 prompts but 2 responses"):
+        sc.score(dir_lm, ["a?"], [None, "y"])
+    with pytest.raises(UserError, match="field 'answer_kinds'"):
+        sc.score(dir_lm, ["a?"], answer_kinds=["alias", "alias"])
+
+
 def test_score_repairs_its_own_partial_line(tmp_path, dir_lm, art):
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Q{i}?"}) + "\n" for i in range(3)))
@@ -175,6 +185,10 @@ def test_http_one_bad_request_fails_alone_and_body_limit_counts_bytes(dir_lm, ar
         assert [r.status_code for r in res] == [200] * 5 + [500]
         blank = client.post("/score", json={"prompt": "Q?", "response": "   "})
         assert blank.status_code == 422 and "response" in blank.json()["error"]
+        typo = client.post("/score", json={"prompt": "Q?", "respnse": "A"})  # not scored as a generated row
+        assert typo.status_code == 400 and typo.json()["details"][0]["field"] == "respnse"
+        setting = client.post("/score", json={"prompt": "Q?", "max_new_tokens": -1})
+        assert setting.status_code == 400 and setting.json()["details"][0]["field"] == "max_new_tokens"
     # a chunked body with no Content-Length: refused after the limit, not read to the end
     inner = create_app(Scorer.load(art, model=dir_lm), dir_lm, max_body_bytes=1000)
     big = b'{"prompt": "' + b"x" * 100_000 + b'"}'
