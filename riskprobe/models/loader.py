@@ -309,6 +309,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub's host resolves (and ``HF_HUB_OFFLINE`` is not set)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
 def load_model(spec: str, *, device: str | None = None, dtype=None, revision: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer, ready for batched generation.
 
@@ -350,14 +365,18 @@ def load_model(spec: str, *, device: str | None = None, dtype=None, revision: st
         known = ", ".join(sorted(BUNDLED))
         raise UserError(f"unknown model '{spec}': not a bundled name ({known}), an existing .gguf file, "
                         "a model directory, or a hub id of the form org/name", field="model")
+    online = _hub_reachable()  # unreachable: the local cache only, rather than a minute of retries
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(spec, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(spec, revision=revision, dtype=tdtype).to(device)
+        tok = AutoTokenizer.from_pretrained(spec, revision=revision, local_files_only=not online)
+        model = AutoModelForCausalLM.from_pretrained(spec, revision=revision, dtype=tdtype,
+                                                     local_files_only=not online).to(device)
     except OSError as e:
-        raise UserError(f"could not load hub model '{spec}' (no such model, or no internet and no local "
-                        f"cache): {str(e).splitlines()[0]}", field="model") from None
+        why = "no such model, or no local cache" if online else "the hub cannot be reached from here and it is " \
+              "not in the local Hugging Face cache"
+        raise UserError(f"could not load hub model '{spec}' ({why}): {str(e).splitlines()[0][:200]}",
+                        field="model") from None
     rev = getattr(model.config, "_commit_hash", None) or revision or "unknown"
     return LoadedModel(model.eval(), prepare_tokenizer(tok), _identity(model, tok, spec, "hub", f"hub:{spec}@{rev}"))
 

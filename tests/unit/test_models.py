@@ -173,6 +173,20 @@ def test_unknown_model_and_missing_file(tmp_path):
         load_model(str(tmp_path / "empty"))
 
 
+def test_hub_id_offline_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    import time
+
+    from riskprobe.models import loader
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert loader._hub_reachable() is False
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="hub model 'someorg/no-such-model' .the hub cannot be reached") as e:
+        load_model("someorg/no-such-model")
+    assert "\n" not in str(e.value) and time.perf_counter() - t0 < 20  # no minute of retries
+
+
 def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("RISKPROBE_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "model.gguf"
