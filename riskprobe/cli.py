@@ -305,7 +305,8 @@ def cmd_cross_model(args) -> int:
         paths[name] = path
     _positive(args.k, "k", 4096)
     _positive(args.layer_bins, "layer-bins", 64)
-    res = cross_model(paths, k=args.k, layer_bins=args.layer_bins, n_boot=args.n_boot)
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    res = cross_model(paths, k=args.k, layer_bins=args.layer_bins, families=families, n_boot=args.n_boot)
     print(format_cross_model(res))
     if args.json:
         atomic_write_json(args.json, res)
@@ -577,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a model's harvest (give two or more)")
     xm.add_argument("--k", type=int, default=4, help="early steps after step 0")
     xm.add_argument("--layer-bins", type=int, default=3, dest="layer_bins", help="bins of relative depth")
+    xm.add_argument("--families", help="comma-separated dynamics families (default: commitment,sync,trajectory,lens; "
+                    "commitment alone is output confidence)")
     xm.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap resamples")
     xm.add_argument("--json", help="write the table here")
     sub.add_parser("models", help="list bundled models and whether they are installed")

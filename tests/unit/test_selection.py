@@ -101,7 +101,16 @@ def test_a_dynamics_probe_transfers_across_models_of_different_depth(tmp_path, c
     assert abs(row["transferred"]["auroc"] - 0.5) < 0.12, row
     assert main(["cross-model", "--harvest", f"a={hs['m3']}", "--harvest", f"b={hs['m5']}", "--k", "2",
                  "--n-boot", "20"]) == 0
-    assert "one probe across models" in capsys.readouterr().out
+    assert "regression on commitment+sync+trajectory+lens" in capsys.readouterr().out
+    # output confidence alone (the planted signal is an entropy): still learned, and said so in the table
+    js = tmp_path / "xm.json"
+    assert main(["cross-model", "--harvest", f"a={hs['m3']}", "--harvest", f"b={hs['m5']}", "--k", "2",
+                 "--n-boot", "20", "--families", "commitment", "--json", str(js)]) == 0
+    assert "regression on commitment (k = 2" in capsys.readouterr().out
+    res = json.loads(js.read_text())
+    assert res["settings"]["families"] == ["commitment"]
+    assert all(r["transferred"]["auroc"] > 0.75 for r in res["rows"]), res["rows"]
+    assert main(["cross-model", "--harvest", f"a={hs['m3']}", "--harvest", f"b={hs['m5']}", "--families", "raw"]) == 2
     with pytest.raises(UserError, match="at least two models"):
         cross_model({"a": hs["m3"]})
 
