@@ -665,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if getattr(args, "no_progress", False):  # libraries' own bars too (transformers' GGUF conversion)
+        os.environ["TQDM_DISABLE"] = "1"
     if not args.verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         try:
