@@ -158,14 +158,16 @@ class _NoAliasLoader(__import__("yaml").SafeLoader):
 
         seen: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges a mapping; PyYAML handles it
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {short(key, 40)} (first on "
+                                                            f"line {seen[key]})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
             except TypeError:  # an unhashable key: PyYAML's own error follows
                 continue
-            if first != key_node.start_mark.line + 1:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {short(key, 40)} (first on "
-                                                        f"line {first})", key_node.start_mark)
         return super().construct_mapping(node, deep)
 
 

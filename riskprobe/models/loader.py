@@ -310,12 +310,15 @@ def default_device() -> str:
 
 
 def _hub_reachable() -> bool:
-    """Whether the Hugging Face hub's host resolves (and ``HF_HUB_OFFLINE`` is not set)."""
+    """Whether to try the Hugging Face hub: ``HF_HUB_OFFLINE`` is not set, and its host resolves (or a proxy is
+    set, which resolves it)."""
     import socket
     from urllib.parse import urlparse
 
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy only the proxy may resolve names: let the hub client try
     host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
     try:
         socket.getaddrinfo(host, 443)

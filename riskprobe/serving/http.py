@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,14 +18,16 @@ MAX_BODY_BYTES = 4 * MAX_CHARS + 1024
 
 
 class ScoreRequest(BaseModel):
-    """Body of ``POST /score``: a prompt, and optionally the response to score (teacher forced); any other
-    field (a typo such as ``respnse``, a per-run setting such as ``max_new_tokens``) is a 400 naming it."""
+    """Body of ``POST /score``: a prompt, optionally the response to score (teacher forced) and the caller's
+    ``id`` (returned with the risk); any other field (a typo such as ``respnse``, a per-run setting such as
+    ``max_new_tokens``) is a 400 naming it."""
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_CHARS)
     response: Optional[str] = Field(default=None, min_length=1, max_length=MAX_CHARS)
     answer_kind: str = Field(default="alias", pattern="^(alias|number|yesno)$")
+    id: Optional[Union[str, int]] = Field(default=None, description="the caller's own id, returned with the risk")
 
 
 class _BodyLimit:
@@ -175,7 +177,7 @@ def create_app(scorer: Scorer, lm, *, max_batch: int = 16, max_wait_ms: float = 
             return JSONResponse(status_code=422, content={"error": str(e)})
         except Exception as e:  # noqa: BLE001
             return JSONResponse(status_code=500, content={"error": f"{type(e).__name__}: {str(e)[:200]}"})
-        return {**res, "model": lm.identity.name}
+        return {**({"id": req.id} if req.id is not None else {}), **res, "model": lm.identity.name}
 
     return _BodyLimit(app, max_body_bytes)
 

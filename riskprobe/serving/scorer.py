@@ -194,8 +194,8 @@ class Scorer:
         kinds = list(answer_kinds) if answer_kinds is not None else ["alias"] * len(prompts)
         for name, seq in (("responses", responses), ("answer_kinds", kinds)):
             if len(seq) != len(prompts):
-                raise UserError(f"{len(prompts)} prompts but {len(seq)} {name}: give one per prompt (None to "
-                                "generate)" if name == "responses" else "give one per prompt", field=name)
+                hint = " (None to generate)" if name == "responses" else ""
+                raise UserError(f"{len(prompts)} prompts but {len(seq)} {name}: give one per prompt{hint}", field=name)
         out: list[dict[str, Any] | None] = [None] * len(prompts)
         spec = self.feature_spec()
         for forced_mode in (False, True):
@@ -248,8 +248,26 @@ def onnx_risk(artifact: str | Path, seq, mask, static) -> np.ndarray:
 REQUEST_FIELDS = ("id", "prompt", "question", "response", "answer_kind")
 # Settings of a whole run, not of one request: a request that carries one would be silently ignored.
 # (A scored output row, which carries "model", "risk" and the like, stays valid input for scoring again.)
-RUN_SETTINGS = {"max_new_tokens": "--max-new-tokens", "threshold": "the probe's threshold", "batch_size": "--batch-size",
-                "temperature": "greedy decoding"}
+RUN_SETTINGS = {"max_new_tokens": "set for the whole run (--max-new-tokens)",
+                "threshold": "the probe's own (its artifact, or --threshold where a command offers it)",
+                "batch_size": "set for the whole run (--batch-size)",
+                "temperature": "scoring always decodes greedily"}
+
+
+def _misspelt(key: str) -> str | None:
+    """The request field that ``key`` looks like a slip of (``respnse``, ``promt``, ``responses``), or ``None``.
+    A caller's own field that merely names one (``question_id``, ``response_text``) or is short (``qid``) is not
+    a slip."""
+    import difflib
+
+    k = key.lower()
+    for f in REQUEST_FIELDS:
+        if k == f + "s":
+            return f
+    if len(k) < 4 or any(f in k for f in REQUEST_FIELDS if len(f) > 2):
+        return None
+    near = difflib.get_close_matches(k, REQUEST_FIELDS, n=1, cutoff=0.8)
+    return near[0] if near else None
 
 
 def request_problem(obj: Any) -> str | None:
@@ -262,21 +280,19 @@ def request_problem(obj: Any) -> str | None:
 
     >>> request_problem({"prompt": "Q?", "respnse": "A"})
     "field 'respnse': unknown; did you mean 'response'?"
-    >>> request_problem({"prompt": "Q?", "answers": ["A"]}) is None
+    >>> request_problem({"prompt": "Q?", "answers": ["A"], "question_id": "tc_1", "qid": 7}) is None
     True
     """
-    import difflib
-
     if not isinstance(obj, dict):
         return "expected a JSON object"
     for key in obj:
         if key in REQUEST_FIELDS:
             continue
         if key in RUN_SETTINGS:
-            return f"field '{key}': set for the whole run ({RUN_SETTINGS[key]}), not per request"
-        near = difflib.get_close_matches(str(key), REQUEST_FIELDS, n=1, cutoff=0.75)
+            return f"field '{key}': not per request: {RUN_SETTINGS[key]}"
+        near = _misspelt(str(key))
         if near:
-            return f"field '{short(key, 40)[1:-1]}': unknown; did you mean '{near[0]}'?"
+            return f"field '{short(key, 40)[1:-1]}': unknown; did you mean '{near}'?"
     prompt = obj.get("prompt", obj.get("question"))
     if not isinstance(prompt, str) or not prompt.strip():
         return "field 'prompt': missing or empty"

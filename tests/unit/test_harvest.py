@@ -96,6 +96,9 @@ def test_config_file_errors(tmp_path):
     bad.write_text("version: 1\nlimit: -3\n")
     with pytest.raises(UserError, match="bad.yaml:2: field 'limit'"):
         load_config(bad)
+    # a merge key is plain YAML, not a duplicate
+    bad.write_text("version: 1\nfeatures: {<<: {K: 2}, layers: late}\n")
+    assert load_config(bad).features == {"K": 2, "layers": "late"}
     # an override is named as the option it came from, not as the file's field
     bad.write_text("version: 1\nlimit: 3\n")
     with pytest.raises(UserError, match="^field '--max-new-tokens': must be an integer"):

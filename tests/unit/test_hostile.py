@@ -188,6 +188,8 @@ CASES = [
     ("harvest dtype unknown", lambda c: c.harvest("--dtype", "int3"), "error: field '--dtype'"),
     ("harvest config duplicate key", lambda c: c.harvest(cfg=c.f("b.yaml", "limit: 2\nseed: 1\nlimit: 3\n")),
      "b.yaml:3: invalid YAML: duplicate key 'limit' (first on line 1)"),
+    ("harvest config duplicate key on one line", lambda c: c.harvest(cfg=c.f("b.yaml", "features: {K: 2, K: 3}\n")),
+     "b.yaml:1: invalid YAML: duplicate key 'K' (first on line 1)"),
     ("harvest config nested duplicate key", lambda c: c.harvest(cfg=c.f("b.yaml", "features:\n  K: 2\n  K: 3\n")),
      "b.yaml:3: invalid YAML: duplicate key 'K' (first on line 2)"),
     ("harvest config nested bad value line", lambda c: c.harvest(cfg=c.f("b.yaml", "seed: 1\nfeatures:\n  K: -1\n")),
@@ -224,7 +226,7 @@ CASES = [
      "in.jsonl:1: field 'respnse': unknown; did you mean 'response'?"),
     ("score on-error fail per-row max_new_tokens", lambda c: c.score(
         "--on-error", "fail", inp=c.f("in.jsonl", _jsonl({"prompt": "A?", "max_new_tokens": 5}))),
-     "in.jsonl:1: field 'max_new_tokens': set for the whole run (--max-new-tokens), not per request"),
+     "in.jsonl:1: field 'max_new_tokens': not per request: set for the whole run (--max-new-tokens)"),
     ("score batch size 0", lambda c: c.score("--batch-size", "0"), "field 'batch-size'"),
     ("score max new tokens 0", lambda c: c.score("--max-new-tokens", "0"), "field 'max-new-tokens'"),
     ("score device cuda", lambda c: c.score("--device", "cuda"), "field 'device'"),

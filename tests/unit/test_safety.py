@@ -185,6 +185,8 @@ def test_http_one_bad_request_fails_alone_and_body_limit_counts_bytes(dir_lm, ar
         assert [r.status_code for r in res] == [200] * 5 + [500]
         blank = client.post("/score", json={"prompt": "Q?", "response": "   "})
         assert blank.status_code == 422 and "response" in blank.json()["error"]
+        tagged = client.post("/score", json={"prompt": "Q?", "id": "row-7"})  # the caller's id comes back
+        assert tagged.status_code == 200 and tagged.json()["id"] == "row-7" and "risk" in tagged.json()
         typo = client.post("/score", json={"prompt": "Q?", "respnse": "A"})  # not scored as a generated row
         assert typo.status_code == 400 and typo.json()["details"][0]["field"] == "respnse"
         setting = client.post("/score", json={"prompt": "Q?", "max_new_tokens": -1})

@@ -218,3 +218,16 @@ def test_given_rows_never_use_a_generation_only_head(tmp_path, dir_lm):
     write_artifact(rm, dict(meta, given_probe="given_head"), tmp_path / "paired")
     paired = Scorer.load(tmp_path / "paired", model=dir_lm)
     assert paired.given is not None and paired.given.path == (tmp_path / "given_head")
+
+
+@pytest.mark.parametrize("key, want", [
+    ("respnse", "did you mean 'response'"), ("promt", "did you mean 'prompt'"), ("responses", "did you mean 'response'"),
+    ("answer_knd", "did you mean 'answer_kind'"), ("max_new_tokens", "not per request"),
+    ("question_id", None), ("prompt_id", None), ("response_text", None), ("qid", None), ("uid", None), ("_id", None),
+    ("answers", None), ("category", None), ("risk", None), ("model", None), ("flagged", None),
+])
+def test_request_fields_a_slip_is_refused_the_callers_own_kept(key, want):
+    from riskprobe.serving.scorer import request_problem
+
+    got = request_problem({"prompt": "Q?", key: "x"})
+    assert (got is None) if want is None else (want in got and key in got), got
