@@ -77,10 +77,16 @@ def cmd_harvest(args) -> int:
                                           "dtype", "seed", "datasets_root", "threads")}
     cfg = load_config(cfg_path, over)
     feats = dict(cfg.features)
-    for k, v in (("K", args.K), ("layers", args.layers), ("normalisation", args.normalisation)):
-        if v is not None:
-            feats[k] = v
-    cfg.features = feats
+    given = {k: v for k, v in (("K", args.K), ("layers", args.layers), ("normalisation", args.normalisation))
+             if v is not None}
+    cfg.features = {**feats, **given}
+    try:
+        cfg.validate()
+    except UserError as e:  # a bad --K, --layers or --normalisation is named as the option
+        opt = (e.field or "").removeprefix("features.")
+        if opt in given:
+            raise UserError(e.message, field=f"--{opt}") from None
+        raise
     t0 = time.perf_counter()
     out = harvest(cfg, progress=not args.no_progress)
     from .harvest.run import dist_rank
