@@ -75,18 +75,7 @@ def cmd_harvest(args) -> int:
     cfg_path = resolve_config("harvest", args.config or "default")
     over = {k: getattr(args, k) for k in ("model", "prompts", "limit", "max_new_tokens", "batch_size", "out", "device",
                                           "dtype", "seed", "datasets_root", "threads")}
-    cfg = load_config(cfg_path, over)
-    feats = dict(cfg.features)
-    given = {k: v for k, v in (("K", args.K), ("layers", args.layers), ("normalisation", args.normalisation))
-             if v is not None}
-    cfg.features = {**feats, **given}
-    try:
-        cfg.validate()
-    except UserError as e:  # a bad --K, --layers or --normalisation is named as the option
-        opt = (e.field or "").removeprefix("features.")
-        if opt in given:
-            raise UserError(e.message, field=f"--{opt}") from None
-        raise
+    cfg = load_config(cfg_path, over, {"K": args.K, "layers": args.layers, "normalisation": args.normalisation})
     t0 = time.perf_counter()
     out = harvest(cfg, progress=not args.no_progress)
     from .harvest.run import dist_rank

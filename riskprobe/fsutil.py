@@ -180,6 +180,13 @@ def key_lines(text: str) -> dict[str, int]:
     """
     import yaml
 
+    return _node_lines(yaml.compose(text, Loader=_NoAliasLoader))
+
+
+def _node_lines(root) -> dict[str, int]:
+    """:func:`key_lines` of an already composed YAML node."""
+    import yaml
+
     lines: dict[str, int] = {}
 
     def walk(node, prefix: str) -> None:
@@ -190,7 +197,7 @@ def key_lines(text: str) -> dict[str, int]:
                     lines.setdefault(path, k.start_mark.line + 1)
                     walk(v, path + ".")
 
-    walk(yaml.compose(text, Loader=_NoAliasLoader), "")
+    walk(root, "")
     return lines
 
 
@@ -211,15 +218,21 @@ def load_yaml(path: str | Path, text: str | None = None, *, with_lines: bool = F
         if p.stat().st_size > MAX_CONFIG_BYTES:
             raise UserError(f"config file is larger than {MAX_CONFIG_BYTES >> 20} MiB", file=p)
         text = read_text(p)
-    try:
-        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
-        return (data, key_lines(text)) if with_lines else data
+    loader = None
+    try:  # composed once: the data and, when asked, the keys' lines
+        loader = _NoAliasLoader(text)  # (the reader checks the characters here)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+        return (data, _node_lines(node)) if with_lines else data
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         raise UserError(f"invalid YAML: {getattr(e, 'problem', None) or e}", file=p,
                         line=mark.line + 1 if mark else None) from None
     except RecursionError:
         raise UserError("invalid YAML: nested too deeply", file=p) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text(path: str | Path) -> str:

@@ -102,11 +102,13 @@ class HarvestConfig:
         return {k: getattr(self, k) for k in self.COMPAT}
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HarvestConfig:
-    """A :class:`HarvestConfig` from a YAML file (``version: 1``) plus overrides (``None`` values ignored).
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                feature_overrides: dict[str, Any] | None = None) -> HarvestConfig:
+    """A :class:`HarvestConfig` from a YAML file (``version: 1``) plus overrides of its keys and of its
+    ``features:`` keys (``None`` values ignored).
 
     A bad value is reported where it came from: the file and line of a key in the file, or the command-line
-    option (``--max-new-tokens``) of an override."""
+    option of an override (``--max-new-tokens``, ``--K``)."""
     from ..fsutil import load_yaml
 
     data: dict[str, Any] = {}
@@ -123,12 +125,17 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise UserError(f"unsupported config version {short(version)} (this riskprobe reads version 1)", file=p,
                             field="version", line=lines.get("version"))
     over = {k: v for k, v in (overrides or {}).items() if v is not None}
+    feats = {k: v for k, v in (feature_overrides or {}).items() if v is not None}
     data.update(over)
+    if feats and isinstance(data.get("features", {}), dict):
+        data["features"] = {**data.get("features", {}), **feats}
     try:
         return HarvestConfig.from_dict(data, src)
     except UserError as e:
-        if e.field in over:
-            raise UserError(e.message, field="--" + e.field.replace("_", "-")) from None
+        sub = e.field.removeprefix("features.") if (e.field or "").startswith("features.") else None
+        opt = sub if sub in feats else e.field if e.field in over else None
+        if opt:
+            raise UserError(e.message, field="--" + opt.replace("_", "-")) from None
         if e.file is not None and e.file == src and e.line is None and e.field in lines:
             raise UserError(e.message, file=src, line=lines[e.field], field=e.field) from None
         raise

@@ -365,8 +365,8 @@ def load_items(spec: str, *, limit: int | None = None, seed: int = 0) -> list[It
     items: list[Item] = []
     for part in spec.split("+"):
         part = part.strip()
-        name, _, n = part.rpartition(":") if part.rpartition(":")[2].isdecimal() else (part, "", "")
         head, colon, count = part.rpartition(":")
+        name, n = (head, count) if count.isdecimal() else (part, "")
         if colon and head in REGISTRY and not (count.isdecimal() and int(count) > 0):
             raise UserError(f"'{part}': the count after ':' must be a positive whole number (as in {head}:300)",
                             field="prompts")
