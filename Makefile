@@ -61,5 +61,9 @@ given-probe: setup
 compare: setup
 	$(VENV)/bin/riskprobe compare --out runs/compare
 
+# Removes what setup and the tests build here; never your work. Kept: runs/ (demo, fits, harvests: yours), data/,
+# configs/, checkpoints/, and the model cache (~/.cache/riskprobe, about 4.6 GB: rm -rf it to free the disk).
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
+	find riskprobe tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
+	@echo "kept: runs/ (your demo, fits and harvests), data/, configs/, checkpoints/ and the model cache (~/.cache/riskprobe)"

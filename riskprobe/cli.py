@@ -252,24 +252,22 @@ def cmd_sets(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .evaluation.versus import format_versus
     from .models import set_threads
     from .pipeline import demo
 
     _positive(args.threads, "threads", 1024)
     set_threads(args.threads)
-    t0 = time.perf_counter()
-    res = demo(args.out, progress=not args.no_progress)
-    m = res["metrics"]
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
-    print(f"{'set':<14}{'n':>7}{'correct':>10}{'echo':>8}")
-    for s, v in res["summary"].items():
-        print(f"{s:<14}{v['n']:>7}{v['correct_rate']:>10.1%}{v['echo_rate']:>8.1%}")
-    best = max(m["baselines"].items(), key=lambda kv: kv[1]["auroc"])
-    print(f"probe {m['probe']['name']}: test AUROC {m['probe']['auroc']:.3f} "
-          f"[{m['probe']['auroc_ci'][0]:.3f}, {m['probe']['auroc_ci'][1]:.3f}]; best baseline {best[0]} {best[1]['auroc']:.3f}")
-    st = res["score_stats"]
-    print(f"scored {st['scored']} sample rows -> {res['scored']}; probe artifact: {res['artifact']}")
-    print(f"report: {res['report']}")
+    res = demo(args.out, size=args.size, progress=not args.no_progress)
+    print(f"\ndemo finished in {res.seconds:.0f} s; report: {res.report}; probe artifact: {res.artifact}")
+    print(f"scored {res.score_stats['scored']} sample rows -> {res.scored}")
+    for title, summ in (("trained sources", res.harvest_summary), ("never trained on", res.unseen_summary)):
+        print(f"\n{title}:")
+        _print_summary(summ)
+    print(f"\nthe probe at k = {res.k} (AUROC of 'this answer is wrong', 95% intervals; best training-free = the "
+          "strongest of the model's own confidence scores on those very rows)")
+    print(format_versus(res.versus, k=res.k))
+    print(res.verdict)
     return 0
 
 
@@ -287,16 +285,31 @@ def cmd_compare(args) -> int:
 
 
 def cmd_cross_model(args) -> int:
-    from .fsutil import atomic_write_json
+    from .fsutil import check_result_path, write_result_json
+    from .harvest.store import read_manifest
     from .training.transfer import cross_model, format_cross_model
 
-    paths = {}
+    if args.json:
+        check_result_path(args.json, "cross-model")
+    paths, seen = {}, {}
     for spec in args.harvest:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise UserError(f"expected NAME=HARVEST_DIR, got '{spec}'", field="harvest")
+        given, sep, path = spec.partition("=") if "=" in spec and not Path(spec).is_dir() else ("", "", spec)
+        if sep and (not given or not path):
+            raise UserError(f"expected DIR or NAME=DIR, got '{spec}'", field="harvest")
         if not Path(path).is_dir():
             raise UserError("harvest directory not found", file=path, field="harvest")
+        ident = read_manifest(path)["model"]
+        name, fp = ident.get("name"), ident.get("fingerprint")
+        if given and given != name:  # the table is labelled by what the harvest says, never by a typed name
+            raise UserError(f"this harvest is of model '{name}', not '{given}'; give it as {path} or {name}={path}",
+                            file=path, field="harvest")
+        if fp in seen:
+            raise UserError(f"the same model (fingerprint {str(fp)[:12]}) as {seen[fp]}: each harvest must be of "
+                            "another model", file=path, field="harvest")
+        if name in paths:
+            raise UserError(f"a second harvest of model '{name}' (the first: {paths[name]})", file=path,
+                            field="harvest")
+        seen[fp] = path
         paths[name] = path
     _positive(args.k, "k", 4096)
     _positive(args.layer_bins, "layer-bins", 64)
@@ -304,7 +317,7 @@ def cmd_cross_model(args) -> int:
     res = cross_model(paths, k=args.k, layer_bins=args.layer_bins, families=families, n_boot=args.n_boot)
     print(format_cross_model(res))
     if args.json:
-        atomic_write_json(args.json, res)
+        write_result_json(args.json, res, "cross-model")
         print(f"\nwritten: {args.json}")
     return 0
 
@@ -326,9 +339,10 @@ def _positive(value: int | None, field: str, hi: int = 1 << 20) -> None:
         raise UserError(f"must be an integer from 1 to {hi}, got {value}", field=field)
 
 
-def _scorer_and_model(args):
-    """Load the probe (all its checks), check the options, then load the model: cheap checks first."""
-    from .models import check_device, load_model, set_threads
+def _load_scorer(args, *, given_rows: bool = False):
+    """The probe with all its checks, and the options checked, before any model loads. ``given_rows``: the input
+    holds rows with a response, which need a given-answer head (refused here, naming the fix, if there is none)."""
+    from .models import check_device, set_threads
     from .serving.scorer import Scorer
 
     _positive(getattr(args, "batch_size", None), "batch-size", 4096)
@@ -342,22 +356,38 @@ def _scorer_and_model(args):
         check_device(args.device)
     _positive(args.threads, "threads", 1024)
     set_threads(args.threads)
-    scorer = Scorer.load(args.probe, given=getattr(args, "given_probe", None))
+    scorer = Scorer.load(args.probe, given=getattr(args, "given_probe", None),
+                         allow_old=getattr(args, "allow_old_artifact", False))
+    if given_rows:
+        scorer.head_for_given()
+    return scorer
+
+
+def _load_model_for(args, scorer):
+    """The model the probe reads (``--model``, else the probe's own), checked against the probe and its head."""
+    from .models import load_model
+
     model = args.model or scorer.model_identity["name"]
     lm = load_model(model, device=getattr(args, "device", None))
     scorer.check_model(lm, allow_model_mismatch=args.allow_model_mismatch)
     if scorer.given is not None:  # the given-answer head must fit the model too
         scorer.given.check_model(lm, allow_model_mismatch=args.allow_model_mismatch)
-    return scorer, lm
+    return lm
+
+
+def _scorer_and_model(args, *, given_rows: bool = False):
+    """Load the probe (all its checks), check the options, then load the model: cheap checks first."""
+    scorer = _load_scorer(args, given_rows=given_rows)
+    return scorer, _load_model_for(args, scorer)
 
 
 def cmd_score(args) -> int:
     from .serving.jsonl import check_paths, read_requests, score_file
 
     inp, _ = check_paths(args.input, args.output)
-    if args.on_error == "fail":
-        read_requests(inp, "fail", [])  # a malformed line fails before the model loads
-    scorer, lm = _scorer_and_model(args)
+    errors: list[str] = []
+    requests = read_requests(inp, args.on_error, errors, quiet=True)  # a malformed line fails here with --on-error fail
+    scorer, lm = _scorer_and_model(args, given_rows=any(r.get("response") is not None for r in requests))
     st = score_file(scorer, lm, args.input, args.output, batch_size=args.batch_size, on_error=args.on_error,
                     max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
                     allow_model_mismatch=args.allow_model_mismatch)
@@ -380,16 +410,20 @@ def cmd_eval_given(args) -> int:
     from .evaluation.given import format_groups
     from .serving.given import evaluate_given, evaluate_given_harvest
 
+    if args.json:
+        from .fsutil import check_result_path
+
+        check_result_path(args.json, "eval-given")
     if args.harvest:
         from .serving.scorer import Scorer
 
-        scorer = Scorer.load(args.probe, given=args.given_probe)
+        scorer = Scorer.load(args.probe, given=args.given_probe, allow_old=args.allow_old_artifact)
         r = evaluate_given_harvest(scorer, args.harvest, split=args.split or "test")
         what = f"{args.harvest} ({r['split']} split)"
     else:
         if not (args.set or args.input):
             raise UserError("give --set, --input or --harvest", field="set")
-        scorer, lm = _scorer_and_model(args)
+        scorer, lm = _scorer_and_model(args, given_rows=True)
         r = evaluate_given(scorer, lm, args.input or args.set, limit=args.limit, split=args.split,
                            progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
         what = f"{args.input or args.set}" + (f" ({args.split} split)" if args.split else "")
@@ -399,9 +433,9 @@ def cmd_eval_given(args) -> int:
           f"head {r['head']}")
     print(format_groups(r["groups"]))
     if args.json:
-        from .fsutil import atomic_write_json
+        from .fsutil import write_result_json
 
-        atomic_write_json(args.json, {k: v for k, v in r.items() if k not in ("risk", "ood_distance")})
+        write_result_json(args.json, {k: v for k, v in r.items() if k not in ("risk", "ood_distance")}, "eval-given")
     return 0
 
 
@@ -427,6 +461,9 @@ def _probe_args(p) -> None:
     p.add_argument("--allow-model-mismatch", action="store_true", help="score with a model the probe was not trained for")
     p.add_argument("--given-probe", help="the given-answer head for rows with a response (an artifact trained on "
                    "answers the model did not write; default: the one the probe names, e.g. 'given' for default)")
+    p.add_argument("--allow-old-artifact", action="store_true", dest="allow_old_artifact",
+                   help="load a probe exported by an older riskprobe (artifact versions 1-2, whose probe.json carries "
+                        "no digest or an older one)")
     _threads_arg(p)
 
 
@@ -514,8 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     m = sub.add_parser("merge", help="merge a harvest's finished shards (after a multi-process run)")
     m.add_argument("--out", required=True)
-    d = sub.add_parser("demo", help="run the whole job on the bundled default (smollm2-135m, built-in set + TriviaQA)")
+    d = sub.add_parser("demo", help="the whole job on the bundled default (smollm2-135m): harvest, fit the shipped "
+                       "recipe, export, score, report, and the early risk against the model's own confidence")
     d.add_argument("--out", default="runs/demo")
+    d.add_argument("--size", choices=["full", "small"], default="full",
+                   help="full: the README's demo (about 7 minutes on two CPU cores); small: the same steps on a few "
+                        "hundred questions (about 2 minutes; what the test suite runs)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     _threads_arg(d)
     for name, text in (("fit", "train a risk probe from a YAML config (LightningCLI; see `riskprobe fit --help`)"),
@@ -569,8 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Every rotation: train a logistic probe on the scalar dynamics of all models but "
                                     "one, test it on that one's test split (per-model standardisation on unlabelled "
                                     "rows), beside the target's own probe and best training-free score.")
-    xm.add_argument("--harvest", action="append", required=True, metavar="NAME=DIR",
-                    help="a model's harvest (give two or more)")
+    xm.add_argument("--harvest", action="append", required=True, metavar="DIR",
+                    help="a model's harvest (give two or more, each of another model; named by its manifest. NAME=DIR "
+                         "is accepted when NAME is that model's name)")
     xm.add_argument("--k", type=int, default=4, help="early steps after step 0")
     xm.add_argument("--layer-bins", type=int, default=3, dest="layer_bins", help="bins of relative depth")
     xm.add_argument("--families", help="comma-separated dynamics families (default: commitment,sync,trajectory,lens; "

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,6 +48,35 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+RESULT_KEY = "riskprobe_result"  # what a result file riskprobe writes says it is (`eval-given --json` ...)
+
+
+def write_result_json(path: str | Path, obj: dict, kind: str, *, option: str = "json") -> Path:
+    """Write a command's result file (``--json FILE``) atomically, marked with ``kind``. An existing file is
+    replaced only when it is such a result file of the same kind; a user's file is refused untouched."""
+    path = check_result_path(path, kind, option=option)
+    atomic_write_json(path, {RESULT_KEY: kind, **obj})
+    return path
+
+
+def check_result_path(path: str | Path, kind: str, *, option: str = "json") -> Path:
+    """Refuse (before any work) a result path that holds anything but a riskprobe result file of ``kind``."""
+    from .errors import UserError
+
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        ours = False
+        if path.is_file() and not path.is_symlink() and path.stat().st_size <= 64 << 20:
+            try:
+                ours = json.loads(path.read_text(encoding="utf-8")).get(RESULT_KEY) == kind
+            except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+                ours = False
+        if not ours:
+            raise UserError(f"exists and is not a riskprobe {kind} result; choose another --{option} (riskprobe "
+                            "replaces only a file it wrote)", file=path, field=option)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, replace: bool | Callable[[Path], bool] = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` only if the block succeeds.
@@ -58,7 +88,8 @@ def atomic_dir(path: str | Path, *, replace: bool | Callable[[Path], bool] = Fal
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clear_dead_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
@@ -70,6 +101,30 @@ def atomic_dir(path: str | Path, *, replace: bool | Callable[[Path], bool] = Fal
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def clear_dead_temporaries(path: Path) -> None:
+    """Remove the temporary folders that :func:`atomic_dir` made for ``path`` in a process that no longer runs (a
+    killed export or report): they are named ``.NAME.pid<PID>.*.tmp``, so a live run's are never touched."""
+    pat = re.compile(rf"^\.{re.escape(path.name)}\.pid(\d+)\..*\.tmp$")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        m = pat.match(p.name)
+        if m and p.is_dir() and not p.is_symlink() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def swap_dir(new: Path, path: Path) -> None:
@@ -233,6 +288,13 @@ def load_yaml(path: str | Path, text: str | None = None, *, with_lines: bool = F
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def dump_yaml(data) -> str:
+    """``data`` as block-style YAML that :func:`load_yaml` reads back (keys in the order given)."""
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def read_text(path: str | Path) -> str:

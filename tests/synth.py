@@ -19,7 +19,7 @@ K = 4
 
 
 def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_labels=False, K=4, model_fp="f" * 64,
-                 ids=None, n_layers=3):
+                 ids=None, n_layers=3, model_name="synthetic"):
     """A harvest of ``n`` rows whose step-1 entropy and one raw dimension carry the label (``signal`` = effect
     size in standard deviations; 0 = no signal)."""
     rng = np.random.default_rng(seed)
@@ -47,7 +47,7 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
         rng.shuffle(labels)
         for r, lab in zip(rows, labels):
             r["label"], r["correct"] = lab, not lab
-    model = {"name": "synthetic", "source": "memory", "fingerprint": model_fp, "architecture": "llama", "n_layers": n_layers,
+    model = {"name": model_name, "source": "memory", "fingerprint": model_fp, "architecture": "llama", "n_layers": n_layers,
              "hidden_size": 8, "vocab_size": 10, "has_chat_template": True}
     atomic_write_json(path / MANIFEST, {"kind": "harvest", "model": model, "feature_schema": spec.schema(),
                                         "prompts": set_name, "status": "running", "compat": {}})

@@ -51,8 +51,11 @@ def _flat(inputs: dict[str, torch.Tensor]) -> np.ndarray:
     return flat_design(seq * mask.unsqueeze(-1), mask, inputs["static"]).numpy().astype(np.float64)
 
 
+BASELINE_CS = (0.001, 0.01, 0.1, 1.0)  # the inverse L2 strengths the scikit-learn baselines choose among
+
+
 def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                   Cs=(0.001, 0.01, 0.1, 1.0)):
+                   Cs=BASELINE_CS):
     """Standardised, class-balanced logistic regression with C chosen by validation AUROC.
 
     Returns ``(fitted pipeline, chosen C, validation AUROC)``.

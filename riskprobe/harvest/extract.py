@@ -10,7 +10,6 @@ folder, without generating anything.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -124,12 +123,20 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         arm_cfg = replace(cfg, out=str(arm_out), features=dict(arm_features))  # the same run, another spec
         arm_cfg.validate()
         targets.append((arm_out, arm_cfg, FeatureSpec.from_dict(arm_cfg.features).resolve(lm)))
-    created = {}
+    created, manifests = {}, {}
     for t_out, t_cfg, t_spec in targets:
         manifest = harvest_manifest(m, lm, t_spec, t_cfg)
         manifest["generations"].update(fingerprint=rows_fp, n_rows=len(rows), max_rows=max_rows)
+        manifests[t_out] = manifest
+        if rank == 0:  # every folder is checked before any is written to (an arm into a user's folder)
+            from .run import _check_compatible
+
+            if t_out.exists() and not t_out.is_dir():
+                raise UserError("exists and is not a folder; choose another folder", file=t_out, field="arms")
+            _check_compatible(t_out, manifest)
+    for t_out, _, _ in targets:
         created[t_out] = not t_out.exists()
-        open_harvest(t_out, manifest, rank)
+        open_harvest(t_out, manifests[t_out], rank)
     try:
         _extract_shards(cfg, lm, [(o, sp) for o, _, sp in targets], items, rendered, lengths, rows, rank, world,
                         progress, merge)
@@ -218,9 +225,8 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
                     merge: bool) -> None:
     """Extract the rows shard by shard; ``targets`` = ``[(harvest folder, spec), ...]``, all from the same forward
     passes. A shard is computed while any target lacks it and written to those that lack it."""
-    from tqdm.auto import tqdm
-
     from ..models.generation import batch_order
+    from ..progress import bar as progress_bar
     from ..signatures.extract import Extractor
 
     dirs = [out / "shards" for out, _ in targets]
@@ -238,9 +244,8 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
     steps = max(sp.steps for _, sp in targets)
     ex = Extractor(lm, spec, arms=[sp for _, sp in targets[1:]])
     n_todo = sum(len(rows[s * size:(s + 1) * size]) for s in todo)
-    bar = tqdm(total=n_todo, desc=f"extract {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
-               + (f" ({len(targets)} arms)" if len(targets) > 1 else ""),
-               unit="answer", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(n_todo, f"extract {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+                       + (f" ({len(targets)} arms)" if len(targets) > 1 else ""), "answer", enabled=progress)
     n_tok, t0 = 0, time.perf_counter()
     for s in todo:
         idx0 = s * size

@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import io
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -72,14 +71,38 @@ def write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+ROW_TYPES = {"i": int, "id": str, "set": str, "category": str, "sample": int, "prompt_sha": str, "tokens": list,
+             "text": str, "finish": str, "correct": bool, "echo": bool}
+
+
+def row_problem(r: Any) -> str | None:
+    """Why a corpus row is not one (a field missing or of the wrong type), or ``None``."""
+    if not isinstance(r, dict):
+        return "expected a JSON object"
+    for k, t in ROW_TYPES.items():
+        v = r.get(k)
+        if not isinstance(v, t) or (t is int and isinstance(v, bool)):
+            return f"field '{k}': expected {t.__name__}, got {type(v).__name__}"
+    if not r["tokens"] or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 31
+                                  for x in r["tokens"]):
+        return "field 'tokens': expected a non-empty list of token ids (integers)"
+    if r["i"] < 0 or r["sample"] < 0:
+        return "field 'i': expected a non-negative index"
+    return None
+
+
 def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 try:
-                    yield json.loads(line)
+                    row = json.loads(line)
                 except ValueError:
                     raise UserError("damaged corpus row", file=path, line=n) from None
+                problem = row_problem(row)
+                if problem:
+                    raise UserError(f"not a corpus row: {problem}", file=path, line=n)
+                yield row
     except (OSError, EOFError) as e:
         raise UserError(f"damaged corpus shard ({str(e)[:60]})", file=path) from None
 
@@ -210,14 +233,16 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     answers found there under the same id, sample and prompt hash are taken over (and graded again) instead
     of generated; the manifest records how many.
     """
-    from tqdm.auto import tqdm
-
     from ..models.generation import batch_order, generate, sample_seed
+    from ..progress import bar as progress_bar
     from ..prompts.grading import grade
 
     out = Path(out)
     manifest = corpus_manifest(cfg, lm, items, versions=versions, truncated=truncated)
     n_shards = manifest["n_shards"]
+    if reuse is not None and capture is not None:
+        raise ValueError("reuse takes answers without signatures; it does not combine with capture")
+    old = reusable_rows(reuse, manifest) if reuse is not None else {}  # a bad --reuse is refused before any write
     if rank == 0:
         check_corpus_out(out, manifest)
         if not (out / CORPUS_MANIFEST).is_file():
@@ -226,9 +251,6 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
         from .run import _wait_for
 
         _wait_for(out / CORPUS_MANIFEST)
-    if reuse is not None and capture is not None:
-        raise ValueError("reuse takes answers without signatures; it does not combine with capture")
-    old = reusable_rows(reuse, manifest) if reuse is not None else {}
     n_reused = 0
     samples = cfg.answers_per_question
     todo = [s for s in range(n_shards) if s % world == rank and not shard_path(out, s).is_file()]
@@ -236,8 +258,7 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
         for stale in out.glob(f".{shard_path(out, s).name}.*.tmp"):
             stale.unlink(missing_ok=True)
     n_todo = sum(len(items[s * cfg.shard_size:(s + 1) * cfg.shard_size]) for s in todo) * samples
-    bar = tqdm(total=n_todo, desc=f"generate {lm.identity.name}", unit="answer", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(n_todo, f"generate {lm.identity.name}", "answer", enabled=progress)
     n_tok, t0 = 0, time.perf_counter()
     for s in todo:
         i0 = s * cfg.shard_size

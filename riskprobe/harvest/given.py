@@ -18,7 +18,6 @@ their provenance, so no question's answers are both trained on and tested.
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,10 +148,9 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     The signature of a row is exactly what :meth:`Scorer.score` computes for the same (question, answer):
     the answer's tokens (no special tokens) followed by EOS, teacher forced after the rendered prompt.
     """
-    from tqdm.auto import tqdm
-
     from ..models import render
     from ..models.generation import batch_order, forced_ids
+    from ..progress import bar as progress_bar
     from ..prompts.sets import split_of
     from ..signatures import FeatureSpec
     from ..signatures.extract import Extractor
@@ -195,8 +193,8 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     clear_stale_shards(shard_dir, todo)
     feats = _features({**hf_features(spec), "provenance": _str(), "source": _str()})
     ex = Extractor(lm, spec)
-    bar = tqdm(total=sum(min(shard_size, len(answers) - s * shard_size) for s in todo), unit="answer",
-               desc=f"given answers {lm.identity.name}", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(sum(min(shard_size, len(answers) - s * shard_size) for s in todo),
+                       f"given answers {lm.identity.name}", "answer", enabled=progress)
     t0, n_tok = time.perf_counter(), 0
     sample = _sample_index(answers)
     for s in todo:

@@ -184,21 +184,40 @@ def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, forc
     meta = dict(meta, version=ARTIFACT_VERSION)
     meta.pop("artifact_version", None)
     moved = prepare_out(out, force=force)
-    with atomic_dir(Path(out), replace=_is_artifact_dir) as tmp:
-        save_file({k: v.contiguous() for k, v in rm.state_dict().items()}, str(tmp / "probe.safetensors"))
-        meta["weights_sha256"] = sha256_files([tmp / "probe.safetensors"])
-        export_onnx(rm, meta, tmp / "probe.onnx")
-        meta["onnx_sha256"] = sha256_files([tmp / "probe.onnx"])
-        meta = json.loads(json.dumps(meta, default=str))  # what will be read back
-        meta["json_sha256"] = artifact_digest(meta)
-        (tmp / "probe.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for f in tmp.iterdir():
-            f.chmod(0o644)
+    try:
+        with atomic_dir(Path(out), replace=_is_artifact_dir) as tmp:
+            save_file({k: v.contiguous() for k, v in rm.state_dict().items()}, str(tmp / "probe.safetensors"))
+            meta["weights_sha256"] = sha256_files([tmp / "probe.safetensors"])
+            export_onnx(rm, meta, tmp / "probe.onnx")
+            meta["onnx_sha256"] = sha256_files([tmp / "probe.onnx"])
+            meta = json.loads(json.dumps(meta, default=str))  # what will be read back
+            meta["json_sha256"] = artifact_digest(meta)
+            (tmp / "probe.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            for f in tmp.iterdir():
+                f.chmod(0o644)
+    except Exception as e:  # noqa: BLE001 - safetensors, ONNX and the OS each report a full disk their own way
+        if isinstance(e, (UserError, FileExistsError)) or not _disk_error(e):
+            raise
+        raise UserError(f"could not write the artifact ({' '.join(str(e).split())[:120]}): is the disk full, or a "
+                        "file size limit set? Nothing was written; free space and export again", file=out,
+                        field="out") from None
     if moved is not None:
         import logging
 
         logging.getLogger(__name__).warning("kept what was at %s as %s", out, moved)
     return Path(out)
+
+
+def _disk_error(e: BaseException) -> bool:
+    """Whether a failure to write looks like a full disk or a file size limit (ENOSPC, EFBIG, EDQUOT, or a library's
+    message saying so)."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    text = str(e).lower()
+    return any(w in text for w in ("no space", "file too large", "disk quota", "errno 28", "errno 27", "write failed",
+                                   "failed to write", "os error 28", "os error 27"))
 
 
 def resolve_artifact(path: str | Path) -> Path:
@@ -273,9 +292,14 @@ def validate_meta(meta: Any, file: Path) -> None:
         get("given_probe", str)
 
 
-def read_artifact(path: str | Path) -> tuple[RiskModel, dict[str, Any]]:
+def read_artifact(path: str | Path, *, allow_old: bool = False) -> tuple[RiskModel, dict[str, Any]]:
     """Load an artifact after checking its version, its own digest, its fields, and the sha256 of its
-    weights and ONNX graph."""
+    weights and ONNX graph.
+
+    An artifact of an older version (1 and 2: ``artifact_version``, and version 1 without the digest of
+    ``probe.json``) is refused unless ``allow_old``: renaming the key or dropping the digest must not turn the
+    tamper check off. The digests check integrity (nothing changed since export), not authenticity: anyone
+    who can write the files can also recompute them."""
     from safetensors.torch import load_file
 
     from ..fsutil import read_text
@@ -296,6 +320,10 @@ def read_artifact(path: str | Path) -> tuple[RiskModel, dict[str, Any]]:
 
     key = "version" if "version" in meta else "artifact_version"  # the name versions 1 and 2 used
     version = check_version(meta.get(key), ARTIFACT_VERSION, kind="artifact", file=jf, field=key)
+    if version < ARTIFACT_VERSION and not allow_old:
+        raise UserError(f"written by an older riskprobe (artifact version {version}; this one reads version "
+                        f"{ARTIFACT_VERSION}, whose probe.json carries a digest of itself); re-export it with "
+                        "`riskprobe export`, or pass --allow-old-artifact to load it as it is", file=jf, field=key)
     if version >= 2 and meta.get("json_sha256") != artifact_digest(meta):
         raise UserError("probe.json was modified after export (its json_sha256 does not match its content); "
                         "re-export the probe", file=jf, field="json_sha256")

@@ -48,8 +48,8 @@ def group_folds(ids: list[str], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     ids = np.asarray(ids)
     n_groups = len(set(ids.tolist()))
     if n_groups < n:
-        raise UserError(f"{n}-fold selection needs at least {n} questions in the training split (it has {n_groups})",
-                        field="selection.folds")
+        raise UserError(f"{n}-fold selection needs at least {n} questions in the training split (it has {n_groups}); "
+                        "harvest more questions or lower selection.folds", field="selection.folds")
     return list(GroupKFold(n).split(np.zeros(len(ids)), groups=ids))
 
 
@@ -78,7 +78,11 @@ def cv_logreg(X: np.ndarray, y: np.ndarray, folds, Cs=CS, *, oof: bool = False) 
                 if len(np.unique(y[b])) == 2:
                     scores[f, j] = roc_auc_score(y[b], d)
     if np.isnan(scores).all():
-        raise UserError("no cross-validation fold holds both right and wrong answers", field="selection.folds")
+        n_wrong = int(np.sum(y))
+        raise UserError(f"no cross-validation fold holds both right and wrong answers (the training rows hold "
+                        f"{len(y) - n_wrong} right and {n_wrong} wrong answers in {len(folds)} folds); harvest more "
+                        "questions (a larger --limit, or sets the model answers about half right) or use fewer "
+                        "selection.folds", field="selection.folds")
     mean = np.nanmean(scores, 0)
     j = int(np.argmax(mean))
     out = {"C": Cs[j], "auroc": float(mean[j]), "sd": float(np.nanstd(scores[:, j])),

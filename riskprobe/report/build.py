@@ -225,8 +225,38 @@ def harvest_section(d: Path, h, out: Path, tag: str, k: int) -> tuple[list[str],
 REPORT_FILE = lambda name: name.endswith((".md", ".json", ".png"))  # noqa: E731 - what a report folder holds
 
 
-def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8) -> Path:
-    """Write ``report.md`` (+ PNGs, ``report.json``) for fit runs and harvests into ``out``.
+def headline(runs: list[str | Path]) -> list[str]:
+    """The report's opening lines: what the first fit run's probe does against the best training-free score on its
+    test split, and the size and right rate of each harvest."""
+    from ..harvest.store import read_manifest
+
+    lines = []
+    for r in runs:
+        d = Path(r)
+        if (d / "metrics.json").is_file() and not lines:
+            m = json.loads((d / "metrics.json").read_text())
+            p, g = m["probe"], m.get("margin") or {}
+            tf = (m.get("baselines") or {}).get(g.get("best_training_free"), {})
+            ci = p.get("auroc_ci") or [float("nan")] * 2
+            line = (f"**Headline.** The probe `{p['name']}` ranks wrong answers above right ones with AUROC "
+                    f"**{p['auroc']:.3f}** [{ci[0]:.3f}, {ci[1]:.3f}] on {p['n']} test answers ({p['n_incorrect']} wrong, "
+                    f"base error rate {p['n_incorrect'] / max(p['n'], 1):.2f})")
+            if tf:
+                line += (f", against {tf['auroc']:.3f} for the best training-free score (`{g['best_training_free']}`): "
+                         f"margin **{g['auroc_margin_training_free']:+.3f}**")
+            lines += [line + ". In distribution only: the test questions come from the sources it trained on.", ""]
+    for r in runs:
+        d = Path(r)
+        if (d / "riskprobe.json").is_file():
+            hm = read_manifest(d)
+            n, ok = hm.get("n_rows", 0), sum(v["n"] * v["correct_rate"] for v in (hm.get("summary") or {}).values())
+            lines.append(f"- harvest `{d}`: {n} answers of {hm['model']['name']}, {ok / max(n, 1):.1%} right")
+    return lines + ([""] if lines else [])
+
+
+def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8, extra: list[str] | None = None) -> Path:
+    """Write ``report.md`` (+ PNGs, ``report.json``) for fit runs and harvests into ``out``; it opens with a
+    headline (:func:`headline`), then ``extra`` (Markdown lines a caller adds, such as a transfer table).
 
     The folder is written whole or not at all; an existing ``out`` is replaced only if it holds nothing but
     report files."""
@@ -238,14 +268,14 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8) -> Path
         raise UserError("exists and holds files that are not a riskprobe report's; choose another --out", file=out,
                         field="out")
     with atomic_dir(out, replace=mine) as tmp:
-        _write_report_into(runs, tmp, k)
+        _write_report_into(runs, tmp, k, extra or [])
     return out / "report.md"
 
 
-def _write_report_into(runs: list[str | Path], out: Path, k: int) -> None:
+def _write_report_into(runs: list[str | Path], out: Path, k: int, extra: list[str]) -> None:
     from ..harvest.store import load_harvests
 
-    md = ["# riskprobe report", ""]
+    md = ["# riskprobe report", "", *headline(runs), *extra]
     js: dict[str, Any] = {"fits": [], "harvests": []}
     harvests = []
     for i, r in enumerate(runs):

@@ -38,8 +38,33 @@ def plot_selective(selective: dict[str, Any], path: str | Path) -> str:
     return Path(path).name
 
 
+MAX_SERIES = 8
+
+
+def sweep_lines(sweep: dict[str, Any], max_series: int = MAX_SERIES) -> dict[str, list[dict[str, Any] | None]]:
+    """The series an AUROC-vs-k plot draws, at most ``max_series``: the probe, the best three training-free scores,
+    the best two learned baselines, answer length and the probe within confidence strata (by mean AUROC over k)."""
+    series = sweep_series(sweep)
+    kinds = {}
+    for r in sweep["rows"]:
+        for name, m in r["baselines"].items():
+            kinds.setdefault(name.split("@k")[0], m.get("kind"))
+
+    def mean(name):
+        v = [m["auroc"] for m in series[name] if m and not np.isnan(m["auroc"])]
+        return float(np.mean(v)) if v else -1.0
+
+    def top(kind, n):
+        return sorted((s for s in series if kinds.get(s) == kind), key=mean, reverse=True)[:n]
+
+    pick = ["probe", *top("training-free", 3), *top("sklearn", 2), *top("control", 1)]
+    pick += [s for s in series if s.startswith("probe within confidence")][:1]
+    return {name: series[name] for name in pick[:max_series]}
+
+
 def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
-    """AUROC vs k with 95% intervals, probe and baselines."""
+    """AUROC vs k with 95% intervals: the probe (drawn last, on top, with its interval as a labelled band) and at
+    most seven baselines (:func:`sweep_lines`), each in its own colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,25 +73,32 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
     rows = sweep["rows"]
     ks = [r["k"] for r in rows]
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    for name, ms in sweep_series(sweep).items():
+    lines = sweep_lines(sweep)
+    colors = plt.get_cmap("tab10").colors
+    order = [n for n in lines if n != "probe"] + ["probe"]
+    for i, name in enumerate(order):
+        ms = lines[name]
         a = np.array([m["auroc"] if m else np.nan for m in ms])
-        lo = np.array([m["auroc_ci"][0] if m else np.nan for m in ms])
-        hi = np.array([m["auroc_ci"][1] if m else np.nan for m in ms])
-        lw = 2.5 if name == "probe" else 1.2
-        ax.plot(ks, a, marker="o", lw=lw, label=name)
         if name == "probe":
-            ax.fill_between(ks, lo, hi, alpha=0.2)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+            lo = np.array([m["auroc_ci"][0] if m else np.nan for m in ms])
+            hi = np.array([m["auroc_ci"][1] if m else np.nan for m in ms])
+            ax.fill_between(ks, lo, hi, color="black", alpha=0.15, zorder=9, label="probe, 95% interval")
+            ax.plot(ks, a, marker="o", lw=2.8, color="black", zorder=10, label="probe")
+        else:
+            ax.plot(ks, a, marker="o", lw=1.2, color=colors[(i + 1) % len(colors)], zorder=2, label=name)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance (0.5)")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks(ks)
     ax.set_xticklabels([str(k) for k in ks])
     ax.set_xlabel("k (early steps seen)")
     ax.set_ylabel("test AUROC (wrong answer)")
-    ax.set_title("How early is the risk visible?")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: covers no curve
+    ax.set_title("How early is the risk visible? (test split)")
+    handles, labels = ax.get_legend_handles_labels()
+    first = [labels.index("probe"), labels.index("probe, 95% interval")]
+    rest = [i for i in range(len(labels)) if i not in first]
+    ax.legend([handles[i] for i in first + rest], [labels[i] for i in first + rest], fontsize=7, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))  # beside the axes: covers no curve
     fig.tight_layout()
-    from ..fsutil import atomic_savefig
-
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 

@@ -5,7 +5,6 @@ training-free score on the same rows and the out-of-distribution flag (:mod:`ris
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -91,10 +90,9 @@ def _signatures(head: Scorer, lm: LoadedModel, rows: Sequence[GivenAnswer], batc
     training-free scores read), as in :meth:`Scorer.score`."""
     from dataclasses import replace
 
-    from tqdm.auto import tqdm
-
     from ..models import render
     from ..models.generation import forced_ids
+    from ..progress import bar as progress_bar
     from ..signatures.extract import Extractor
 
     spec = head.feature_spec()
@@ -103,7 +101,7 @@ def _signatures(head: Scorer, lm: LoadedModel, rows: Sequence[GivenAnswer], batc
     ex = Extractor(lm, spec)
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i].question) + 4 * len(rows[i].answer), i))
     parts: dict[str, list] = {}
-    bar = tqdm(total=len(rows), desc="given answers", unit="answer", disable=not progress, file=sys.stderr)
+    bar = progress_bar(len(rows), "given answers", "answer", enabled=progress)
     n_tok = [0] * len(rows)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
@@ -173,6 +171,7 @@ def evaluate_given_harvest(scorer: Scorer, harvest: str | Path, *, split: str = 
     if not same_model(h.model, head.model_identity):
         raise UserError(f"this harvest was made with '{h.model.get('name')}', the probe reads "
                         f"'{head.model_identity['name']}'", file=harvest, field="harvest")
+    head.check_schema(h.schema, file=harvest)
     keep = np.flatnonzero([split_of(i) == split for i in h.meta["id"]])
     if not len(keep):
         raise UserError(f"no rows of the {split} split", file=harvest, field="split")

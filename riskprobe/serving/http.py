@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .scorer import MAX_CHARS, Scorer
 
 MAX_BODY_BYTES = 4 * MAX_CHARS + 1024
+BODY_TIMEOUT_S = 10.0  # a request's whole body must arrive within this many seconds of its headers
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class ScoreRequest(BaseModel):
@@ -34,8 +36,8 @@ class _BodyLimit:
     """ASGI middleware: a request body larger than ``limit`` bytes is answered 413, counting the bytes
     actually received (a chunked body has no Content-Length to trust), without reading the rest."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, body_timeout: float = BODY_TIMEOUT_S):
+        self.app, self.limit, self.body_timeout = app, limit, body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -44,8 +46,13 @@ class _BodyLimit:
             if k == b"content-length" and (not v.isdigit() or int(v) > self.limit):
                 return await _json(send, 413, {"error": f"request body larger than {self.limit} bytes"})
         body, more = bytearray(), True
+        t_end = time.monotonic() + self.body_timeout
         while more:
-            msg = await receive()
+            try:  # a client that sends its headers and then stalls is answered 408, not waited for forever
+                msg = await asyncio.wait_for(receive(), timeout=max(0.0, t_end - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await _json(send, 408, {"error": f"request body not received within {self.body_timeout:g} s"},
+                                   close=True)
             if msg["type"] == "http.disconnect":
                 return
             body += msg.get("body", b"")
@@ -64,12 +71,13 @@ class _BodyLimit:
         return await self.app(scope, replay, send)
 
 
-async def _json(send, status: int, obj) -> None:
+async def _json(send, status: int, obj, *, close: bool = False) -> None:
     import json
 
     data = json.dumps(obj).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -183,7 +191,15 @@ def create_app(scorer: Scorer, lm, *, max_batch: int = 16, max_wait_ms: float = 
 
 
 def serve(scorer: Scorer, lm, *, host: str = "127.0.0.1", port: int = 8321, **kw) -> None:
-    """Run the service until interrupted."""
+    """Run the service until interrupted. It has no authentication: on an address other than loopback, anyone who
+    can reach it can run the model, and a warning says so. Idle connections close after 5 s, bodies that do not
+    arrive within :data:`BODY_TIMEOUT_S` get 408, and beyond ``max_queue`` + 64 open connections new ones get 503."""
+    import sys
+
     import uvicorn
 
-    uvicorn.run(create_app(scorer, lm, **kw), host=host, port=port, log_level="info")
+    if host not in LOOPBACK:
+        print(f"riskprobe: warning: serving on {host}, not loopback: there is no authentication, so anyone who can "
+              "reach this address can use the model; put it behind a proxy that authenticates", file=sys.stderr)
+    uvicorn.run(create_app(scorer, lm, **kw), host=host, port=port, log_level="info", timeout_keep_alive=5,
+                limit_concurrency=int(kw.get("max_queue", 256)) + 64)

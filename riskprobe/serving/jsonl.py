@@ -20,13 +20,25 @@ OUTPUT_KEYS = ("id", "risk", "flagged", "model")
 ROW_START = b'{"id": '  # every output row starts so (json.dumps of a dict with "id" first)
 
 
-def _done_ids(output: Path, input_ids: set[str]) -> set[str]:
-    """Ids already scored in ``output``, for a resume.
+def _same_request(row: dict[str, Any], req: dict[str, Any]) -> bool:
+    """Whether an output row scored this request: the same prompt, and the same given response (or none)."""
+    prompt = req.get("prompt", req.get("question"))
+    if row.get("prompt", row.get("question")) != prompt:
+        return False
+    if req.get("response") is not None:
+        return row.get("teacher_forced") is True and row.get("response") == req["response"]
+    return row.get("teacher_forced") is False
+
+
+def _done_ids(output: Path, requests: dict[str, dict[str, Any]]) -> set[str]:
+    """Ids already scored in ``output``, for a resume (``requests``: this input's requests by id).
 
     The file is only ever touched when every complete line is a riskprobe output row (an object with
-    ``id``, ``risk``, ``flagged`` and ``model``) for an id of this input; then a trailing partial line (a
-    crash mid-write) is cut off. Any other file is refused, unchanged.
+    ``id``, ``risk``, ``flagged`` and ``model``) for a request of this input, the same prompt and response
+    under the same id; then a trailing partial line (a crash mid-write) is cut off. Any other file is refused,
+    unchanged.
     """
+    input_ids = set(requests)
     if not output.exists():
         return set()
     if output.is_dir():
@@ -48,6 +60,9 @@ def _done_ids(output: Path, input_ids: set[str]) -> set[str]:
                 problem = "is not a riskprobe output row"
             elif str(obj["id"]) not in input_ids:
                 problem = f"scores id {str(obj['id'])[:40]!r}, which is not in this input"
+            elif not _same_request(obj, requests[str(obj["id"])]):
+                problem = (f"scores id {str(obj['id'])[:40]!r} for another prompt or response than this input gives "
+                           "under that id")
         except (UnicodeDecodeError, ValueError, RecursionError):
             problem = "is not a riskprobe output row"
         if problem:
@@ -72,7 +87,7 @@ def _done_ids(output: Path, input_ids: set[str]) -> set[str]:
     return done
 
 
-def read_requests(path: Path, on_error: str, errors: list[str]) -> list[dict[str, Any]]:
+def read_requests(path: Path, on_error: str, errors: list[str], *, quiet: bool = False) -> list[dict[str, Any]]:
     """The requests of a scoring input file, each with a string ``id`` (``line-N`` where none is given).
 
     A malformed line is skipped and recorded in ``errors`` (``on_error="skip"``) or fails the command
@@ -88,7 +103,8 @@ def read_requests(path: Path, on_error: str, errors: list[str]) -> list[dict[str
             if on_error == "fail":
                 raise UserError(problem, file=path, line=n)
             errors.append(f"{path}:{n}: {problem}")
-            print(f"riskprobe: skipped {path}:{n}: {problem}", file=sys.stderr)
+            if not quiet:
+                print(f"riskprobe: skipped {path}:{n}: {problem}", file=sys.stderr)
             continue
         obj["id"] = f"line-{n}" if obj.get("id") is None else str(obj["id"])
         if obj["id"] in first_line:
@@ -119,6 +135,42 @@ def check_paths(input_path: str | Path, output_path: str | Path) -> tuple[Path, 
     return inp, outp
 
 
+def _lock(fd: int, path: Path) -> None:
+    """Hold an exclusive lock on the output while scoring into it: a second run on the same file is refused
+    (two runs would score and append every row twice)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise UserError("another riskprobe run is scoring into this file; wait for it to finish (rerunning then "
+                        "resumes) or choose another --output", file=path, field="output") from None
+
+
+def append_all(fd: int, data: bytes, path: Path, *, done: int = 0) -> None:
+    """Append ``data`` to the open file ``fd`` whole, and fsync it; if the disk (or a file size limit) takes only
+    part of it, cut the file back to where it was and raise a UserError: no row is ever left half-written."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view)
+            if n <= 0:
+                raise OSError(28, "no space left on device")
+            view = view[n:]
+        os.fsync(fd)
+    except OSError as e:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise UserError(f"could not write the scored rows ({e.strerror or e}: is the disk full, or a file size limit "
+                        f"set?); the {done} rows written before are kept, and a rerun resumes after them",
+                        file=path, field="output") from None
+
+
 def score_file(scorer: Scorer, lm: LoadedModel, input_path: str | Path, output_path: str | Path, *,
                batch_size: int = 16, on_error: str = "skip", max_new_tokens: int = 33, progress: bool = True,
                allow_model_mismatch: bool = False) -> dict[str, Any]:
@@ -128,7 +180,7 @@ def score_file(scorer: Scorer, lm: LoadedModel, input_path: str | Path, output_p
     output must be a new file or one this function wrote for the same input; anything else is refused.
     Returns counts: ``{"scored", "skipped_done", "failed", "errors", "seconds", "tokens"}``.
     """
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     inp, outp = check_paths(input_path, output_path)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -150,33 +202,36 @@ def score_file(scorer: Scorer, lm: LoadedModel, input_path: str | Path, output_p
             print(f"riskprobe: skipped {inp}: id {obj['id']}: {problem}", file=sys.stderr)
             continue
         good.append(obj)
-    done = _done_ids(outp, {o["id"] for o in requests})
     if not outp.parent.exists():
         outp.parent.mkdir(parents=True, exist_ok=True)
-    stats = {"scored": 0, "skipped_done": 0, "failed": 0, "tokens": 0}
-    ident = {"name": lm.identity.name, "fingerprint": lm.identity.fingerprint}
-    t0 = time.perf_counter()
-    todo = [o for o in good if o["id"] not in done]
-    stats["skipped_done"] = len(good) - len(todo)
-    bar = tqdm(total=len(todo), desc="score", unit="row", disable=not progress, file=sys.stderr)
-    for b in range(0, len(todo), batch_size):
-        batch = todo[b:b + batch_size]
-        res = scorer.score(lm, [o.get("prompt", o.get("question")) for o in batch], [o.get("response") for o in batch],
-                           answer_kinds=[o.get("answer_kind", "alias") for o in batch], max_new_tokens=max_new_tokens,
-                           allow_model_mismatch=allow_model_mismatch)
-        lines = []
-        for o, r in zip(batch, res):
-            stats["tokens"] += r.pop("n_tokens")
-            lines.append(json.dumps({"id": o["id"], **o, **r, "model": ident}, ensure_ascii=False) + "\n")
-        fd = os.open(outp, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, "".join(lines).encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        stats["scored"] += len(batch)
-        bar.update(len(batch))
-        bar.set_postfix(rows_s=f"{stats['scored'] / max(time.perf_counter() - t0, 1e-9):.2f}")
-    bar.close()
+    created = not outp.exists()
+    fd = os.open(outp, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _lock(fd, outp)
+        done = _done_ids(outp, {o["id"]: o for o in requests})
+        stats = {"scored": 0, "skipped_done": 0, "failed": 0, "tokens": 0}
+        ident = {"name": lm.identity.name, "fingerprint": lm.identity.fingerprint}
+        t0 = time.perf_counter()
+        todo = [o for o in good if o["id"] not in done]
+        stats["skipped_done"] = len(good) - len(todo)
+        bar = progress_bar(len(todo), "score", "row", enabled=progress)
+        for b in range(0, len(todo), batch_size):
+            batch = todo[b:b + batch_size]
+            res = scorer.score(lm, [o.get("prompt", o.get("question")) for o in batch],
+                               [o.get("response") for o in batch], answer_kinds=[o.get("answer_kind", "alias") for o in batch],
+                               max_new_tokens=max_new_tokens, allow_model_mismatch=allow_model_mismatch)
+            lines = []
+            for o, r in zip(batch, res):
+                stats["tokens"] += r.pop("n_tokens")
+                lines.append(json.dumps({"id": o["id"], **o, **r, "model": ident}, ensure_ascii=False) + "\n")
+            append_all(fd, "".join(lines).encode("utf-8"), outp, done=stats["scored"])
+            stats["scored"] += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(rows_s=f"{stats['scored'] / max(time.perf_counter() - t0, 1e-9):.2f}")
+        bar.close()
+    finally:
+        os.close(fd)
+        if created and outp.is_file() and outp.stat().st_size == 0:
+            outp.unlink()  # nothing was scored into the file this run made: leave nothing behind
     stats.update(failed=len(errors), errors=errors, seconds=round(time.perf_counter() - t0, 3))
     return stats

@@ -44,22 +44,23 @@ class Scorer:
 
     @classmethod
     def load(cls, path: str | Path, *, model: ModelIdentity | LoadedModel | None = None,
-             allow_model_mismatch: bool = False, given: str | Path | None = None) -> "Scorer":
+             allow_model_mismatch: bool = False, given: str | Path | None = None, allow_old: bool = False) -> "Scorer":
         """Load an artifact (checks its version and weights hash); with ``model``, refuse a probe trained
         for another model unless ``allow_model_mismatch``.
 
         ``given`` is the given-answer head (an artifact trained on answers the model did not write), used
-        for rows that come with a response; by default the one the artifact names in ``given_probe``."""
+        for rows that come with a response; by default the one the artifact names in ``given_probe``. ``allow_old``
+        loads an artifact of an older version (see :func:`~riskprobe.probes.artifact.read_artifact`)."""
         from ..probes.artifact import resolve_artifact
 
         p = resolve_artifact(path)
-        rm, meta = read_artifact(p)
+        rm, meta = read_artifact(p, allow_old=allow_old)
         head = None
         ref = given if given is not None else meta.get("given_probe")
         if ref is not None:
             cand = p.parent / str(ref)
             head = cls.load(cand if given is None and (cand / "probe.json").is_file() else ref, model=model,
-                            allow_model_mismatch=allow_model_mismatch)
+                            allow_model_mismatch=allow_model_mismatch, allow_old=allow_old)
             if not head.given_capable:
                 raise UserError("this probe was trained on its model's own answers only, so it cannot be the "
                                 "given-answer head", file=head.path, field="given_probe")
@@ -107,6 +108,25 @@ class Scorer:
                             f"{want['n_layers']} layers, sha {str(want['fingerprint'])[:12]}), not '{ident.name}' "
                             f"({ident.architecture}, {ident.n_layers} layers, sha {ident.fingerprint[:12]}); "
                             "pass --allow-model-mismatch to score anyway", field="model")
+
+    def check_schema(self, schema: dict[str, Any], *, file=None, field: str = "harvest") -> None:
+        """Refuse signatures (a harvest's ``feature_schema``) that do not fit this probe's inputs: a family it
+        reads missing, other layers, another normalisation, too few steps. A UserError names what differs."""
+        want = self.meta["feature_spec"]["feature_schema"]
+        fams = set(self.selection.families)
+        cols = schema.get("columns") or {}
+        problems = [f"no '{f}' signatures" for f in sorted(fams) if f not in cols]
+        keys = ["normalisation", "n_layers"]
+        keys += ["layers"] if fams & {"sync", "trajectory"} else []
+        keys += ["lens_layers"] if "lens" in fams else []
+        keys += ["raw_layers", "hidden_size"] if "raw" in fams else []
+        problems += [f"{k} {short(schema.get(k), 40)} (the probe reads {short(want.get(k), 40)})" for k in keys
+                     if schema.get(k) != want.get(k)]
+        if int(schema.get("K", -1)) < self.k:
+            problems.append(f"K = {schema.get('K')} steps (the probe reads k = {self.k})")
+        if problems:
+            raise UserError("these signatures do not fit the probe: " + "; ".join(problems[:3]) + ". Extract them "
+                            "with the probe's features (riskprobe extract --features ...)", file=file, field=field)
 
     def feature_spec(self) -> FeatureSpec:
         """The signature the probe reads: its families only (the logit lens too where the commitment depth,
@@ -282,12 +302,17 @@ def request_problem(obj: Any) -> str | None:
     "field 'respnse': unknown; did you mean 'response'?"
     >>> request_problem({"prompt": "Q?", "answers": ["A"], "question_id": "tc_1", "qid": 7}) is None
     True
+    >>> request_problem({"prompt": "Q?", "answer": "A"})[:40]
+    "field 'answer': ambiguous here; a given "
     """
     if not isinstance(obj, dict):
         return "expected a JSON object"
     for key in obj:
         if key in REQUEST_FIELDS:
             continue
+        if key == "answer":  # eval-given's name for a given answer; in a prompt file it is a gold answer
+            return ("field 'answer': ambiguous here; a given answer to score goes in 'response' (gold answers in "
+                    "'answers', carried through as yours)")
         if key in RUN_SETTINGS:
             return f"field '{key}': not per request: {RUN_SETTINGS[key]}"
         near = _misspelt(str(key))

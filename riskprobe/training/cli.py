@@ -112,6 +112,18 @@ class RunStage:
                     shutil.rmtree(d, ignore_errors=True)
 
 
+def check_fits(have: dict, got: dict, path) -> None:
+    """Refuse a checkpoint (riskprobe section ``got``) fitted on other inputs than the data module's (``have``: its
+    :meth:`~riskprobe.training.data.HarvestDataModule.spec`): another model, or inputs of another shape."""
+    want_model = (got.get("model_identity") or {}).get("name")
+    data_model = (have.get("model_identity") or {}).get("name")
+    if have and (have.get("dims") != got.get("dims") or (want_model and data_model and want_model != data_model)):
+        raise UserError(f"this checkpoint was fitted on other inputs (model {want_model}, dims {got.get('dims')}) than "
+                        f"the data given here (model {data_model}, dims {have.get('dims')}); give the harvests and "
+                        "features it was fitted on (its config.yaml: riskprobe test --config RUN/config.yaml ...)",
+                        file=path, field="ckpt_path")
+
+
 def _load_into(module: ProbeModule, path: str | Path) -> None:
     """Load a fit checkpoint into ``module`` through the one checked loader (no pickled objects)."""
     from ..probes.artifact import check_checkpoint
@@ -119,7 +131,13 @@ def _load_into(module: ProbeModule, path: str | Path) -> None:
     state = check_checkpoint(path)
     if module.risk_model is None:
         module.build(state["riskprobe"])
-    module.load_state_dict(state["state_dict"])
+    check_fits(module.data_spec or {}, state["riskprobe"], path)
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint's weights do not fit the probe built from this config "
+                        f"({str(e).splitlines()[0][:120]}); give the config it was fitted with", file=path,
+                        field="ckpt_path") from None
 
 
 def _cli_class():
@@ -199,7 +217,7 @@ def _cli_class():
             dm.setup("fit")
             mk = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
             res = select_recipe(dm, grid, module_kwargs=mk, seed=cfg.seed_everything or 0,
-                                progress=self.trainer.progress_bar_callback is not None)
+                                progress=True)
             dm.use(res.best.selection(dm.selection.k))
             module.use_recipe(res.best.probe, res.best.C)
             self.selection_result = res.to_dict()
@@ -252,7 +270,7 @@ def _cli_class():
             if cfg.sweep_ks:
                 mk = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
                 sw = sweep_k(dm, mk, cfg.sweep_ks, max_epochs=self.trainer.max_epochs or 60, patience=cfg.patience,
-                             progress=self.trainer.progress_bar_callback is not None,
+                             progress=True,
                              n_boot=cfg.n_boot)
                 atomic_write_json(root / "sweep.json", sw)
                 plot_sweep(sw, root / "auroc_vs_k.png")
@@ -269,6 +287,15 @@ def _cli_class():
         def after_fit(self):
             cb = self.trainer.checkpoint_callback
             self._finish(cb.best_model_path if cb is not None and cb.best_model_path else None)
+
+        def before_test(self):
+            """A checkpoint fitted on other inputs is refused here, before Lightning loads it."""
+            ckpt = self.config_init[self.subcommand].get("ckpt_path")
+            if ckpt and ckpt not in ("best", "last"):
+                from ..probes.artifact import check_checkpoint
+
+                self.datamodule.setup("test")
+                check_fits(self.datamodule.spec(), check_checkpoint(ckpt)["riskprobe"], ckpt)
 
         def after_test(self):
             """Evaluate a checkpoint as it is: no recalibration, no sweep, nothing written over; the metrics go
@@ -346,7 +373,11 @@ def cli_main(args: list[str]) -> int:
         _Tracked(ProbeModule, HarvestDataModule, args=args, seed_everything_default=0,
                  save_config_callback=None, parser_kwargs={"exit_on_error": False},
                  trainer_defaults={"max_epochs": 60, "accelerator": "cpu", "devices": 1, "enable_model_summary": False,
-                                   "num_sanity_val_steps": 0, "log_every_n_steps": 5})
+                                   "num_sanity_val_steps": 0, "log_every_n_steps": 5,
+                                   # Lightning's epoch bar prints a line per epoch where stderr is not a terminal;
+                                   # riskprobe's own bars (selection, sweep) have totals. --trainer.enable_progress_bar
+                                   # true brings it back.
+                                   "enable_progress_bar": False})
     except BaseException:
         if cli is not None and getattr(cli, "stage", None) is not None and _is_main_process():
             cli.stage.discard()

@@ -56,7 +56,10 @@ def split_indices(h: Harvests, *, fractions=(0.7, 0.15, 0.15), salt: str = "risk
         out["test"] = np.flatnonzero(te_mask & (splits == "test"))
     for k, v in out.items():
         if len(v) == 0:
-            raise UserError(f"the {k} split is empty ({len(h)} rows); harvest more questions", field="data.paths")
+            sizes = ", ".join(f"{n} {len(i)}" for n, i in out.items())
+            raise UserError(f"the {k} split is empty ({len(h)} rows: {sizes}; questions go to train/val/test "
+                            "70/15/15 by a hash of their id); harvest more questions (a larger --limit)",
+                            field="data.paths")
     return out
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import sys
 from typing import Any
 
 import numpy as np
@@ -255,10 +254,11 @@ def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int],
     K = dm.harvests.schema["K"]
     table = []
     cache: dict = {}
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     ks = sorted({min(int(k), K) for k in ks})
-    for k in tqdm(ks, desc="AUROC vs k", unit="k", disable=not progress, file=sys.stderr):
+    bar = progress_bar(len(ks), "AUROC vs k", "k", enabled=progress)
+    for k in ks:
         dmk = copy.copy(dm)
         dmk.use(dataclasses.replace(dm.selection, k=k))
         mod = fit_probe(dmk, module_kwargs, max_epochs=max_epochs, patience=patience, seed=seed)
@@ -266,4 +266,6 @@ def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int],
         table.append({"k": k, "probe": res["probe"], "baselines": res["baselines"], "controls": res.get("controls"),
                       "selective": res.get("selective")})
         log.info("k=%d probe AUROC %.3f", k, res["probe"]["auroc"])
+        bar.update(1)
+    bar.close()
     return {"ks": [r["k"] for r in table], "rows": table}

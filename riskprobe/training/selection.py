@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -82,6 +81,10 @@ class SelectionGrid:
         within_se: choose the candidate cheapest to monitor (:data:`~riskprobe.signatures.spec.MONITOR_COST`
             of its families) among those whose CV AUROC is within this many standard errors (fold sd /
             sqrt(folds)) of the best; 0 (the default): the best.
+        baselines: also score, as candidates, the recipes of the logistic baselines every fit is compared with
+            (output confidence alone, each stored layer's last-prompt-token state, the fit's own families) and
+            their ``C`` values, so that selection never fits a probe that cross-validation already knew to be
+            worse than one of them.
     """
 
     probes: list[str] = field(default_factory=lambda: ["logreg", "mlp"])
@@ -93,6 +96,7 @@ class SelectionGrid:
     max_epochs: int = 40
     patience: int = 6
     within_se: float = 0.0
+    baselines: bool = True
 
     def validate(self) -> None:
         from ..probes.modules import PROBES
@@ -219,7 +223,7 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
                   progress: bool = True) -> SelectionResult:
     """Score every candidate of ``grid`` by grouped cross-validation on ``dm``'s training split and return
     the best (highest mean AUROC over folds) with the whole table. ``dm`` is left on its own selection."""
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     grid.validate()
     tr = np.asarray(dm.idx["train"])
@@ -230,18 +234,29 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
     if not cands:
         raise UserError("no feature candidate of the grid was harvested", field="selection.families")
     original = dm.selection
+    Cs = list(grid.Cs)
+    if grid.baselines and "logreg" in grid.probes:  # the baselines' recipes compete too
+        from ..evaluation.baselines import BASELINE_CS
+
+        cols = dm.harvests.schema["columns"]
+        extra = [Recipe("", ["commitment"])] if "commitment" in cols else []
+        extra += [Recipe("", ["raw"], [i], "first") for i in range(n_raw)]
+        extra.append(Recipe("", list(original.families), original.raw_layers, original.raw_pool))
+        have = {c.features() for c in cands}
+        cands += [c for c in extra if c.features() not in have and all(f in cols for f in c.families)]
+        Cs = sorted(set(Cs) | set(BASELINE_CS))
     k = original.k
     table: list[dict[str, Any]] = []
     trained = [p for p in grid.probes if p not in ("logreg", "stacked")]
     oofs: dict[tuple, dict[int, np.ndarray]] = {}  # (families, pool) -> layer -> out-of-fold logits
-    bar = tqdm(total=len(cands) * ("logreg" in grid.probes) + len(trained), desc="selection (grouped CV)",
-               unit="candidate", disable=not progress, file=sys.stderr)
+    bar = progress_bar(len(cands) * ("logreg" in grid.probes) + len(trained), "selection (grouped CV)", "candidate",
+                       enabled=progress)
     try:
         if "logreg" in grid.probes:
             for c in cands:
                 dm.use(c.selection(k))
                 X, y = _design(dm, tr)
-                cv = cv_logreg(X, y, folds, grid.Cs, oof=True)
+                cv = cv_logreg(X, y, folds, Cs, oof=True)
                 C, mean, sd, per, oof = cv["C"], cv["auroc"], cv["sd"], cv["folds"], cv["oof"]
                 if c.raw_layers is not None and len(c.raw_layers) == 1:
                     oofs.setdefault((tuple(c.families), c.raw_pool), {})[c.raw_layers[0]] = oof

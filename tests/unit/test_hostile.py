@@ -58,8 +58,30 @@ def _cfg(extra: str) -> str:
 class Ctx:
     """What a case may need: a working folder, a tiny model directory, a probe artifact, a harvest."""
 
-    def __init__(self, d: Path, model_dir: Path, artifact: Path, harvest: Path):
+    def __init__(self, d: Path, model_dir: Path, artifact: Path, harvest: Path, own_art: Path, corpus: Path,
+                 narrow: Path):
         self.d, self.model, self.art, self.h = d, str(model_dir), str(artifact), str(harvest)
+        # a probe trained on its model's own answers only; a corpus of the tiny model; a harvest of it with fewer
+        # families than the artifact reads
+        self.own_art, self.corpus, self.narrow = str(own_art), str(corpus), str(narrow)
+
+    def corpus_copy(self, edit_row) -> str:
+        import gzip
+
+        dst = self.d / "corpus"
+        dst.mkdir()
+        for f in Path(self.corpus).iterdir():
+            (dst / f.name).write_bytes(f.read_bytes())
+        shard = dst / "shard-00000.jsonl.gz"
+        rows = [json.loads(x) for x in gzip.decompress(shard.read_bytes()).decode().splitlines()]
+        edit_row(rows[0])
+        shard.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+        return str(dst)
+
+    def scored_row(self, **row) -> str:
+        base = {"id": "a", "prompt": "Q?", "risk": 0.5, "flagged": False, "teacher_forced": False,
+                "model": {"name": "tiny"}}
+        return self.f("scored.jsonl", _jsonl({**base, **row}))
 
     def f(self, name, data) -> str:
         return _w(self.d / name, data)
@@ -240,9 +262,17 @@ CASES = [
      "field 'json_sha256': probe.json was modified"),
     ("probe model renamed", lambda c: c.score(probe=c.probe_copy(lambda m: m["model_identity"].update(name="gemma3-270m"))),
      "field 'json_sha256'"),
-    ("probe keys missing (v1)", lambda c: c.score(probe=c.probe_copy(
+    ("probe keys missing (v1, loaded as old)", lambda c: c.score("--allow-old-artifact", probe=c.probe_copy(
         lambda m: (m.pop("version"), m.update(artifact_version=1), m.pop("json_sha256"), m.pop("feature_spec")))),
      "field 'feature_spec.dims': missing"),
+    # the tamper check is not turned off by dressing a probe as an old version
+    ("probe renamed to v1, digest dropped", lambda c: c.score(probe=c.probe_copy(
+        lambda m: (m.pop("version"), m.update(artifact_version=1, threshold=0.01), m.pop("json_sha256")))),
+     "artifact version 1"),
+    ("probe as v2 with an edited threshold", lambda c: c.score(probe=c.probe_copy(
+        lambda m: (m.pop("version"), m.update(artifact_version=2, threshold=0.01)))), "artifact version 2"),
+    ("probe as v2, edited, loaded as old", lambda c: c.score("--allow-old-artifact", probe=c.probe_copy(
+        lambda m: (m.pop("version"), m.update(artifact_version=2, threshold=0.01)))), "json_sha256"),
     ("probe version newer", lambda c: c.score(probe=c.probe_copy(lambda m: m.update(version=99))),
      "field 'version': written by a newer riskprobe (artifact version 99"),
     ("probe onnx missing", lambda c: c.score(probe=c.probe_copy(drop="probe.onnx")), "probe.onnx is missing"),
@@ -279,6 +309,34 @@ CASES = [
                                                _evil_ckpt(c)], "evil.ckpt: field 'ckpt_path': not a riskprobe checkpoint"),
     ("test ckpt missing", lambda c: ["test", "--config", FIT_CFG, "--data.paths", f"[{c.h}]", "--ckpt_path",
                                      str(c.d / "none.ckpt")], "none.ckpt: field 'ckpt_path': checkpoint not found"),
+    # ------------------------------------------------------------------ the first-hour audit (issue 27)
+    ("score: 'answer' is not a response", lambda c: c.score("--on-error", "fail", inp=c.f("in.jsonl", _jsonl(
+        {"id": "a", "prompt": "Q?", "answer": "A"}))), "field 'answer': ambiguous here; a given answer to score goes in 'response'"),
+    # refused before the model loads: the model named here does not exist, and the error is about the probe
+    ("score: given answers, own-answer probe", lambda c: c.score("--model", str(c.d / "no-such-model"), probe=c.own_art,
+     inp=c.f("in.jsonl", _jsonl({"id": "a", "prompt": "Q?", "response": "A"}))), "has no given-answer head"),
+    ("score: resume onto an id scored for another prompt", lambda c: c.score(
+        output=c.scored_row(), inp=c.f("in.jsonl", _jsonl({"id": "a", "prompt": "Another question?"}))),
+     "scores id 'a' for another prompt or response"),
+    ("score: resume onto a given answer scored as generated", lambda c: c.score(
+        output=c.scored_row(), inp=c.f("in.jsonl", _jsonl({"id": "a", "prompt": "Q?", "response": "Paris"}))),
+     "scores id 'a' for another prompt or response"),
+    ("eval-given --json onto a user's file", lambda c: ["eval-given", "--probe", c.art, "--model", c.model, "--set",
+     "halueval", "--json", c.f("mine.json", '{"mine": 1}')], "mine.json: field 'json': exists and is not a riskprobe"),
+    ("compare --out a user's folder", lambda c: ["compare", "--models", c.model, "--out", str(Path(c.f("mine/notes.txt",
+     "x")).parent), "--no-progress"], "not a riskprobe comparison's"),
+    ("generate --reuse a folder that is no corpus", lambda c: ["generate", "--model", c.model, "--prompts",
+     c.f("p.jsonl", _jsonl(GOOD)), "--reuse", c.folder("notcorpus"), "--out", str(c.d / "new"), "--max-new-tokens",
+     "3", "--device", "cpu", "--no-progress"], "field 'reuse': is not a riskprobe corpus"),
+    ("extract --arm into a user's folder", lambda c: ["extract", "--generations", c.corpus, "--out", str(c.d / "x"),
+     "--arm", f"unit={Path(c.f('mine/notes.txt', 'x')).parent}", "--no-progress"], "is not a riskprobe harvest"),
+    ("extract a corpus row with text tokens", lambda c: ["extract", "--generations", c.corpus_copy(
+        lambda r: r.update(tokens=["a", "b"])), "--out", str(c.d / "x"), "--no-progress"],
+     "shard-00000.jsonl.gz:1: not a corpus row: field 'tokens'"),
+    ("eval-given --harvest of other features", lambda c: ["eval-given", "--probe", c.art, "--harvest", c.narrow],
+     "these signatures do not fit the probe"),
+    ("test --ckpt_path of another model", lambda c: ["test", "--config", FIT_CFG, "--data.paths", f"[{c.h}]",
+     "--ckpt_path", str(Path(c.art).parent / "final.ckpt")], "was fitted on other inputs"),
     # ------------------------------------------------------------------ report, eval-given, serve
     ("report run missing", lambda c: ["report", "--run", str(c.d / "none"), "--out", str(c.d / "rep")], "none"),
     ("report k negative", lambda c: ["report", "--run", c.h, "--out", str(c.d / "rep"), "--k", "-1"], "field 'k'"),
@@ -293,11 +351,21 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tiny_model_dir):
+    from riskprobe.harvest.config import HarvestConfig
+    from riskprobe.harvest.extract import extract_corpus
+    from riskprobe.harvest.run import generate
     from riskprobe.models import load_model
 
     d = tmp_path_factory.mktemp("assets")
-    art, _ = make_artifact(load_model(str(tiny_model_dir), device="cpu"), d / "art")
-    return tiny_model_dir, art, make_harvest(d / "harvest", n=60)
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    art, _ = make_artifact(lm, d / "art")
+    own, _ = make_artifact(lm, d / "own", provenance=("own",))
+    prompts = _w(d / "p.jsonl", _jsonl(*({"id": f"q{i}", "question": f"What is {i}?", "answers": [str(i)]}
+                                        for i in range(6))))
+    corpus = generate(HarvestConfig(model=str(tiny_model_dir), prompts=prompts, out=str(d / "corpus"),
+                                    max_new_tokens=4, batch_size=6), lm=lm, progress=False)
+    narrow = extract_corpus(corpus, d / "narrow", features={"K": 2, "families": ["commitment"]}, lm=lm, progress=False)
+    return tiny_model_dir, art, make_harvest(d / "harvest", n=60), own, corpus, narrow
 
 
 @pytest.mark.parametrize("name, build, want", CASES, ids=[c[0] for c in CASES])

@@ -53,6 +53,49 @@ def test_public_loaders_on_local_files(fake_root):
                                                              ("strategyqa-b2", ("no",), "yesno")]
 
 
+def test_the_newer_public_sources_on_local_files(fake_root):
+    r = fake_root
+    (r / "bigbench_qa_wikidata").mkdir()
+    (r / "bigbench_qa_wikidata/bigbench_qa_wikidata.jsonl").write_text(
+        json.dumps({"context": "The country of Novosibirsk is", "continuation": "Russia"}) + "\n"
+        + json.dumps({"context": "The country of Novosibirsk is", "continuation": "Siberia"}) + "\n"
+        + json.dumps({"context": "The country of citizenship of Ada is", "continuation": "United States of America"}) + "\n")
+    (r / "entityquestions").mkdir()
+    (r / "entityquestions/entityquestions_test.jsonl").write_text(
+        json.dumps({"id": "P17.test.0", "relation": "P17", "question": "Which country is Hull located in?",
+                    "answers": ["United States of America"]}) + "\n"
+        + json.dumps({"id": "P26.test.3", "relation": "P26", "question": "who is Ann married to?", "answers": ["Bob"]}) + "\n")
+    (r / "webquestions").mkdir()
+    for name in ("test", "trainmodel", "val", "devtest"):
+        rows = [{"qId": f"wq{name}", "qText": "what does jamaican people speak?", "answers": ["Jamaican English", "Patois"]}]
+        (r / f"webquestions/{name}.json").write_text(json.dumps(rows if name == "test" else []))
+    (r / "freebaseqa").mkdir()
+    (r / "freebaseqa/freebaseqa_eval_v1.1.jsonl").write_text(
+        json.dumps({"question": "What is 2+2?", "answers": ["4"], "txt_answers": ["4"]}) + "\n"  # also TriviaQA's
+        + json.dumps({"question": "Which band sang Help", "answers": ["the beatles"], "txt_answers": ["beatles"]}) + "\n")
+    (r / "hotpotqa").mkdir()
+    (r / "hotpotqa/hot_dev.json").write_text("[]")
+    (r / "hotpotqa/hotpot_dev_v1_simplified.json").write_text(json.dumps(
+        [{"question": "Were A and B of the same nationality?", "answer": "Yes", "type": "comparison"},
+         {"question": "Who directed X?", "answer": "Jane Roe", "type": "bridge"}]))
+    qw = P.load_items("qa_wikidata")
+    assert [i.prompt for i in qw] == ["Complete the sentence: The country of Novosibirsk is ...",
+                                      "Complete the sentence: The country of citizenship of Ada is ..."]
+    assert qw[0].answers == ("Russia", "Russian Federation") and qw[1].answers[:3] == (
+        "United States of America", "United States", "USA")  # one context twice upstream: the first kept
+    eq = P.load_items("entityquestions")
+    assert [(i.set, i.id, i.prompt) for i in eq] == [("eq_P17", "eq-P17.test.0", "Which country is Hull located in?"),
+                                                     ("eq_P26", "eq-P26.test.3", "Who is Ann married to?")]
+    assert [i.id for i in P.load_items("eq_P26")] == ["eq-P26.test.3"]  # each relation is a set of its own
+    wq = P.load_items("webquestions")
+    assert len(wq) == 1 and wq[0].prompt == "What does jamaican people speak?" and wq[0].answers == ("Jamaican English",
+                                                                                                    "Patois")
+    fb = P.load_items("freebaseqa")
+    assert [i.prompt for i in fb] == ["Which band sang Help?"] and fb[0].answers == ("the beatles", "beatles")
+    hp = P.load_items("hotpotqa")
+    assert [(i.answers, i.answer_kind) for i in hp] == [(("yes",), "yesno"), (("Jane Roe",), "alias")]
+
+
 def test_missing_public_set_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("RISKPROBE_DATASETS", str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match=r"nowhere/gsm8k/test.jsonl.*RISKPROBE_DATASETS"):

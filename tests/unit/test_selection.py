@@ -66,7 +66,8 @@ def test_fit_with_selection_writes_the_table_and_a_config_that_rebuilds_the_prob
     monkeypatch.setenv("WANDB_MODE", "disabled")
     h = make_harvest(tmp_path / "h", n=400, signal=2.0)
     sel = json.dumps({"probes": ["logreg", "mlp"], "families": [["commitment"], ["commitment", "raw"]],
-                      "raw_layers": [None], "raw_pool": ["first"], "Cs": [0.01, 0.1], "folds": 3, "max_epochs": 4})
+                      "raw_layers": [None], "raw_pool": ["first"], "Cs": [0.01, 0.1], "folds": 3, "max_epochs": 4,
+                      "baselines": False})
     assert main(fit_args(tmp_path, h, "--selection", sel, "--sweep_ks", "null")) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     s = m["selection"]
@@ -86,8 +87,8 @@ def test_a_dynamics_probe_transfers_across_models_of_different_depth(tmp_path, c
     from riskprobe.training.transfer import cross_model
 
     # three "models" with 3, 5 and 7 layers; the label is planted in step-1 entropy on all of them
-    hs = {f"m{n}": str(make_harvest(tmp_path / f"m{n}", n=500, signal=1.5, seed=n, n_layers=n, model_fp=str(n) * 64))
-          for n in (3, 5, 7)}
+    hs = {f"m{n}": str(make_harvest(tmp_path / f"m{n}", n=500, signal=1.5, seed=n, n_layers=n, model_fp=str(n) * 64,
+                                    model_name=f"m{n}")) for n in (3, 5, 7)}
     res = cross_model(hs, k=2, layer_bins=2, n_boot=50)
     assert len(res["rows"]) == 3
     for r in res["rows"]:
@@ -95,22 +96,22 @@ def test_a_dynamics_probe_transfers_across_models_of_different_depth(tmp_path, c
         assert r["transferred"]["auroc"] > 0.75 and r["in_model"]["auroc"] > 0.75, r
     # a target whose labels are shuffled: whatever the sources taught, the transferred probe sits at chance
     shuffled = make_harvest(tmp_path / "t7", n=1200, signal=1.5, seed=7, n_layers=7, shuffle_labels=True,
-                            model_fp="7" * 64)
+                            model_fp="7" * 64, model_name="m7")
     row = next(r for r in cross_model({**hs, "m7": str(shuffled)}, k=2, layer_bins=2, n_boot=50)["rows"]
                if r["target"] == "m7")
     assert abs(row["transferred"]["auroc"] - 0.5) < 0.12, row
-    assert main(["cross-model", "--harvest", f"a={hs['m3']}", "--harvest", f"b={hs['m5']}", "--k", "2",
+    assert main(["cross-model", "--harvest", hs["m3"], "--harvest", f"m5={hs['m5']}", "--k", "2",
                  "--n-boot", "20"]) == 0
     assert "regression on commitment+sync+trajectory+lens" in capsys.readouterr().out
     # output confidence alone (the planted signal is an entropy): still learned, and said so in the table
     js = tmp_path / "xm.json"
-    assert main(["cross-model", "--harvest", f"a={hs['m3']}", "--harvest", f"b={hs['m5']}", "--k", "2",
+    assert main(["cross-model", "--harvest", hs["m3"], "--harvest", f"m5={hs['m5']}", "--k", "2",
                  "--n-boot", "20", "--families", "commitment", "--json", str(js)]) == 0
     assert "regression on commitment (k = 2" in capsys.readouterr().out
     res = json.loads(js.read_text())
     assert res["settings"]["families"] == ["commitment"]
     assert all(r["transferred"]["auroc"] > 0.75 for r in res["rows"]), res["rows"]
-    assert main(["cross-model", "--harvest", f"a={hs['m3']}", "--harvest", f"b={hs['m5']}", "--families", "raw"]) == 2
+    assert main(["cross-model", "--harvest", hs["m3"], "--harvest", f"m5={hs['m5']}", "--families", "raw"]) == 2
     with pytest.raises(UserError, match="at least two models"):
         cross_model({"a": hs["m3"]})
 
@@ -155,7 +156,7 @@ def test_stacked_probe_is_one_linear_map_that_exports_and_reloads(tmp_path):
         torch.testing.assert_close(back(ts, tm, tg), mod.risk_model(ts, tm, tg))
     # selection scores it from the one-layer candidates' out-of-fold logits
     grid = SelectionGrid(probes=["logreg", "stacked"], families=[["commitment", "raw"]], raw_layers=["each"],
-                         raw_pool=["first"], Cs=[0.01, 0.1], folds=3)
+                         raw_pool=["first"], Cs=[0.01, 0.1], folds=3, baselines=False)
     res = select_recipe(dm, grid, progress=False)
     assert [t["probe"] for t in res.table].count("stacked") == 1 and len(res.table) == 3
     with pytest.raises(UserError, match="stacked is scored"):
@@ -189,3 +190,42 @@ def test_selection_prefers_the_cheaper_recipe_within_standard_errors(tmp_path):
     assert choose(plain.table, 3, 0.0) is plain.table[0]
     with pytest.raises(UserError, match="within_se"):
         SelectionGrid(within_se=-1).validate()
+
+
+def test_the_baselines_recipes_are_candidates_so_selection_never_keeps_a_worse_probe(tmp_path):
+    # the label lives in the output confidence (step-1 entropy) and raw layer 0; the grid offers only lens and the
+    # raw mean pooling, which miss both. The logistic baselines' recipes (confidence alone, each layer's
+    # last-prompt-token state) compete as candidates, so one of them is chosen, at a C of the baselines' grid too.
+    dm = _dm(make_harvest(tmp_path / "h", n=600, signal=1.5))
+    grid = dict(probes=["logreg"], families=[["lens"], ["raw"]], raw_layers=[None], raw_pool=["mean"], Cs=[1e-4],
+                folds=3)
+    off = select_recipe(dm, SelectionGrid(**grid, baselines=False), progress=False)
+    on = select_recipe(dm, SelectionGrid(**grid), progress=False)
+    assert {t["recipe"] for t in off.table} == {"logreg lens", "logreg raw[all]/mean"}
+    labels = {t["recipe"] for t in on.table}
+    assert {"logreg commitment", "logreg raw[0]/first", "logreg raw[1]/first"} <= labels
+    assert on.table[0]["cv_auroc"] > off.table[0]["cv_auroc"] + 0.1
+    assert on.best.families in (["commitment"], ["raw"]) and on.best.label() != off.best.label()
+    assert {t["C"] for t in on.table} <= {1e-4, 0.001, 0.01, 0.1, 1.0}
+
+
+def test_cross_model_names_come_from_the_manifests(tmp_path, capsys):
+    a = make_harvest(tmp_path / "a", n=120, model_fp="a" * 64, model_name="alpha")
+    b = make_harvest(tmp_path / "b", n=120, model_fp="b" * 64, model_name="beta")
+    again = make_harvest(tmp_path / "a2", n=120, model_fp="a" * 64, model_name="alpha")
+    # a typed name that is not the harvest's own is refused (it would relabel the table)
+    assert main(["cross-model", "--harvest", f"beta={a}", "--harvest", str(b), "--n-boot", "5"]) == 2
+    assert "is of model 'alpha', not 'beta'" in capsys.readouterr().err
+    # one model under two names, or the same harvest twice, is not a transfer
+    assert main(["cross-model", "--harvest", str(a), "--harvest", str(again), "--n-boot", "5"]) == 2
+    assert "the same model" in capsys.readouterr().err
+    # a --json that is a user's file is refused before any work, and left as it was
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "notes"}')
+    assert main(["cross-model", "--harvest", str(a), "--harvest", str(b), "--json", str(mine)]) == 2
+    assert mine.read_text() == '{"my": "notes"}' and "not a riskprobe cross-model result" in capsys.readouterr().err
+    out = tmp_path / "xm.json"
+    for _ in range(2):  # its own result file is replaced on a rerun
+        assert main(["cross-model", "--harvest", str(a), "--harvest", str(b), "--n-boot", "5", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["riskprobe_result"] == "cross-model" and {r["target"] for r in res["rows"]} == {"alpha", "beta"}
