@@ -322,6 +322,28 @@ def cmd_cross_model(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    from .fsutil import check_result_path, write_result_json
+    from .training.loso import CS, TransferRecipe, format_loso, loso
+
+    if args.json:
+        check_result_path(args.json, "transfer")
+    for h in args.harvest:
+        if not Path(h).is_dir():
+            raise UserError("harvest directory not found", file=h, field="harvest")
+    _positive(args.n_boot, "n-boot", 100000)
+    recipe = TransferRecipe(families=[f.strip() for f in args.families.split(",") if f.strip()], k=args.k,
+                            raw_pool=args.raw_pool, layer_bins=args.layer_bins, balance=args.balance,
+                            blend=not args.no_blend, Cs=CS)
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
+    res = loso(args.harvest, recipe, sources=sources, n_boot=args.n_boot, progress=not args.no_progress)
+    print(format_loso(res))
+    if args.json:
+        write_result_json(args.json, res, "transfer")
+        print(f"\nwritten: {args.json}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .probes.artifact import export_checkpoint
 
@@ -619,6 +641,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "commitment alone is output confidence)")
     xm.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap resamples")
     xm.add_argument("--json", help="write the table here")
+    tr = sub.add_parser("transfer", help="leave one source out: the risk on each question source when trained on the "
+                        "others, against the model's own confidence",
+                        description="For every source (prompt set; each EntityQuestions relation is one) with enough "
+                                    "right and wrong answers: train on the other sources (C and the blend chosen by CV "
+                                    "grouped by source, on them only), test on all of its answers beside the best "
+                                    "training-free scores, with paired-bootstrap margins.")
+    tr.add_argument("--harvest", action="append", required=True, metavar="DIR",
+                    help="a harvest (repeatable: harvests of one model with the same features are joined)")
+    tr.add_argument("--families", default="commitment,raw", help="feature families the probe reads")
+    tr.add_argument("--k", type=int, default=4, help="early steps after step 0")
+    tr.add_argument("--raw-pool", dest="raw_pool", default="first+mean", choices=["first", "mean", "first+mean"])
+    tr.add_argument("--layer-bins", dest="layer_bins", type=int, help="pool per-layer features into bins of depth")
+    tr.add_argument("--balance", default="source", choices=["source", "class"],
+                    help="source: every training source weighs the same; class: right and wrong answers only")
+    tr.add_argument("--no-blend", action="store_true", help="the probe alone, not blended with the model's confidence")
+    tr.add_argument("--sources", help="comma-separated sources to hold out (default: every one with 20+ right and "
+                    "20+ wrong answers)")
+    tr.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap resamples")
+    tr.add_argument("--json", help="write the table here")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
     return p
@@ -628,7 +670,7 @@ COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "generate": cmd_generate, 
             "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
             "eval-given": cmd_eval_given, "given-harvest": cmd_given_harvest, "report": cmd_report,
             "compare": cmd_compare, "merge": cmd_merge,
-            "cross-model": cmd_cross_model,
+            "cross-model": cmd_cross_model, "transfer": cmd_transfer,
             "models": cmd_models, "sets": cmd_sets}
 
 

@@ -66,8 +66,62 @@ class TemporalProbe(nn.Module):
         return self.head(h).squeeze(-1)
 
 
+# where the commitment family's scores sit in a step's features (it comes first whenever it is read)
+ENTROPY, TOP1, CHOSEN_LOGPROB = 0, 1, 3
+
+
+class BlendProbe(nn.Module):
+    """A logistic probe blended with the model's own confidence, backing off toward it far from the training rows:
+
+    ``logit = sigmoid(s * (d0 - d)) * a * probe + b . (confidence - mean) / std + c``
+
+    where ``probe`` is a logistic regression on the per-column standardised flat design, ``d`` the root mean square of
+    that standardised design (about 1 for a training row), and ``confidence`` the four training-free scores at the
+    probe's k (first-token entropy; mean entropy, mean top-1 probability and mean chosen-token log-probability over the
+    valid steps, the last two negated), read from the commitment features (which must be the first family). Fitted by
+    scikit-learn and a small likelihood fit (:mod:`riskprobe.training.loso`); it carries its own standardisation, so
+    the :class:`RiskModel` around it keeps the identity one."""
+
+    def __init__(self, n_steps: int, n_feat: int, n_static: int = 0, **_):
+        super().__init__()
+        dim = n_steps * (n_feat + 1) + n_static
+        self.fc = nn.Linear(dim, 1)
+        self.register_buffer("x_mean", torch.zeros(dim))
+        self.register_buffer("x_std", torch.ones(dim))
+        self.register_buffer("head", torch.tensor([1.0, 0.0, 1e9, 0.0]))  # a, c, d0, s
+        self.register_buffer("conf_b", torch.zeros(4))
+        self.register_buffer("conf_mean", torch.zeros(4))
+        self.register_buffer("conf_std", torch.ones(4))
+
+    def _z(self, seq, mask, static):
+        return (flat_design(seq * mask.unsqueeze(-1).to(seq.dtype), mask, static) - self.x_mean) / self.x_std
+
+    def distance(self, seq, mask, static):
+        """``[N]``: the root mean square of the standardised design (the back-off's ``d``)."""
+        return self._z(seq, mask, static).square().mean(1).sqrt()
+
+    def confidence(self, seq, mask):
+        """``[N, 4]``: the training-free scores at the probe's k, higher = riskier."""
+        m = mask.to(seq.dtype)
+        n = m.sum(1).clamp_min(1.0)
+        ent = seq[..., ENTROPY]
+        return torch.stack([ent[:, 0], (ent * m).sum(1) / n, -(seq[..., TOP1] * m).sum(1) / n,
+                            -(seq[..., CHOSEN_LOGPROB] * m).sum(1) / n], 1)
+
+    def weight(self, seq, mask, static):
+        """``[N]``: how much of the probe is kept (1 near the training rows, toward 0 far from them)."""
+        return torch.sigmoid(self.head[3] * (self.head[2] - self.distance(seq, mask, static)))
+
+    def forward(self, seq, mask, static):
+        z = self._z(seq, mask, static)
+        probe = self.fc(z).squeeze(-1)
+        w = torch.sigmoid(self.head[3] * (self.head[2] - z.square().mean(1).sqrt()))
+        conf = (self.confidence(seq, mask) - self.conf_mean) / self.conf_std
+        return w * self.head[0] * probe + conf @ self.conf_b + self.head[1]
+
+
 PROBES = {"logreg": LinearProbe, "stacked": LinearProbe, "linear": LinearProbe, "mlp": MLPProbe,
-          "temporal": TemporalProbe}
+          "temporal": TemporalProbe, "blend": BlendProbe}
 
 
 def build_probe(kind: str, n_steps: int, n_feat: int, n_static: int = 0, **hparams) -> nn.Module:
@@ -121,7 +175,10 @@ class RiskModel(nn.Module):
 @torch.no_grad()
 def ood_distance(rm: RiskModel, seq, mask, static) -> torch.Tensor:
     """``[N]``: how far each row's probe input lies from the training rows, the root mean square of its
-    standardised features (valid steps and static features; about 1 for a typical training row)."""
+    standardised features (valid steps and static features; about 1 for a typical training row). A probe that
+    carries its own standardisation (:class:`BlendProbe`) measures it itself."""
+    if hasattr(rm.probe, "distance"):
+        return rm.probe.distance(*rm.standardise(seq, mask, static))
     s, m, g = rm.standardise(seq, mask, static)
     total = (s.float() ** 2).sum((1, 2)) + (g.float() ** 2).sum(1)
     count = m.float().sum(1) * s.shape[-1] + g.shape[1]

@@ -166,10 +166,18 @@ class Scorer:
         (with ``by_step``), and ``ood_distance`` / ``ood`` as :meth:`ood` gives them."""
         x = self._inputs(sig)
         dist, far = self._ood(x)
-        out = {"risk": self._risk(x), "ood_distance": dist, "ood": far}
+        out = {"risk": self._risk(x), "ood_distance": dist, "ood": far, "probe_weight": self._weight(x)}
         if by_step:
             out["risk_by_step"] = self._risk_by_step(x)
         return out
+
+    def _weight(self, x: dict[str, torch.Tensor]) -> np.ndarray | None:
+        """How much of the learned probe a blend keeps for each row (``None`` for a probe that does not blend)."""
+        rm = self.risk_model
+        if not hasattr(rm.probe, "weight"):
+            return None
+        with torch.no_grad():
+            return rm.probe.weight(*rm.standardise(x["seq"], x["mask"], x["static"])).numpy().astype(np.float64)
 
     def _risk(self, x: dict[str, torch.Tensor]) -> np.ndarray:
         with torch.no_grad():
@@ -201,9 +209,10 @@ class Scorer:
         """Score one batch. Rows with a response are teacher forced; rows without are generated.
 
         Returns per row ``{"response", "risk", "risk_by_step", "flagged", "n_tokens", "teacher_forced", "head",
-        "ood", "ood_distance"}``: ``head`` says which probe scored it (``generation`` for a generated row,
-        ``given`` for a row with a response, see :meth:`head_for_given`), ``ood`` whether its signature is farther
-        from the training rows than the artifact's threshold (``None`` where the artifact has none).
+        "path", "ood", "ood_distance"}``: ``head`` says which probe scored it (``generation`` for a generated row,
+        ``given`` for a row with a response, see :meth:`head_for_given`), ``path`` whether the learned probe or the
+        model's own confidence carried the risk (:func:`path_of`), ``ood`` whether its signature is farther from the
+        training rows than the artifact's threshold (``None`` where the artifact has none).
         """
         from ..models import render
         from ..models.generation import forced_ids, generate
@@ -240,14 +249,26 @@ class Scorer:
                 sig = cap.finish(token_ids)
                 texts = [g.text for g in gens]
             r = head.readings(sig, by_step=True)
-            risk, by_step, dist, far = r["risk"], r["risk_by_step"], r["ood_distance"], r["ood"]
+            risk, by_step, dist, far, wt = r["risk"], r["risk_by_step"], r["ood_distance"], r["ood"], r["probe_weight"]
             for j, i in enumerate(rows):
                 out[i] = {"response": texts[j], "risk": float(risk[j]),
                           "risk_by_step": [round(float(v), 6) for v in by_step[j]],
                           "flagged": bool(risk[j] >= head.threshold), "n_tokens": len(token_ids[j]),
                           "teacher_forced": forced_mode, "head": "given" if forced_mode else "generation",
+                          "path": path_of(None if wt is None else float(wt[j])),
                           "ood": None if far is None else bool(far[j]), "ood_distance": round(float(dist[j]), 4)}
         return out  # type: ignore[return-value]
+
+
+def path_of(weight: float | None) -> str:
+    """Which path scored a row: ``probe`` (a probe that does not blend, or a blend keeping at least half its probe),
+    ``confidence`` (a blend that backed off: the row is far from the training rows, so the model's own confidence
+    carries the risk).
+
+    >>> path_of(None), path_of(0.9), path_of(0.2)
+    ('probe', 'probe', 'confidence')
+    """
+    return "probe" if weight is None or weight >= 0.5 else "confidence"
 
 
 def onnx_risk(artifact: str | Path, seq, mask, static) -> np.ndarray:

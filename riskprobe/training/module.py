@@ -17,7 +17,7 @@ from .data import HarvestDataModule
 
 log = logging.getLogger(__name__)
 
-EXACT = ("logreg", "stacked")  # probes fitted exactly by scikit-learn at the start of a fit
+EXACT = ("logreg", "stacked", "blend")  # probes fitted exactly by scikit-learn at the start of a fit
 
 
 class ProbeModule(L.LightningModule):
@@ -25,17 +25,20 @@ class ProbeModule(L.LightningModule):
 
     Args:
         probe: ``logreg`` or ``stacked`` (per-layer logistic probes stacked; both fitted exactly by
-            scikit-learn at the start of the fit, no gradient steps), ``linear``, ``mlp`` or ``temporal``
+            scikit-learn at the start of the fit, no gradient steps), ``blend`` (a logistic probe blended with the
+            model's own confidence and backing off toward it far from the training rows, its C and blend chosen
+            by CV grouped by source: :mod:`riskprobe.training.loso`), ``linear``, ``mlp`` or ``temporal``
             (trained by AdamW).
         hidden: hidden width (mlp, temporal).
         dropout: dropout rate (mlp, temporal).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay (the regularisation).
         C: inverse L2 strength of ``logreg`` (scikit-learn's ``C``).
+        balance: ``blend`` only: ``source`` (every training source weighs the same) or ``class``.
     """
 
     def __init__(self, probe: str = "mlp", hidden: int = 64, dropout: float = 0.1, lr: float = 3e-3,
-                 weight_decay: float = 1e-2, C: float = 0.01):
+                 weight_decay: float = 1e-2, C: float = 0.01, balance: str = "source"):
         super().__init__()
         from ..probes.modules import PROBES
 
@@ -71,7 +74,8 @@ class ProbeModule(L.LightningModule):
             dm.setup(stage)
             if self.risk_model is None:
                 self.build(dm.spec())
-                self.risk_model.set_standardizer(dm.standardizer)
+                if self.hparams.probe != "blend":  # the blend carries its own standardisation
+                    self.risk_model.set_standardizer(dm.standardizer)
             self.pos_weight = dm.pos_weight
 
     def on_fit_start(self) -> None:
@@ -82,6 +86,10 @@ class ProbeModule(L.LightningModule):
             seq, mask, static, y = dm.split_inputs("train")
             if self.hparams.probe == "logreg":
                 fit_logreg(self.risk_model, seq, mask, static, y, C=self.hparams.C)
+            elif self.hparams.probe == "blend":
+                from .loso import fit_into_blend
+
+                self.blend_info = fit_into_blend(self.risk_model, dm, balance=self.hparams.balance)
             else:
                 sch, sel = dm.harvests.schema, dm.selection
                 if "raw" not in sel.families:

@@ -1,0 +1,446 @@
+"""Risk on question sources a probe never saw: leave one source out (LOSO).
+
+For every *source* of a harvest (a prompt set; each EntityQuestions relation is one), a probe is trained on every
+other source and tested on all of that source's answers, beside the best training-free score on the same rows (the
+strongest of those that see the whole answer, and of those that see only steps 0..k) with paired-bootstrap margins
+(:mod:`riskprobe.evaluation.versus`). Everything the probe is chosen by (its regularisation, and the blend with the
+model's own confidence) is chosen by cross-validation grouped **by source** on the training sources only: the held-out
+source never reaches selection (a leak planted there leaves the choice unchanged; tested).
+
+A recipe (:class:`TransferRecipe`) names the features the probe reads, whether each source weighs the same in
+training, and whether the probe's logit is *blended* with the model's confidence and *backed off* toward it as the
+input's distance from the training rows grows (:func:`fit_blend`): the blend's weights are fitted on the training
+sources' out-of-source predictions, so they say how far the probe can be trusted on a source it has not seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..evaluation.baselines import training_free_scores
+from ..evaluation.versus import at_k, versus_training_free
+from ..probes.inputs import FeatureSelection, inputs_from_signatures
+from ..signatures.features import CI, masked_step_mean
+
+CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+MIN_PER_CLASS = 20  # a source is held out (reported) when it has at least this many right and wrong answers
+
+
+# ----------------------------------------------------------------------------------------------- features
+def confidence_scores(t: dict[str, torch.Tensor], k: int) -> np.ndarray:
+    """``[N, 4]``: the training-free scores a probe at ``k`` may read (first-token entropy; mean entropy, mean top-1
+    probability and mean chosen-token log-probability over steps 0..k), oriented so that higher is riskier. They are
+    the inputs of the blend with the model's own confidence."""
+    c = t["commitment"][:, : k + 1].float()
+    m = t["step_mask"][:, : k + 1].bool()
+    cols = [c[:, 0, CI["entropy"]], masked_step_mean(c[..., CI["entropy"]], m),
+            -masked_step_mean(c[..., CI["top1_prob"]], m), -masked_step_mean(c[..., CI["chosen_logprob"]], m)]
+    return torch.stack(cols, 1).numpy().astype(np.float64)
+
+
+CONFIDENCE_NAMES = ("first_token_entropy", "mean_entropy", "neg_mean_top1", "neg_mean_logprob")
+
+
+@dataclass
+class TransferRecipe:
+    """How a probe for unseen sources is built.
+
+    Attributes:
+        families: the feature families the probe reads (``commitment``, ``sync``, ``trajectory``, ``lens``, ``raw``).
+        k: early steps after step 0.
+        raw_layers: indices into the harvest's stored raw layers (``None`` = all).
+        raw_pool: ``first``, ``mean`` or ``first+mean`` (see :class:`~riskprobe.probes.inputs.FeatureSelection`).
+        layer_bins: per-layer scalar features pooled into this many bins of relative depth (``None``: every layer).
+        balance: ``source`` gives every training source the same total weight (and, within it, right and wrong
+            answers the same weight); ``class`` only balances right and wrong answers.
+        blend: blend the probe's logit with the model's confidence and back off toward it with the distance from
+            the training rows (:func:`fit_blend`); ``False``: the probe alone.
+        Cs: inverse L2 strengths tried (chosen by CV grouped by source).
+        name: a label for tables.
+    """
+
+    families: list[str] = field(default_factory=lambda: ["commitment", "raw"])
+    k: int = 4
+    raw_layers: list[int] | None = None
+    raw_pool: str = "first+mean"
+    layer_bins: int | None = None
+    balance: str = "source"
+    blend: bool = True
+    Cs: Sequence[float] = CS
+    name: str = ""
+
+    def selection(self) -> FeatureSelection:
+        return FeatureSelection(list(self.families), self.k, self.raw_layers, self.raw_pool, self.layer_bins)
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        fam = "+".join(self.families)
+        return f"{fam}@k{self.k}" + (f"/{self.balance}" if self.balance != "class" else "") + ("+blend" if self.blend else "")
+
+    def validate(self) -> None:
+        if self.balance not in ("source", "class"):
+            raise UserError(f"balance must be source or class, got {self.balance!r}", field="balance")
+        if not self.families:
+            raise UserError("give at least one feature family", field="families")
+
+
+def design(t: dict[str, torch.Tensor], recipe: TransferRecipe) -> np.ndarray:
+    """The flat design of ``recipe``'s features (unstandardised): every step's features and a valid-step indicator,
+    then the pooled raw states."""
+    x = inputs_from_signatures(t, recipe.selection())
+    seq, mask = x["seq"] * x["mask"].unsqueeze(-1), x["mask"]
+    flat = torch.cat([seq, mask.unsqueeze(-1).float()], -1).flatten(1)
+    return torch.cat([flat, x["static"]], 1).numpy().astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+def sample_weights(y: np.ndarray, groups: np.ndarray, balance: str) -> np.ndarray:
+    """Weights that make right and wrong answers weigh the same (``class``), and every source too (``source``:
+    each source's right and wrong answers each weigh 1/2 of that source's equal share). Mean 1.
+
+    >>> w = sample_weights(np.array([0, 0, 0, 1, 0, 1]), np.array(["a", "a", "a", "a", "b", "b"]), "source")
+    >>> [round(float(v), 3) for v in w]
+    [0.5, 0.5, 0.5, 1.5, 1.5, 1.5]
+    """
+    y = np.asarray(y).astype(int)
+    w = np.zeros(len(y))
+    if balance == "class":
+        for c in (0, 1):
+            m = y == c
+            w[m] = 0.5 / max(m.mean(), 1e-12)
+        return w
+    srcs = np.unique(groups)
+    for s in srcs:
+        for c in (0, 1):
+            m = (groups == s) & (y == c)
+            if m.any():
+                w[m] = 1.0 / (2 * len(srcs) * m.sum())
+    return w * len(y) / w.sum()
+
+
+class _Scaler:
+    """Per-column mean and standard deviation of training rows (constant columns left as they are)."""
+
+    def __init__(self, X: np.ndarray):
+        self.mu = X.mean(0)
+        sd = X.std(0)
+        self.sd = np.where(sd > 1e-6, sd, 1.0)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mu) / self.sd
+
+
+def ood_distance(Z: np.ndarray) -> np.ndarray:
+    """The root mean square of standardised features: about 1 for a typical training row, larger far from them."""
+    return np.sqrt(np.mean(np.square(Z), 1))
+
+
+def _logreg(C: float, warm: bool = False):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=3000, tol=1e-4, warm_start=warm)
+
+
+def cv_by_source(X: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray, Cs: Sequence[float],
+                 folds: int = 5) -> dict[str, Any]:
+    """Cross-validation grouped by source over ``Cs``: the mean held-out AUROC per C (each held-out fold's sources
+    scored together and, to read transfer rather than which source is hard, within each source: the mean of the
+    per-source AUROCs), and every row's out-of-source logit, standardised distance and fold at the best C."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    n_src = len(np.unique(groups))
+    if n_src < 2:
+        raise UserError("selection by source needs at least two training sources", field="sources")
+    Cs = sorted(Cs)
+    splits = list(GroupKFold(min(folds, n_src)).split(X, y, groups))
+    score = np.full((len(splits), len(Cs)), np.nan)
+    held = np.zeros((len(Cs), len(y)))
+    dist = np.zeros(len(y))
+    fold_of = np.zeros(len(y), int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for f, (a, b) in enumerate(splits):
+            sc = _Scaler(X[a])
+            Za, Zb = sc(X[a]), sc(X[b])
+            dist[b], fold_of[b] = ood_distance(Zb), f
+            lr = _logreg(Cs[0], warm=True)
+            for j, C in enumerate(Cs):
+                held[j, b] = lr.set_params(C=C).fit(Za, y[a], sample_weight=w[a]).decision_function(Zb)
+                per = [roc_auc_score(y[b][groups[b] == s], held[j, b][groups[b] == s]) for s in np.unique(groups[b])
+                       if 0 < y[b][groups[b] == s].sum() < (groups[b] == s).sum()]
+                score[f, j] = float(np.mean(per)) if per else np.nan
+    mean = np.nanmean(score, 0)
+    j = int(np.nanargmax(mean))
+    return {"C": Cs[j], "cv_auroc": float(mean[j]), "cv_by_C": {str(c): float(m) for c, m in zip(Cs, mean)},
+            "oof": held[j], "oof_distance": dist, "fold": fold_of}
+
+
+@dataclass
+class Blend:
+    """``logit = sigmoid(s * (d0 - d)) * a * probe + b . standardise(confidence) + c``: the probe's logit, weighted
+    down as the input's distance ``d`` from the training rows passes ``d0`` (the back-off), plus the model's own
+    confidence scores. Fitted by maximum likelihood on out-of-source rows (:func:`fit_blend`)."""
+
+    a: float
+    b: list[float]
+    c: float
+    d0: float
+    s: float
+    conf_mean: list[float]
+    conf_std: list[float]
+
+    def weight(self, d: np.ndarray) -> np.ndarray:
+        """How much of the probe is kept at distance ``d`` (1: all of it; 0: the model's confidence alone)."""
+        return 1.0 / (1.0 + np.exp(-self.s * (self.d0 - np.asarray(d, dtype=float))))
+
+    def logit(self, probe: np.ndarray, conf: np.ndarray, d: np.ndarray) -> np.ndarray:
+        z = (np.asarray(conf) - np.asarray(self.conf_mean)) / np.asarray(self.conf_std)
+        return self.weight(d) * self.a * np.asarray(probe) + z @ np.asarray(self.b) + self.c
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_blend(probe: np.ndarray, conf: np.ndarray, d: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, *,
+              l2: float = 1e-3, backoff: bool = True) -> Blend:
+    """Fit :class:`Blend` on out-of-source rows: ``probe`` their held-out probe logits, ``conf`` their confidence
+    scores ``[N, C]``, ``d`` their distances from the rows the probe was trained on, ``y`` labels, ``w`` weights.
+    With ``backoff=False`` the weight stays 1 (``s = 0``, ``d0`` large)."""
+    y_t = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+    w_t = torch.as_tensor(np.ones(len(y)) if w is None else np.asarray(w), dtype=torch.float64)
+    mu, sd = conf.mean(0), np.where(conf.std(0) > 1e-9, conf.std(0), 1.0)
+    Z = torch.as_tensor((conf - mu) / sd, dtype=torch.float64)
+    p = torch.as_tensor(probe, dtype=torch.float64)
+    p_sd = float(p.std()) or 1.0
+    dd = torch.as_tensor(d, dtype=torch.float64)
+    d_med = float(dd.median())
+    d_sd = float(dd.std()) or 1.0
+    # parameters: a, b (C), c, d0, log s; the distance scaled by its spread so that s starts near 1
+    params = torch.zeros(Z.shape[1] + 4, dtype=torch.float64)
+    params[0] = 1.0 / p_sd
+    params[-2] = 2.0  # d0 two spreads above the median: the probe kept on most rows at the start
+    params[-1] = 0.0
+    params.requires_grad_(True)
+    opt = torch.optim.LBFGS([params], lr=0.5, max_iter=300, line_search_fn="strong_wolfe")
+    nb = Z.shape[1]
+
+    def parts(q):
+        a, b, c, d0, log_s = q[0], q[1:1 + nb], q[1 + nb], q[2 + nb], q[3 + nb]
+        wt = torch.sigmoid(torch.exp(log_s) * (d0 - (dd - d_med) / d_sd)) if backoff else torch.ones_like(dd)
+        return a, b, c, d0, log_s, wt
+
+    def closure():
+        opt.zero_grad()
+        a, b, c, d0, log_s, wt = parts(params)
+        logit = wt * a * p + Z @ b + c
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(logit, y_t, weight=w_t, reduction="sum")
+                / w_t.sum() + l2 * (b.square().sum() + (a * p_sd).square() + log_s.square()))
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    q = params.detach()
+    a, b, c, d0, log_s, _ = parts(q)
+    if not bool(torch.isfinite(q).all()):
+        raise RuntimeError("the blend did not converge")
+    s = float(torch.exp(log_s)) / d_sd if backoff else 0.0
+    return Blend(a=float(a), b=[float(v) for v in b], c=float(c), d0=float(d0) * d_sd + d_med if backoff else 1e9,
+                 s=s, conf_mean=[float(v) for v in mu], conf_std=[float(v) for v in sd])
+
+
+# ------------------------------------------------------------------------------------------------ LOSO
+@dataclass
+class SourceView:
+    """Rows of one or more harvests as a LOSO sees them: labels, sources, signatures and training-free scores."""
+
+    y: np.ndarray
+    source: np.ndarray
+    ids: np.ndarray
+    tensors: dict[str, torch.Tensor]
+    n_tokens: np.ndarray
+
+    @classmethod
+    def load(cls, paths: Sequence[str]) -> "SourceView":
+        from ..harvest.store import load_harvests
+
+        h = load_harvests(list(paths))
+        return cls(np.asarray(h.meta["label"]).astype(int), np.asarray(h.meta["set"]), np.asarray(h.meta["id"]),
+                   h.tensors, np.asarray(h.meta["n_tokens"]))
+
+    def sources(self, min_per_class: int = MIN_PER_CLASS) -> list[str]:
+        """The sources with at least ``min_per_class`` right and wrong answers each (the ones held out in turn)."""
+        out = []
+        for s in sorted(np.unique(self.source).tolist()):
+            m = self.source == s
+            n_wrong = int(self.y[m].sum())
+            if n_wrong >= min_per_class and int(m.sum()) - n_wrong >= min_per_class:
+                out.append(s)
+        return out
+
+
+def fit_transfer(view: SourceView, train: np.ndarray, recipe: TransferRecipe, *, X: np.ndarray | None = None,
+                 conf: np.ndarray | None = None, folds: int = 5) -> dict[str, Any]:
+    """Fit ``recipe`` on the rows ``train`` of ``view``: C by CV grouped by source, then the probe on every training
+    row, then (with ``recipe.blend``) the blend on the out-of-source rows of that CV. Returns the fitted parts:
+    ``{"scaler", "lr", "C", "cv", "blend"}`` (``X``, ``conf``: the precomputed design and confidence of all rows)."""
+    recipe.validate()
+    X = design(view.tensors, recipe) if X is None else X
+    conf = confidence_scores(view.tensors, recipe.k) if conf is None else conf
+    y, g = view.y[train], view.source[train]
+    w = sample_weights(y, g, recipe.balance)
+    cv = cv_by_source(X[train], y, g, w, recipe.Cs, folds=folds)
+    sc = _Scaler(X[train])
+    lr = _logreg(cv["C"]).fit(sc(X[train]), y, sample_weight=w)
+    blend = fit_blend(cv["oof"], conf[train], cv["oof_distance"], y, w) if recipe.blend else None
+    return {"scaler": sc, "lr": lr, "C": cv["C"], "cv_auroc": cv["cv_auroc"], "cv_by_C": cv["cv_by_C"], "blend": blend}
+
+
+def predict_transfer(fit: dict[str, Any], X: np.ndarray, conf: np.ndarray) -> dict[str, np.ndarray]:
+    """The fitted probe's logit, the distance from its training rows, and the blended logit (the probe's own where
+    there is no blend) for rows ``X``."""
+    Z = fit["scaler"](X)
+    probe = fit["lr"].decision_function(Z)
+    d = ood_distance(Z)
+    blend = fit["blend"]
+    risk = blend.logit(probe, conf, d) if blend is not None else probe
+    weight = blend.weight(d) if blend is not None else np.ones(len(d))
+    return {"probe": probe, "risk": risk, "distance": d, "weight": weight}
+
+
+def loso(paths: Sequence[str], recipe: TransferRecipe, *, sources: Sequence[str] | None = None,
+         min_per_class: int = MIN_PER_CLASS, n_boot: int = 1000, folds: int = 5, progress: bool = True,
+         view: SourceView | None = None) -> dict[str, Any]:
+    """Leave each source out in turn: train ``recipe`` on the others (selection by CV grouped by source, on them
+    only), test on all of its rows beside the best training-free scores. Returns ``{"recipe", "rows": [...],
+    "summary"}``; each row has the held-out source's n, n_wrong, the probe's AUROC (``probe``: the probe alone;
+    ``auroc``: the shipped risk, blended where the recipe blends), the best training-free scores and the margins."""
+    from ..progress import bar as progress_bar
+
+    view = view or SourceView.load(paths)
+    held = list(sources) if sources else view.sources(min_per_class)
+    unknown = [s for s in held if s not in set(view.source.tolist())]
+    if unknown:
+        raise UserError(f"not in the harvests: {', '.join(unknown)} (they hold {', '.join(sorted(set(view.source)))})",
+                        field="sources")
+    if len(set(view.source.tolist())) < 3:
+        raise UserError("leave-one-source-out needs at least three sources", field="sources")
+    X = design(view.tensors, recipe)
+    conf = confidence_scores(view.tensors, recipe.k)
+    tf = training_free_scores(view.tensors, recipe.k)
+    rows = []
+    bar = progress_bar(len(held), f"leave one source out ({recipe.label()})", "source", enabled=progress)
+    for s in held:
+        test = np.flatnonzero(view.source == s)
+        train = np.flatnonzero(view.source != s)
+        fit = fit_transfer(view, train, recipe, X=X, conf=conf, folds=folds)
+        pred = predict_transfer(fit, X[test], conf[test])
+        yt = view.y[test]
+        tf_t = {n: v[test] for n, v in tf.items()}
+        res = versus_training_free(yt, pred["risk"], tf_t, n_boot=n_boot)
+        from ..evaluation.metrics import auroc
+
+        res.update(source=s, probe_alone=auroc(yt, pred["probe"]), C=fit["C"], cv_auroc=fit["cv_auroc"],
+                   backed_off=float(np.mean(pred["weight"] < 0.5)), mean_weight=float(np.mean(pred["weight"])),
+                   blend=fit["blend"].to_dict() if fit["blend"] is not None else None)
+        rows.append(res)
+        bar.update(1)
+    bar.close()
+    return {"recipe": {**asdict(recipe), "label": recipe.label(), "Cs": list(recipe.Cs)}, "rows": rows,
+            "summary": summarize(rows)}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over held-out sources: AUROC, margins (whole answer and at k), the worst margin, how many sources the
+    risk loses on (interval below 0)."""
+    def mean(key):
+        v = [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+        return float(np.mean(v)) if v else float("nan")
+
+    margins = [r["margin"] for r in rows if not math.isnan(r["margin"])]
+    return {"sources": len(rows), "mean_auroc": mean("auroc"), "mean_probe_alone": mean("probe_alone"),
+            "mean_margin": mean("margin"), "mean_margin_at_k": mean("margin_at_k"),
+            "worst_margin": float(min(margins)) if margins else float("nan"),
+            "worst_source": min(rows, key=lambda r: r["margin"] if not math.isnan(r["margin"]) else 9)["source"]
+            if rows else None,
+            "losses": sum(1 for r in rows if r["margin_ci"][1] < 0),
+            "wins": sum(1 for r in rows if r["margin_ci"][0] > 0)}
+
+
+def format_loso(res: dict[str, Any]) -> str:
+    """The LOSO table as text: per held-out source, n right / wrong, the risk's AUROC, the probe alone, the best
+    training-free scores and the margins with their intervals; then the means."""
+    def f(v, ci=None, sign=False):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "n/a"
+        s = f"{v:+.3f}" if sign else f"{v:.3f}"
+        return s + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci and not any(math.isnan(c) for c in ci) else "")
+
+    k = res["recipe"]["k"]
+    lines = [f"leave one source out: {res['recipe']['label']} (selection grouped by source on the other sources)",
+             f"{'held-out source':<18}{'right/wrong':>12}  {'risk AUROC':<11}{'probe alone':<12}"
+             f"{'best training-free':<36}{'margin':<25}{'best at k=' + str(k):<34}{'margin at k':<25}{'backed off':>10}"]
+    for r in res["rows"]:
+        b, bk = r.get("best_training_free"), r.get("best_at_k")
+        counts = f"{r['n'] - r['n_wrong']}/{r['n_wrong']}"
+        best = f"{b['auroc']:.3f} {b['name']}" if b else "n/a"
+        best_k = f"{bk['auroc']:.3f} {bk['name']}" if bk else "n/a"
+        lines.append(f"{r['source'][:17]:<18}{counts:>12}  {f(r['auroc']):<11}{f(r['probe_alone']):<12}{best[:35]:<36}"
+                     f"{f(r['margin'], r['margin_ci'], True):<25}{best_k[:33]:<34}"
+                     f"{f(r['margin_at_k'], r['margin_at_k_ci'], True):<25}{r['backed_off']:>10.1%}")
+    s = res["summary"]
+    lines.append(f"mean over {s['sources']} sources: risk AUROC {f(s['mean_auroc'])} (probe alone "
+                 f"{f(s['mean_probe_alone'])}), margin {f(s['mean_margin'], sign=True)} (worst {f(s['worst_margin'], sign=True)}"
+                 f", {s['worst_source']}), margin at k {f(s['mean_margin_at_k'], sign=True)}; wins {s['wins']}, "
+                 f"losses {s['losses']} (95% interval of the margin above / below 0)")
+    return "\n".join(lines)
+
+
+def tf_names_at_k(names: Sequence[str]) -> list[str]:
+    """The training-free scores a probe at its own k may be compared with."""
+    return [n for n in names if at_k(n)]
+
+
+def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5) -> dict[str, Any]:
+    """Fit a :class:`~riskprobe.probes.modules.BlendProbe` (inside ``rm``) on the training split of the data module
+    ``dm``: C by CV grouped by source, the logistic probe on every training row, the blend on the out-of-source rows.
+    Returns what was chosen (C, CV AUROC by C, the blend)."""
+    from ..probes.modules import BlendProbe
+
+    if not isinstance(rm.probe, BlendProbe):
+        raise TypeError("a blend fit needs a BlendProbe")
+    sel = dm.selection
+    if "commitment" not in sel.families:
+        raise UserError("the blend reads the model's confidence from the commitment family: add 'commitment' to "
+                        "data.families", field="data.families")
+    h = dm.harvests
+    view = SourceView(np.asarray(h.meta["label"]).astype(int), np.asarray(h.meta["set"]), np.asarray(h.meta["id"]),
+                      h.tensors, np.asarray(h.meta["n_tokens"]))
+    if len(set(view.source[dm.idx["train"]].tolist())) < 2:
+        raise UserError("the blend is chosen by CV grouped by source: the training split needs at least two sources "
+                        "(sets)", field="data.paths")
+    recipe = TransferRecipe(families=list(sel.families), k=sel.k, raw_layers=sel.raw_layers, raw_pool=sel.raw_pool,
+                            layer_bins=sel.layer_bins, balance=balance, blend=True)
+    fit = fit_transfer(view, np.asarray(dm.idx["train"]), recipe, folds=folds)
+    p, b = rm.probe, fit["blend"]
+    with torch.no_grad():
+        p.fc.weight.copy_(torch.as_tensor(fit["lr"].coef_, dtype=p.fc.weight.dtype).reshape(1, -1))
+        p.fc.bias.copy_(torch.as_tensor(fit["lr"].intercept_, dtype=p.fc.bias.dtype))
+        p.x_mean.copy_(torch.as_tensor(fit["scaler"].mu, dtype=p.x_mean.dtype))
+        p.x_std.copy_(torch.as_tensor(fit["scaler"].sd, dtype=p.x_std.dtype))
+        p.head.copy_(torch.tensor([b.a, b.c, b.d0, b.s], dtype=p.head.dtype))
+        p.conf_b.copy_(torch.tensor(b.b, dtype=p.conf_b.dtype))
+        p.conf_mean.copy_(torch.tensor(b.conf_mean, dtype=p.conf_mean.dtype))
+        p.conf_std.copy_(torch.tensor(b.conf_std, dtype=p.conf_std.dtype))
+    return {"C": fit["C"], "cv_auroc_by_source": fit["cv_auroc"], "cv_by_C": fit["cv_by_C"], "blend": b.to_dict()}
