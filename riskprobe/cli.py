@@ -344,11 +344,39 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from .models import set_threads
+    from .pipeline import adapt
+
+    _positive(args.limit, "limit")
+    _positive(args.threads, "threads", 1024)
+    set_threads(args.threads)
+    res = adapt(args.probe, args.out, prompts=args.prompts, harvest_dir=args.harvest, work=args.work, limit=args.limit,
+                model=args.model, progress=not args.no_progress, allow_old=args.allow_old_artifact)
+    head = ", ".join(f"{v:+.3f}" for v in res["head"])
+    prior = ", ".join(f"{v:+.3f}" for v in res["prior_head"])
+    print(f"adapted on {res['n']} labelled answers ({res['n_wrong']} wrong) of {res['harvest']}: penalty "
+          f"{res['lambda']:g} (CV AUROC by penalty: " + ", ".join(f"{k}: {v:.3f}" for k, v in
+                                                                  res["cv_auroc_by_lambda"].items()) + ")")
+    print(f"head (probe weight, four confidence weights, intercept): {head}  (was {prior})")
+    print(f"adapted probe: {res['artifact']}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .probes.artifact import export_checkpoint
 
     extra = {"given_probe": args.given_probe} if args.given_probe else None
-    out = export_checkpoint(args.ckpt, args.out, force=args.force, extra=extra)
+    transfer = None
+    if args.transfer:
+        from .fsutil import read_text
+
+        try:
+            transfer = json.loads(read_text(args.transfer))
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"not valid JSON ({str(e)[:80]})", file=args.transfer, field="transfer") from None
+    out = export_checkpoint(args.ckpt, args.out, force=args.force, extra=extra, transfer=transfer,
+                            transfer_file=args.transfer)
     meta = json.loads((out / "probe.json").read_text())
     print(f"exported {args.ckpt} -> {out} (probe.safetensors, probe.json, probe.onnx; model "
           f"{meta['model_identity']['name']}, k={meta['feature_spec']['selection']['k']}, threshold "
@@ -592,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if --out holds anything else, keep it under a new name (OUT.bak-N) and write the artifact")
     e.add_argument("--given-probe", help="record the given-answer head that goes with this probe (a shipped name, "
                    "or a folder beside --out)")
+    e.add_argument("--transfer", help="a `riskprobe transfer --json` result of the probe's recipe: its table of unseen "
+                   "sources is recorded in probe.json (key 'transfer')")
     sc = sub.add_parser("score", help="score a JSONL file of prompts (generated) or prompt/response pairs (teacher forced)")
     _probe_args(sc)
     sc.add_argument("--input", required=True, help='JSONL, one {"id"?, "prompt", "response"?} per line')
@@ -661,6 +691,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap resamples")
     tr.add_argument("--json", help="write the table here")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ad = sub.add_parser("adapt", help="refit a blend probe's head on a few labelled questions of your own",
+                        description="Answer, grade and extract your labelled questions (or take a harvest of them), "
+                                    "refit the head of a blend probe (how much of its learned probe and of the model's "
+                                    "confidence to trust) with the probe as the prior, and export the adapted probe.")
+    ad.add_argument("--probe", default="default", help="a blend probe artifact (default: the shipped one)")
+    ad.add_argument("--prompts", help="a prompt set spec, or a JSONL of {id, question, answers} rows")
+    ad.add_argument("--harvest", help="instead of --prompts: a harvest of your questions with the probe's features")
+    ad.add_argument("--out", required=True, help="the adapted probe's artifact folder")
+    ad.add_argument("--work", help="where the harvest of --prompts goes (default: OUT-harvest)")
+    ad.add_argument("--limit", type=int, help="take this many of the questions")
+    ad.add_argument("--model", help="the model to answer with (default: the probe's)")
+    ad.add_argument("--allow-old-artifact", action="store_true", dest="allow_old_artifact",
+                    help="accept a probe of an older artifact version")
+    _threads_arg(ad)
+    ad.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
     return p
@@ -670,7 +715,7 @@ COMMANDS = {"demo": cmd_demo, "harvest": cmd_harvest, "generate": cmd_generate, 
             "export": cmd_export, "score": cmd_score, "serve": cmd_serve,
             "eval-given": cmd_eval_given, "given-harvest": cmd_given_harvest, "report": cmd_report,
             "compare": cmd_compare, "merge": cmd_merge,
-            "cross-model": cmd_cross_model, "transfer": cmd_transfer,
+            "cross-model": cmd_cross_model, "transfer": cmd_transfer, "adapt": cmd_adapt,
             "models": cmd_models, "sets": cmd_sets}
 
 

@@ -246,6 +246,65 @@ def _splits(h) -> list[str]:
     return [split_of(q) for q in h.meta["id"]]
 
 
+def probe_features(scorer) -> dict[str, Any]:
+    """The harvest features a probe reads (its families, steps 0..k, its layers and normalisation), as a harvest
+    config's ``features:`` mapping."""
+    spec = scorer.feature_spec()
+    return {k: getattr(spec, k) for k in ("K", "families", "layers", "normalisation", "lens_layers", "lens_steps",
+                                         "raw_layers", "raw_steps")}
+
+
+def adapt(probe: str | Path, out: str | Path, *, prompts: str | None = None, harvest_dir: str | Path | None = None,
+          work: str | Path | None = None, limit: int | None = None, model: str | None = None, progress: bool = True,
+          allow_old: bool = False) -> dict[str, Any]:
+    """Adapt a blend probe to labelled questions of one's own: answer, grade and extract them (``prompts``: a set
+    spec or a JSONL of ``{id, question, answers}``; or give a ready ``harvest_dir`` of the probe's model and
+    features), refit the probe's head with the probe as the prior (:mod:`riskprobe.training.adapt`), and export the
+    adapted probe to ``out``. Returns what was chosen and where things went."""
+    import copy
+
+    from .models import load_model
+    from .probes.artifact import prepare_out, write_artifact
+    from .serving.scorer import Scorer
+    from .training.adapt import HeadInputs, adapt_risk_model
+
+    if (prompts is None) == (harvest_dir is None):
+        raise UserError("give the labelled questions (--prompts) or a harvest of them (--harvest), one of the two",
+                        field="prompts")
+    sc = Scorer.load(probe, allow_old=allow_old)
+    from .probes.modules import BlendProbe
+
+    if not isinstance(sc.risk_model.probe, BlendProbe):
+        raise UserError(f"adapt refits the head of a blend probe; this one is a '{sc.meta['probe']['kind']}'. Fit a "
+                        "blend (riskprobe fit --model.probe blend) or adapt the shipped default", file=sc.path,
+                        field="probe")
+    prepare_out(out)  # refuse a user's folder before any work
+    if harvest_dir is None:
+        work = Path(work) if work is not None else Path(str(out).rstrip("/") + "-harvest")
+        lm = load_model(model or sc.model_identity["name"])
+        sc.check_model(lm)
+        harvest_dir = harvest(HarvestConfig(model=model or sc.model_identity["name"], prompts=prompts, limit=limit,
+                                            features=probe_features(sc), out=str(work)), lm=lm, progress=progress)
+    h = load_harvests([harvest_dir])
+    from .models.loader import same_model
+
+    if not same_model(h.model, sc.model_identity):
+        raise UserError(f"this harvest is of '{h.model.get('name')}', the probe reads '{sc.model_identity['name']}'",
+                        file=harvest_dir, field="harvest")
+    sc.check_schema(h.schema, file=harvest_dir)
+    x = sc._inputs(h.tensors)
+    rm = copy.deepcopy(sc.risk_model)
+    info = adapt_risk_model(rm, HeadInputs.of(rm, x["seq"], x["mask"], x["static"]), np.asarray(h.meta["label"]),
+                            h.meta["id"])
+    meta = {k: v for k, v in copy.deepcopy(sc.meta).items()
+            if k not in ("json_sha256", "weights_sha256", "onnx_sha256", "transfer", "test_metrics")}
+    meta["calibration"] = {"a": 1.0, "b": 0.0}
+    meta["adapted"] = {**info, "from": {"probe": str(sc.path), "json_sha256": sc.meta.get("json_sha256")},
+                       "harvest": str(harvest_dir), "prompts": prompts}
+    write_artifact(rm, meta, out)
+    return {"artifact": str(out), "harvest": str(harvest_dir), **info}
+
+
 def compare(models: list[str], out: str | Path = "runs/compare", *, prompts: str = COMPARE_PROMPTS,
             progress: bool = True) -> dict[str, Any]:
     """Harvest the same prompts on several models and put them in one report (same axes, H3).

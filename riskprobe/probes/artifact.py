@@ -113,8 +113,29 @@ def prepare_out(out: str | Path, *, force: bool = False) -> Path | None:
     return move_aside(out)
 
 
+TRANSFER_KEYS = ("source", "n", "n_wrong", "auroc", "best_training_free", "margin")
+
+
+def transfer_table(res: dict[str, Any], meta: dict[str, Any], file) -> dict[str, Any]:
+    """The ``transfer`` section of an artifact from a ``riskprobe transfer`` result: one row per held-out source
+    (``{source, n, n_wrong, auroc, best_training_free: {name, auroc}, margin, ...}``) and the means. The result must
+    be of the probe's own recipe (families, k, blend or not), or it would describe another probe."""
+    if not isinstance(res, dict) or res.get("riskprobe_result") != "transfer" or not isinstance(res.get("rows"), list):
+        raise UserError("not a `riskprobe transfer --json` result", file=file, field="transfer")
+    r, sel = res.get("recipe") or {}, meta["feature_spec"]["selection"]
+    want = {"families": sel["families"], "k": sel["k"], "blend": meta["probe"]["kind"] == "blend"}
+    got = {"families": r.get("families"), "k": r.get("k"), "blend": r.get("blend")}
+    if got != want:
+        raise UserError(f"this transfer table is of another recipe ({got}) than the probe's ({want}); run "
+                        "`riskprobe transfer` with the probe's families and k", file=file, field="transfer")
+    keep = (*TRANSFER_KEYS, "margin_ci", "best_at_k", "margin_at_k", "margin_at_k_ci", "probe_alone", "backed_off")
+    return {"recipe": r.get("label"), "rows": [{k: row.get(k) for k in keep} for row in res["rows"]],
+            "summary": res.get("summary")}
+
+
 def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, Any] | None = None,
-                      extra: dict[str, Any] | None = None, force: bool = False) -> Path:
+                      extra: dict[str, Any] | None = None, force: bool = False,
+                      transfer: dict[str, Any] | None = None, transfer_file=None) -> Path:
     """Write the artifact for a probe checkpoint (``final.ckpt`` of a fit run) into ``out``.
 
     ``out`` must be new or an earlier artifact (a folder of ``probe.*`` files only), which is replaced;
@@ -163,6 +184,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
     if (ckpt.parent / "config.yaml").is_file():
         meta["training"]["config"] = (ckpt.parent / "config.yaml").read_text()
     meta.update(extra or {})
+    if transfer is not None:
+        meta["transfer"] = transfer_table(transfer, meta, transfer_file)
     validate_meta(meta, ckpt)
     rm = build_risk_model(meta)
     try:
@@ -290,6 +313,13 @@ def validate_meta(meta: Any, file: Path) -> None:
               "answer_provenance")
     if "given_probe" in meta:
         get("given_probe", str)
+    if "transfer" in meta:
+        rows = get("transfer.rows", list)
+        for i, row in enumerate(rows):
+            _need(isinstance(row, dict) and all(k in row for k in TRANSFER_KEYS), f"row {i} lacks one of "
+                  f"{', '.join(TRANSFER_KEYS)}", file, "transfer.rows")
+            _need(isinstance(row["source"], str) and isinstance(row["n"], int) and isinstance(row["n_wrong"], int),
+                  f"row {i}: source, n and n_wrong must be a name and counts", file, "transfer.rows")
 
 
 def read_artifact(path: str | Path, *, allow_old: bool = False) -> tuple[RiskModel, dict[str, Any]]:

@@ -61,6 +61,9 @@ class TransferRecipe:
             answers the same weight); ``class`` only balances right and wrong answers.
         blend: blend the probe's logit with the model's confidence and back off toward it with the distance from
             the training rows (:func:`fit_blend`); ``False``: the probe alone.
+        raw_dims: the standardised raw states are read through their first ``raw_dims`` principal components (fitted
+            on the training rows, no labels); ``None``: every column. A linear map, so the exported probe folds it
+            into its weights.
         Cs: inverse L2 strengths tried (chosen by CV grouped by source).
         name: a label for tables.
     """
@@ -72,6 +75,7 @@ class TransferRecipe:
     layer_bins: int | None = None
     balance: str = "source"
     blend: bool = True
+    raw_dims: int | None = 256
     Cs: Sequence[float] = CS
     name: str = ""
 
@@ -93,11 +97,17 @@ class TransferRecipe:
 
 def design(t: dict[str, torch.Tensor], recipe: TransferRecipe) -> np.ndarray:
     """The flat design of ``recipe``'s features (unstandardised): every step's features and a valid-step indicator,
-    then the pooled raw states."""
+    then the pooled raw states (:func:`n_step_columns` of them come first)."""
     x = inputs_from_signatures(t, recipe.selection())
     seq, mask = x["seq"] * x["mask"].unsqueeze(-1), x["mask"]
     flat = torch.cat([seq, mask.unsqueeze(-1).float()], -1).flatten(1)
     return torch.cat([flat, x["static"]], 1).numpy().astype(np.float32)
+
+
+def n_step_columns(t: dict[str, torch.Tensor], recipe: TransferRecipe) -> int:
+    """How many columns of :func:`design` are per-step features (the rest are pooled raw states)."""
+    x = inputs_from_signatures({k: v[:1] for k, v in t.items()}, recipe.selection())
+    return int(x["seq"].shape[1] * (x["seq"].shape[2] + 1))
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -149,10 +159,10 @@ def _logreg(C: float, warm: bool = False):
 
 
 def cv_by_source(X: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray, Cs: Sequence[float],
-                 folds: int = 5) -> dict[str, Any]:
-    """Cross-validation grouped by source over ``Cs``: the mean held-out AUROC per C (each held-out fold's sources
-    scored together and, to read transfer rather than which source is hard, within each source: the mean of the
-    per-source AUROCs), and every row's out-of-source logit, standardised distance and fold at the best C."""
+                 folds: int = 5, X_dist: np.ndarray | None = None) -> dict[str, Any]:
+    """Cross-validation grouped by source over ``Cs``: the mean held-out AUROC per C (within each held-out source, to
+    read transfer rather than which source is hard: the mean of the per-source AUROCs), and every row's out-of-source
+    logit, fold and standardised distance from the fold's training rows (measured on ``X_dist`` when given)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -173,7 +183,11 @@ def cv_by_source(X: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray
         for f, (a, b) in enumerate(splits):
             sc = _Scaler(X[a])
             Za, Zb = sc(X[a]), sc(X[b])
-            dist[b], fold_of[b] = ood_distance(Zb), f
+            if X_dist is None:
+                dist[b] = ood_distance(Zb)
+            else:
+                dist[b] = ood_distance(_Scaler(X_dist[a])(X_dist[b]))
+            fold_of[b] = f
             lr = _logreg(Cs[0], warm=True)
             for j, C in enumerate(Cs):
                 held[j, b] = lr.set_params(C=C).fit(Za, y[a], sample_weight=w[a]).decision_function(Zb)
@@ -290,28 +304,67 @@ class SourceView:
         return out
 
 
+class Projection:
+    """The design a probe is fitted on: every column standardised by the training rows (``scaler``), then the raw-state
+    columns read through their first principal components, each standardised again. Linear, so :meth:`fold` turns a
+    logistic regression on the projection into one on the standardised design."""
+
+    def __init__(self, X: np.ndarray, n_step: int, raw_dims: int | None, seed: int = 0):
+        self.scaler, self.n_step = _Scaler(X), n_step
+        self.V = None
+        Z = self.scaler(X)
+        if raw_dims and X.shape[1] - n_step > raw_dims:
+            from sklearn.decomposition import PCA
+
+            pca = PCA(n_components=raw_dims, svd_solver="randomized", random_state=seed).fit(Z[:, n_step:])
+            self.V = pca.components_.T.astype(np.float64)  # [raw cols, raw_dims]
+            P = Z[:, n_step:] @ self.V
+            self.p_sd = np.where(P.std(0) > 1e-9, P.std(0), 1.0)
+
+    def standardised(self, X: np.ndarray) -> np.ndarray:
+        return self.scaler(X)
+
+    def __call__(self, X: np.ndarray, Z: np.ndarray | None = None) -> np.ndarray:
+        Z = self.scaler(X) if Z is None else Z
+        if self.V is None:
+            return Z
+        return np.concatenate([Z[:, : self.n_step], (Z[:, self.n_step:] @ self.V) / self.p_sd], 1)
+
+    def fold(self, coef: np.ndarray) -> np.ndarray:
+        """Weights on the standardised design equal to ``coef`` on the projection."""
+        coef = np.asarray(coef, dtype=np.float64).ravel()
+        if self.V is None:
+            return coef
+        return np.concatenate([coef[: self.n_step], self.V @ (coef[self.n_step:] / self.p_sd)])
+
+
 def fit_transfer(view: SourceView, train: np.ndarray, recipe: TransferRecipe, *, X: np.ndarray | None = None,
                  conf: np.ndarray | None = None, folds: int = 5) -> dict[str, Any]:
     """Fit ``recipe`` on the rows ``train`` of ``view``: C by CV grouped by source, then the probe on every training
     row, then (with ``recipe.blend``) the blend on the out-of-source rows of that CV. Returns the fitted parts:
-    ``{"scaler", "lr", "C", "cv", "blend"}`` (``X``, ``conf``: the precomputed design and confidence of all rows)."""
+    ``{"projection", "coef", "intercept", "C", "cv_auroc", "cv_by_C", "blend"}`` (``coef`` on the standardised
+    design; ``X``, ``conf``: the precomputed design and confidence of all rows)."""
     recipe.validate()
     X = design(view.tensors, recipe) if X is None else X
     conf = confidence_scores(view.tensors, recipe.k) if conf is None else conf
     y, g = view.y[train], view.source[train]
     w = sample_weights(y, g, recipe.balance)
-    cv = cv_by_source(X[train], y, g, w, recipe.Cs, folds=folds)
-    sc = _Scaler(X[train])
-    lr = _logreg(cv["C"]).fit(sc(X[train]), y, sample_weight=w)
+    proj = Projection(X[train], n_step_columns(view.tensors, recipe), recipe.raw_dims)
+    Xt = X[train]
+    Zt = proj.standardised(Xt)
+    Pt = proj(Xt, Zt)
+    cv = cv_by_source(Pt, y, g, w, recipe.Cs, folds=folds, X_dist=Zt if proj.V is not None else None)
+    lr = _logreg(cv["C"]).fit(Pt, y, sample_weight=w)
     blend = fit_blend(cv["oof"], conf[train], cv["oof_distance"], y, w) if recipe.blend else None
-    return {"scaler": sc, "lr": lr, "C": cv["C"], "cv_auroc": cv["cv_auroc"], "cv_by_C": cv["cv_by_C"], "blend": blend}
+    return {"projection": proj, "coef": proj.fold(lr.coef_[0]), "intercept": float(lr.intercept_[0]), "C": cv["C"],
+            "cv_auroc": cv["cv_auroc"], "cv_by_C": cv["cv_by_C"], "blend": blend}
 
 
 def predict_transfer(fit: dict[str, Any], X: np.ndarray, conf: np.ndarray) -> dict[str, np.ndarray]:
     """The fitted probe's logit, the distance from its training rows, and the blended logit (the probe's own where
     there is no blend) for rows ``X``."""
-    Z = fit["scaler"](X)
-    probe = fit["lr"].decision_function(Z)
+    Z = fit["projection"].standardised(X)
+    probe = Z @ fit["coef"] + fit["intercept"]
     d = ood_distance(Z)
     blend = fit["blend"]
     risk = blend.logit(probe, conf, d) if blend is not None else probe
@@ -412,7 +465,7 @@ def tf_names_at_k(names: Sequence[str]) -> list[str]:
     return [n for n in names if at_k(n)]
 
 
-def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5) -> dict[str, Any]:
+def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims: int | None = 256) -> dict[str, Any]:
     """Fit a :class:`~riskprobe.probes.modules.BlendProbe` (inside ``rm``) on the training split of the data module
     ``dm``: C by CV grouped by source, the logistic probe on every training row, the blend on the out-of-source rows.
     Returns what was chosen (C, CV AUROC by C, the blend)."""
@@ -431,14 +484,14 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5) -> dict[s
         raise UserError("the blend is chosen by CV grouped by source: the training split needs at least two sources "
                         "(sets)", field="data.paths")
     recipe = TransferRecipe(families=list(sel.families), k=sel.k, raw_layers=sel.raw_layers, raw_pool=sel.raw_pool,
-                            layer_bins=sel.layer_bins, balance=balance, blend=True)
+                            layer_bins=sel.layer_bins, balance=balance, blend=True, raw_dims=raw_dims)
     fit = fit_transfer(view, np.asarray(dm.idx["train"]), recipe, folds=folds)
-    p, b = rm.probe, fit["blend"]
+    p, b, sc = rm.probe, fit["blend"], fit["projection"].scaler
     with torch.no_grad():
-        p.fc.weight.copy_(torch.as_tensor(fit["lr"].coef_, dtype=p.fc.weight.dtype).reshape(1, -1))
-        p.fc.bias.copy_(torch.as_tensor(fit["lr"].intercept_, dtype=p.fc.bias.dtype))
-        p.x_mean.copy_(torch.as_tensor(fit["scaler"].mu, dtype=p.x_mean.dtype))
-        p.x_std.copy_(torch.as_tensor(fit["scaler"].sd, dtype=p.x_std.dtype))
+        p.fc.weight.copy_(torch.as_tensor(fit["coef"], dtype=p.fc.weight.dtype).reshape(1, -1))
+        p.fc.bias.copy_(torch.tensor([fit["intercept"]], dtype=p.fc.bias.dtype))
+        p.x_mean.copy_(torch.as_tensor(sc.mu, dtype=p.x_mean.dtype))
+        p.x_std.copy_(torch.as_tensor(sc.sd, dtype=p.x_std.dtype))
         p.head.copy_(torch.tensor([b.a, b.c, b.d0, b.s], dtype=p.head.dtype))
         p.conf_b.copy_(torch.tensor(b.b, dtype=p.conf_b.dtype))
         p.conf_mean.copy_(torch.tensor(b.conf_mean, dtype=p.conf_mean.dtype))

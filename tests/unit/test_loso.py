@@ -64,7 +64,7 @@ def test_the_held_out_source_never_reaches_selection(tmp_path):
     view.y[test] = 1 - view.y[test]
     b = fit_transfer(view, train, recipe)
     assert a["C"] == b["C"] and a["cv_by_C"] == b["cv_by_C"] and a["blend"] == b["blend"]
-    np.testing.assert_array_equal(a["lr"].coef_, b["lr"].coef_)
+    np.testing.assert_array_equal(a["coef"], b["coef"])
 
 
 def test_sources_weigh_the_same_when_balanced():
@@ -184,3 +184,48 @@ def test_a_blend_probe_fits_exports_and_equals_its_parts(tmp_path, monkeypatch):
     far = {k: v.clone() for k, v in view.tensors.items()}
     far["raw"] = far["raw"] * 0 + 1e3
     assert (sc.readings(far)["probe_weight"] < 0.5).all() and sc.ood(far)[1].all()
+
+
+def test_the_raw_states_projection_folds_into_weights_on_the_design():
+    from riskprobe.training.loso import Projection
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 40)) * rng.uniform(0.5, 3, 40) + rng.normal(size=40)
+    proj = Projection(X, n_step=10, raw_dims=5)
+    P = proj(X)
+    assert P.shape == (300, 15) and np.allclose(P[:, 10:].std(0), 1.0)
+    coef = rng.normal(size=15)
+    np.testing.assert_allclose(P @ coef, proj.standardised(X) @ proj.fold(coef), rtol=1e-9, atol=1e-9)
+    assert Projection(X, n_step=10, raw_dims=None)(X).shape == (300, 40)
+
+
+def test_the_exported_probe_carries_its_transfer_table(tmp_path, monkeypatch, capsys):
+    import os
+
+    from riskprobe.probes.artifact import read_artifact
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    paths = _sources(tmp_path, n=150)
+    ck = tmp_path / "ck"
+    assert main(["fit", "--config", "configs/fit/default.yaml", "--data.paths", "[" + ",".join(paths) + "]",
+                 "--data.families", "[commitment]", "--data.k", "2", "--model.probe", "blend", "--selection", "null",
+                 "--n_boot", "20", "--sweep_ks", "null", "--trainer.default_root_dir", str(tmp_path / "run"),
+                 "--checkpoint_dir", str(ck)]) == 0
+    hs = sum((["--harvest", p] for p in paths), [])
+    assert main(["transfer", *hs, "--families", "commitment", "--k", "2", "--n-boot", "20", "--json",
+                 str(tmp_path / "t.json"), "--no-progress"]) == 0
+    assert main(["export", "--ckpt", str(ck / "final.ckpt"), "--out", str(tmp_path / "art"), "--transfer",
+                 str(tmp_path / "t.json")]) == 0
+    _, meta = read_artifact(tmp_path / "art")
+    rows = meta["transfer"]["rows"]
+    assert [r["source"] for r in rows] == ["src0", "src1", "src2", "src3"]
+    assert all(set(r) >= {"source", "n", "n_wrong", "auroc", "best_training_free", "margin"} for r in rows)
+    assert rows[0]["best_training_free"]["name"] and meta["transfer"]["summary"]["sources"] == 4
+    # a table of another recipe (k) describes another probe: refused, nothing written
+    assert main(["transfer", *hs, "--families", "commitment", "--k", "1", "--n-boot", "20", "--json",
+                 str(tmp_path / "t1.json"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(ck / "final.ckpt"), "--out", str(tmp_path / "art2"), "--transfer",
+                 str(tmp_path / "t1.json")]) == 2
+    assert "another recipe" in capsys.readouterr().err and not (tmp_path / "art2").exists()
