@@ -336,7 +336,8 @@ def cmd_transfer(args) -> int:
                             raw_pool=args.raw_pool, layer_bins=args.layer_bins, balance=args.balance,
                             blend=not args.no_blend, Cs=CS)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
-    res = loso(args.harvest, recipe, sources=sources, n_boot=args.n_boot, progress=not args.no_progress)
+    res = loso(args.harvest, recipe, sources=sources, n_boot=args.n_boot, progress=not args.no_progress,
+               group=args.group)
     print(format_loso(res))
     if args.json:
         write_result_json(args.json, res, "transfer")
@@ -688,6 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-blend", action="store_true", help="the probe alone, not blended with the model's confidence")
     tr.add_argument("--sources", help="comma-separated sources to hold out (default: every one with 20+ right and "
                     "20+ wrong answers)")
+    tr.add_argument("--group", default="set", choices=["set", "writer"],
+                    help="what a source is: the prompt set (default), or who wrote the answer (given-answer harvests: "
+                         "leave one writer out)")
     tr.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap resamples")
     tr.add_argument("--json", help="write the table here")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -98,6 +98,50 @@ def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: in
                         tuple(items[r["i"]].answers)) for r in rows]
 
 
+def efficientqa_answers(limit: int | None = None, seed: int = 0) -> list[GivenAnswer]:
+    """Answers that real QA systems gave to NQ questions, judged by people (the EfficientQA test file's rated
+    predictions: ``def_correct_predictions`` right, ``def_incorrect_predictions`` wrong), provenance ``other``, source
+    ``efficientqa:systems``. Questions are NQ-open's (the same ids as the ``nq_open`` sets)."""
+    import json
+
+    from ..prompts.sets import _public_file, _qid
+
+    p = _public_file("efficientqa", "nq_open/NQ-open.efficientqa.test.1.1.jsonl")
+    out: list[GivenAnswer] = []
+    qs = []
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                qs.append(json.loads(line))
+    if limit is not None and limit < len(qs):
+        key = lambda o: hashlib.sha256(f"{seed}:{o['question']}".encode()).hexdigest()  # noqa: E731
+        qs = sorted(qs, key=key)[:limit]
+    for o in qs:
+        q = o["question"].strip()
+        prompt = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
+        qid = _qid("nq_open", o["question"])
+        for label, key in ((0, "def_correct_predictions"), (1, "def_incorrect_predictions")):
+            for a in dict.fromkeys(x.strip() for x in o.get(key) or [] if x.strip()):
+                out.append(GivenAnswer(qid, "nq_open", "factual", prompt, a.replace('\\"', '"'), label, "other",
+                                       "efficientqa:systems", "alias", tuple(o.get("answer") or ())))
+    return out
+
+
+def writer_of(source: str, provenance: str = "other") -> str:
+    """Who wrote a given answer, from its row's ``source`` (``corpus:gemma3-270m`` -> ``gemma3-270m``,
+    ``halueval_qa:right`` -> ``halueval_qa``, ``gold`` -> ``gold``); the model's own answers are ``own``.
+
+    >>> [writer_of(s) for s in ("corpus:gemma3-270m", "halueval_qa:incorrect", "truthfulqa_mc2:true", "gold")]
+    ['gemma3-270m', 'halueval_qa', 'truthfulqa', 'gold']
+    """
+    if provenance == "own" or source == "own":
+        return "own"
+    head, _, tail = source.partition(":")
+    if head == "corpus":
+        return tail or head
+    return "truthfulqa" if head.startswith("truthfulqa") else head
+
+
 def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str | Path] = (), halueval: int = 1500,
                      truthfulqa: bool = True, per_question: int = 3, gold: int = 1500, other_rows: int = 2000,
                      extra: Sequence[GivenAnswer] = ()) -> list[GivenAnswer]:

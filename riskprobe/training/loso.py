@@ -286,12 +286,22 @@ class SourceView:
     n_tokens: np.ndarray
 
     @classmethod
-    def load(cls, paths: Sequence[str]) -> "SourceView":
+    def load(cls, paths: Sequence[str], group: str = "set") -> "SourceView":
+        """Rows of harvests, each source a prompt set (``group="set"``) or, for given answers, whoever wrote the
+        answer (``group="writer"``: :func:`~riskprobe.harvest.given.writer_of`)."""
         from ..harvest.store import load_harvests
 
         h = load_harvests(list(paths))
-        return cls(np.asarray(h.meta["label"]).astype(int), np.asarray(h.meta["set"]), np.asarray(h.meta["id"]),
-                   h.tensors, np.asarray(h.meta["n_tokens"]))
+        if group == "writer":
+            from ..harvest.given import writer_of
+
+            src = np.asarray([writer_of(s, p) for s, p in zip(h.meta["source"], h.meta["provenance"])])
+        elif group == "set":
+            src = np.asarray(h.meta["set"])
+        else:
+            raise UserError(f"group must be set or writer, got {group!r}", field="group")
+        return cls(np.asarray(h.meta["label"]).astype(int), src, np.asarray(h.meta["id"]), h.tensors,
+                   np.asarray(h.meta["n_tokens"]))
 
     def sources(self, min_per_class: int = MIN_PER_CLASS) -> list[str]:
         """The sources with at least ``min_per_class`` right and wrong answers each (the ones held out in turn)."""
@@ -372,16 +382,26 @@ def predict_transfer(fit: dict[str, Any], X: np.ndarray, conf: np.ndarray) -> di
     return {"probe": probe, "risk": risk, "distance": d, "weight": weight}
 
 
+def held_out(view: SourceView, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(test, train)`` rows when ``source`` is held out: all of its rows, and every other source's rows except
+    those of a question the held-out source also asks (several writers answer one question; FreebaseQA repeats a
+    few TriviaQA questions): no question is both trained on and tested."""
+    test = np.flatnonzero(view.source == source)
+    asked = set(view.ids[test].tolist())
+    train = np.flatnonzero((view.source != source) & ~np.isin(view.ids, list(asked)))
+    return test, train
+
+
 def loso(paths: Sequence[str], recipe: TransferRecipe, *, sources: Sequence[str] | None = None,
          min_per_class: int = MIN_PER_CLASS, n_boot: int = 1000, folds: int = 5, progress: bool = True,
-         view: SourceView | None = None) -> dict[str, Any]:
+         view: SourceView | None = None, group: str = "set") -> dict[str, Any]:
     """Leave each source out in turn: train ``recipe`` on the others (selection by CV grouped by source, on them
     only), test on all of its rows beside the best training-free scores. Returns ``{"recipe", "rows": [...],
     "summary"}``; each row has the held-out source's n, n_wrong, the probe's AUROC (``probe``: the probe alone;
     ``auroc``: the shipped risk, blended where the recipe blends), the best training-free scores and the margins."""
     from ..progress import bar as progress_bar
 
-    view = view or SourceView.load(paths)
+    view = view or SourceView.load(paths, group)
     held = list(sources) if sources else view.sources(min_per_class)
     unknown = [s for s in held if s not in set(view.source.tolist())]
     if unknown:
@@ -395,8 +415,7 @@ def loso(paths: Sequence[str], recipe: TransferRecipe, *, sources: Sequence[str]
     rows = []
     bar = progress_bar(len(held), f"leave one source out ({recipe.label()})", "source", enabled=progress)
     for s in held:
-        test = np.flatnonzero(view.source == s)
-        train = np.flatnonzero(view.source != s)
+        test, train = held_out(view, s)
         fit = fit_transfer(view, train, recipe, X=X, conf=conf, folds=folds)
         pred = predict_transfer(fit, X[test], conf[test])
         yt = view.y[test]

@@ -229,3 +229,16 @@ def test_the_exported_probe_carries_its_transfer_table(tmp_path, monkeypatch, ca
     assert main(["export", "--ckpt", str(ck / "final.ckpt"), "--out", str(tmp_path / "art2"), "--transfer",
                  str(tmp_path / "t1.json")]) == 2
     assert "another recipe" in capsys.readouterr().err and not (tmp_path / "art2").exists()
+
+
+def test_a_question_asked_by_the_held_out_source_is_never_trained_on():
+    from riskprobe.training.loso import held_out
+
+    # two writers answer the same questions (ids shared); a third asks others
+    shared = [f"q{i}" for i in range(60)]
+    view = SourceView(np.zeros(180, int), np.asarray(["a"] * 60 + ["b"] * 60 + ["c"] * 60),
+                      np.asarray(shared + shared + [f"c{i}" for i in range(60)]), {}, np.zeros(180))
+    test, train = held_out(view, "a")
+    assert len(test) == 60 and set(view.source[train]) == {"c"}  # b's rows answer a's questions: left out
+    test, train = held_out(view, "c")
+    assert len(test) == 60 and len(train) == 120
