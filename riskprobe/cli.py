@@ -142,7 +142,7 @@ def _features_arg(args) -> dict:
 def cmd_given_harvest(args) -> int:
     from .harvest.given import build_given_harvest, describe, standard_answers
 
-    for f in ("halueval", "per_question", "gold", "other_rows"):
+    for f in ("halueval", "per_question", "gold", "other_rows", "own", "efficientqa"):
         if getattr(args, f) < 0:
             raise UserError(f"must be 0 or more, got {getattr(args, f)}", field=f.replace("_", "-"))
     _positive(args.batch_size, "batch-size", 4096)
@@ -153,7 +153,7 @@ def cmd_given_harvest(args) -> int:
         extra = given_rows(args.input, None)
     rows = standard_answers(corpus=args.corpus, others=args.other, halueval=args.halueval,
                             truthfulqa=not args.no_truthfulqa, per_question=args.per_question, gold=args.gold,
-                            other_rows=args.other_rows, extra=extra)
+                            other_rows=args.other_rows, extra=extra, own=args.own, efficientqa=args.efficientqa)
     d = describe(rows)
     print(f"{d['rows']} answers of {d['questions']} questions")
     for src, c in d["by_source"].items():
@@ -589,6 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TruthfulQA answers of each kind per training or validation question")
     g.add_argument("--gold", type=int, default=1500, help="corpus questions whose gold answer is added")
     g.add_argument("--other-rows", type=int, default=2000, dest="other_rows", help="answers taken from each --other")
+    g.add_argument("--own", type=int, default=0, help="the corpus's own answers to add (provenance own), so that one "
+                   "harvest holds every writer (for transfer --group writer)")
+    g.add_argument("--efficientqa", type=int, default=0, help="EfficientQA test questions whose human-rated answers "
+                   "of real QA systems to add")
     g.add_argument("--input", help="a JSONL file of your own {question, answer, label} rows to add")
     g.add_argument("--features", default="corpus", help="a harvest config (file or shipped name) whose 'features:' "
                    "to use; the same as the harvests it will be mixed with")

@@ -144,14 +144,17 @@ def writer_of(source: str, provenance: str = "other") -> str:
 
 def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str | Path] = (), halueval: int = 1500,
                      truthfulqa: bool = True, per_question: int = 3, gold: int = 1500, other_rows: int = 2000,
-                     extra: Sequence[GivenAnswer] = ()) -> list[GivenAnswer]:
+                     extra: Sequence[GivenAnswer] = (), own: int = 0, efficientqa: int = 0) -> list[GivenAnswer]:
     """The mixed given-answer rows riskprobe trains its given-answer head on.
 
     HaluEval QA: the right and the hallucinated answer of ``halueval`` questions. TruthfulQA: the true and
     false answers of its CSV lists (at most ``per_question`` of each) for training and validation questions,
     every mc2 statement for test questions (what the evaluation reads). With ``corpus`` (the model's own
     corpus): the gold answer of ``gold`` of its questions (reference), and ``other_rows`` graded answers of each
-    corpus in ``others`` on those questions (another model's answers). Every row keeps its question's split.
+    corpus in ``others`` on those questions (another model's answers). ``own``: that many of the corpus's own
+    answers (provenance ``own``), so that one harvest holds every writer. ``efficientqa``: the human-rated answers of
+    real QA systems to that many EfficientQA test questions (:func:`efficientqa_answers`). Every row keeps its
+    question's split.
     """
     from ..prompts.given import given_answer_pairs
     from ..prompts.sets import _qid, load_items, split_of
@@ -181,6 +184,10 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
             rows += gold_answers(_pick(items, gold, seed=1))
     for other in others:
         rows += corpus_answers(other, ids=ids, limit=other_rows, seed=2)
+    if own and corpus is not None:
+        rows += corpus_answers(corpus, limit=own, provenance="own", seed=3)
+    if efficientqa:
+        rows += efficientqa_answers(efficientqa)
     return rows + list(extra)
 
 

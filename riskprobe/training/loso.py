@@ -159,7 +159,7 @@ def _logreg(C: float, warm: bool = False):
 
 
 def cv_by_source(X: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray, Cs: Sequence[float],
-                 folds: int = 5, X_dist: np.ndarray | None = None) -> dict[str, Any]:
+                 folds: int = 5, X_dist: np.ndarray | None = None, within: np.ndarray | None = None) -> dict[str, Any]:
     """Cross-validation grouped by source over ``Cs``: the mean held-out AUROC per C (within each held-out source, to
     read transfer rather than which source is hard: the mean of the per-source AUROCs), and every row's out-of-source
     logit, fold and standardised distance from the fold's training rows (measured on ``X_dist`` when given)."""
@@ -172,6 +172,7 @@ def cv_by_source(X: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray
     n_src = len(np.unique(groups))
     if n_src < 2:
         raise UserError("selection by source needs at least two training sources", field="sources")
+    within = groups if within is None else np.asarray(within)  # what a held-out AUROC is computed within
     Cs = sorted(Cs)
     splits = list(GroupKFold(min(folds, n_src)).split(X, y, groups))
     score = np.full((len(splits), len(Cs)), np.nan)
@@ -191,8 +192,9 @@ def cv_by_source(X: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray
             lr = _logreg(Cs[0], warm=True)
             for j, C in enumerate(Cs):
                 held[j, b] = lr.set_params(C=C).fit(Za, y[a], sample_weight=w[a]).decision_function(Zb)
-                per = [roc_auc_score(y[b][groups[b] == s], held[j, b][groups[b] == s]) for s in np.unique(groups[b])
-                       if 0 < y[b][groups[b] == s].sum() < (groups[b] == s).sum()]
+                wb = within[b]
+                per = [roc_auc_score(y[b][wb == s], held[j, b][wb == s]) for s in np.unique(wb)
+                       if 0 < y[b][wb == s].sum() < (wb == s).sum()]
                 score[f, j] = float(np.mean(per)) if per else np.nan
     mean = np.nanmean(score, 0)
     j = int(np.nanargmax(mean))
@@ -363,11 +365,16 @@ def fit_transfer(view: SourceView, train: np.ndarray, recipe: TransferRecipe, *,
     Xt = X[train]
     Zt = proj.standardised(Xt)
     Pt = proj(Xt, Zt)
-    cv = cv_by_source(Pt, y, g, w, recipe.Cs, folds=folds, X_dist=Zt if proj.V is not None else None)
+    # folds grouped by source; with a single training source (a user's one set), by question: the blend then
+    # learns in-source trust only, which the result records
+    by_source = len(np.unique(g)) >= 2
+    cv = cv_by_source(Pt, y, g if by_source else view.ids[train], w, recipe.Cs, folds=folds,
+                      X_dist=Zt if proj.V is not None else None, within=g)
     lr = _logreg(cv["C"]).fit(Pt, y, sample_weight=w)
     blend = fit_blend(cv["oof"], conf[train], cv["oof_distance"], y, w) if recipe.blend else None
     return {"projection": proj, "coef": proj.fold(lr.coef_[0]), "intercept": float(lr.intercept_[0]), "C": cv["C"],
-            "cv_auroc": cv["cv_auroc"], "cv_by_C": cv["cv_by_C"], "blend": blend}
+            "cv_auroc": cv["cv_auroc"], "cv_by_C": cv["cv_by_C"], "blend": blend,
+            "folds_by": "source" if by_source else "question"}
 
 
 def predict_transfer(fit: dict[str, Any], X: np.ndarray, conf: np.ndarray) -> dict[str, np.ndarray]:
@@ -499,9 +506,6 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
     h = dm.harvests
     view = SourceView(np.asarray(h.meta["label"]).astype(int), np.asarray(h.meta["set"]), np.asarray(h.meta["id"]),
                       h.tensors, np.asarray(h.meta["n_tokens"]))
-    if len(set(view.source[dm.idx["train"]].tolist())) < 2:
-        raise UserError("the blend is chosen by CV grouped by source: the training split needs at least two sources "
-                        "(sets)", field="data.paths")
     recipe = TransferRecipe(families=list(sel.families), k=sel.k, raw_layers=sel.raw_layers, raw_pool=sel.raw_pool,
                             layer_bins=sel.layer_bins, balance=balance, blend=True, raw_dims=raw_dims)
     fit = fit_transfer(view, np.asarray(dm.idx["train"]), recipe, folds=folds)
@@ -515,4 +519,5 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
         p.conf_b.copy_(torch.tensor(b.b, dtype=p.conf_b.dtype))
         p.conf_mean.copy_(torch.tensor(b.conf_mean, dtype=p.conf_mean.dtype))
         p.conf_std.copy_(torch.tensor(b.conf_std, dtype=p.conf_std.dtype))
-    return {"C": fit["C"], "cv_auroc_by_source": fit["cv_auroc"], "cv_by_C": fit["cv_by_C"], "blend": b.to_dict()}
+    return {"C": fit["C"], "cv_auroc_by_source": fit["cv_auroc"], "cv_by_C": fit["cv_by_C"], "blend": b.to_dict(),
+            "folds_by": fit["folds_by"]}

@@ -155,7 +155,7 @@ def test_a_blend_probe_fits_exports_and_equals_its_parts(tmp_path, monkeypatch):
                  str(ck)]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["probe"]["name"] == "blend@k2" and m["probe"]["auroc"] > 0.75
-    assert m["ood"]["rule"] == "blend back-off" and set(m["blend"]) == {"C", "cv_auroc_by_source", "cv_by_C", "blend"}
+    assert m["ood"]["rule"] == "blend back-off" and m["blend"]["folds_by"] == "source" and "cv_by_C" in m["blend"]
     assert main(["export", "--ckpt", str(ck / "final.ckpt"), "--out", str(tmp_path / "art")]) == 0
     rm, meta = read_artifact(tmp_path / "art")
     assert meta["probe"]["kind"] == "blend"
@@ -242,3 +242,9 @@ def test_a_question_asked_by_the_held_out_source_is_never_trained_on():
     assert len(test) == 60 and set(view.source[train]) == {"c"}  # b's rows answer a's questions: left out
     test, train = held_out(view, "c")
     assert len(test) == 60 and len(train) == 120
+
+
+def test_a_blend_on_a_single_source_folds_by_question(tmp_path):
+    view = SourceView.load(_sources(tmp_path, n_sources=1, n=300))
+    fit = fit_transfer(view, np.arange(len(view.y)), TransferRecipe(families=["commitment"], k=2))
+    assert fit["folds_by"] == "question" and fit["cv_auroc"] > 0.7 and fit["blend"] is not None
