@@ -491,7 +491,8 @@ def tf_names_at_k(names: Sequence[str]) -> list[str]:
     return [n for n in names if at_k(n)]
 
 
-def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims: int | None = 256) -> dict[str, Any]:
+def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims: int | None = 256,
+                   group: str = "set") -> dict[str, Any]:
     """Fit a :class:`~riskprobe.probes.modules.BlendProbe` (inside ``rm``) on the training split of the data module
     ``dm``: C by CV grouped by source, the logistic probe on every training row, the blend on the out-of-source rows.
     Returns what was chosen (C, CV AUROC by C, the blend)."""
@@ -504,8 +505,14 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
         raise UserError("the blend reads the model's confidence from the commitment family: add 'commitment' to "
                         "data.families", field="data.families")
     h = dm.harvests
-    view = SourceView(np.asarray(h.meta["label"]).astype(int), np.asarray(h.meta["set"]), np.asarray(h.meta["id"]),
-                      h.tensors, np.asarray(h.meta["n_tokens"]))
+    if group == "writer":
+        from ..harvest.given import writer_of
+
+        src = np.asarray([writer_of(s, p) for s, p in zip(h.meta["source"], h.meta["provenance"])])
+    else:
+        src = np.asarray(h.meta["set"])
+    view = SourceView(np.asarray(h.meta["label"]).astype(int), src, np.asarray(h.meta["id"]), h.tensors,
+                      np.asarray(h.meta["n_tokens"]))
     recipe = TransferRecipe(families=list(sel.families), k=sel.k, raw_layers=sel.raw_layers, raw_pool=sel.raw_pool,
                             layer_bins=sel.layer_bins, balance=balance, blend=True, raw_dims=raw_dims)
     fit = fit_transfer(view, np.asarray(dm.idx["train"]), recipe, folds=folds)
@@ -520,4 +527,4 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
         p.conf_mean.copy_(torch.tensor(b.conf_mean, dtype=p.conf_mean.dtype))
         p.conf_std.copy_(torch.tensor(b.conf_std, dtype=p.conf_std.dtype))
     return {"C": fit["C"], "cv_auroc_by_source": fit["cv_auroc"], "cv_by_C": fit["cv_by_C"], "blend": b.to_dict(),
-            "folds_by": fit["folds_by"]}
+            "folds_by": fit["folds_by"] if fit["folds_by"] == "question" else group}

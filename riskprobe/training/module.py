@@ -35,10 +35,12 @@ class ProbeModule(L.LightningModule):
         weight_decay: AdamW weight decay (the regularisation).
         C: inverse L2 strength of ``logreg`` (scikit-learn's ``C``).
         balance: ``blend`` only: ``source`` (every training source weighs the same) or ``class``.
+        group: ``blend`` only: what a source is for its CV and balance: ``set`` (the prompt set) or ``writer`` (who
+            wrote a given answer: the given-answer head).
     """
 
     def __init__(self, probe: str = "mlp", hidden: int = 64, dropout: float = 0.1, lr: float = 3e-3,
-                 weight_decay: float = 1e-2, C: float = 0.01, balance: str = "source"):
+                 weight_decay: float = 1e-2, C: float = 0.01, balance: str = "source", group: str = "set"):
         super().__init__()
         from ..probes.modules import PROBES
 
@@ -89,7 +91,8 @@ class ProbeModule(L.LightningModule):
             elif self.hparams.probe == "blend":
                 from .loso import fit_into_blend
 
-                self.blend_info = fit_into_blend(self.risk_model, dm, balance=self.hparams.balance)
+                self.blend_info = fit_into_blend(self.risk_model, dm, balance=self.hparams.balance,
+                                                 group=self.hparams.group)
             else:
                 sch, sel = dm.harvests.schema, dm.selection
                 if "raw" not in sel.families:

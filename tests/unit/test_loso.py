@@ -155,7 +155,7 @@ def test_a_blend_probe_fits_exports_and_equals_its_parts(tmp_path, monkeypatch):
                  str(ck)]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["probe"]["name"] == "blend@k2" and m["probe"]["auroc"] > 0.75
-    assert m["ood"]["rule"] == "blend back-off" and m["blend"]["folds_by"] == "source" and "cv_by_C" in m["blend"]
+    assert m["ood"]["rule"] == "blend back-off" and m["blend"]["folds_by"] == "set" and "cv_by_C" in m["blend"]
     assert main(["export", "--ckpt", str(ck / "final.ckpt"), "--out", str(tmp_path / "art")]) == 0
     rm, meta = read_artifact(tmp_path / "art")
     assert meta["probe"]["kind"] == "blend"
