@@ -88,6 +88,16 @@ def _cell(v: float, ci=None, fmt: str = ".3f") -> str:
     return s
 
 
+def cells(r: Mapping[str, Any]) -> dict[str, str]:
+    """The text cells of one row of :func:`versus_training_free` (counts, AUROC, best scores, margins)."""
+    b, bk = r.get("best_training_free"), r.get("best_at_k")
+    return {"counts": f"{r['n'] - r['n_wrong']}/{r['n_wrong']}", "auroc": _cell(r["auroc"], r.get("auroc_ci")),
+            "best": f"{b['auroc']:.3f} {b['name']}" if b else "n/a",
+            "margin": _cell(r["margin"], r.get("margin_ci"), "+.3f"),
+            "best_k": f"{bk['auroc']:.3f} {bk['name']}" if bk else "n/a",
+            "margin_k": _cell(r["margin_at_k"], r.get("margin_at_k_ci"), "+.3f")}
+
+
 def format_versus(rows: Mapping[str, Mapping[str, Any]], *, k: int | None = None) -> str:
     """A text table: per row group (test split, an unseen source...), n right / wrong, the probe's AUROC, the best
     training-free score (whole answer and at k) and the margins with their intervals."""
@@ -96,11 +106,7 @@ def format_versus(rows: Mapping[str, Mapping[str, Any]], *, k: int | None = None
             f"{'best at ' + kk:<32}{'margin at ' + kk:<24}")
     lines = [head]
     for name, r in rows.items():
-        b, bk = r.get("best_training_free"), r.get("best_at_k")
-        counts = f"{r['n'] - r['n_wrong']}/{r['n_wrong']}"
-        best = f"{b['auroc']:.3f} {b['name']}" if b else "n/a"
-        best_k = f"{bk['auroc']:.3f} {bk['name']}" if bk else "n/a"
-        lines.append(f"{name[:25]:<26}{counts:>12}  {_cell(r['auroc'], r.get('auroc_ci')):<22}{best[:33]:<34}"
-                     f"{_cell(r['margin'], r.get('margin_ci'), '+.3f'):<24}{best_k[:31]:<32}"
-                     f"{_cell(r['margin_at_k'], r.get('margin_at_k_ci'), '+.3f'):<24}")
+        c = cells(r)
+        lines.append(f"{name[:25]:<26}{c['counts']:>12}  {c['auroc']:<22}{c['best'][:33]:<34}{c['margin']:<24}"
+                     f"{c['best_k'][:31]:<32}{c['margin_k']:<24}")
     return "\n".join(lines)

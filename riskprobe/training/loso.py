@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..evaluation.baselines import training_free_scores
-from ..evaluation.versus import at_k, versus_training_free
+from ..evaluation.versus import at_k, cells, versus_training_free
 from ..probes.inputs import FeatureSelection, inputs_from_signatures
 from ..signatures.features import CI, masked_step_mean
 
@@ -471,13 +471,10 @@ def format_loso(res: dict[str, Any]) -> str:
              f"{'held-out source':<18}{'right/wrong':>12}  {'risk AUROC':<11}{'probe alone':<12}"
              f"{'best training-free':<36}{'margin':<25}{'best at k=' + str(k):<34}{'margin at k':<25}{'backed off':>10}"]
     for r in res["rows"]:
-        b, bk = r.get("best_training_free"), r.get("best_at_k")
-        counts = f"{r['n'] - r['n_wrong']}/{r['n_wrong']}"
-        best = f"{b['auroc']:.3f} {b['name']}" if b else "n/a"
-        best_k = f"{bk['auroc']:.3f} {bk['name']}" if bk else "n/a"
-        lines.append(f"{r['source'][:17]:<18}{counts:>12}  {f(r['auroc']):<11}{f(r['probe_alone']):<12}{best[:35]:<36}"
-                     f"{f(r['margin'], r['margin_ci'], True):<25}{best_k[:33]:<34}"
-                     f"{f(r['margin_at_k'], r['margin_at_k_ci'], True):<25}{r['backed_off']:>10.1%}")
+        c = cells(r)
+        lines.append(f"{r['source'][:17]:<18}{c['counts']:>12}  {f(r['auroc']):<11}{f(r['probe_alone']):<12}"
+                     f"{c['best'][:35]:<36}{c['margin']:<25}{c['best_k'][:33]:<34}{c['margin_k']:<25}"
+                     f"{r['backed_off']:>10.1%}")
     s = res["summary"]
     lines.append(f"mean over {s['sources']} sources: risk AUROC {f(s['mean_auroc'])} (probe alone "
                  f"{f(s['mean_probe_alone'])}), margin {f(s['mean_margin'], sign=True)} (worst {f(s['worst_margin'], sign=True)}"
