@@ -171,3 +171,23 @@ def _feats_yaml(tmp_path):
     f = tmp_path / "feats.yaml"
     f.write_text("features: {K: 4, lens_steps: 2, raw_steps: 2, raw_layers: sparse2}\n")
     return f
+
+
+def test_efficientqa_rated_system_answers_become_given_answers(tmp_path, monkeypatch):
+    import json
+
+    from riskprobe.harvest.given import efficientqa_answers, writer_of
+    from riskprobe.prompts.sets import _qid
+
+    (tmp_path / "nq_open").mkdir()
+    (tmp_path / "nq_open/NQ-open.efficientqa.test.1.1.jsonl").write_text(json.dumps(
+        {"question": "who played grand moff tarkin in rogue one", "answer": ["Guy Henry"],
+         "def_correct_predictions": ["Guy Henry", "Guy Henry"], "poss_correct_predictions": ["an actor"],
+         "def_incorrect_predictions": ["peter cushing", '\\"Sesenne\\"']}) + "\n")
+    monkeypatch.setenv("RISKPROBE_DATASETS", str(tmp_path))
+    rows = efficientqa_answers()
+    assert [(r.answer, r.label) for r in rows] == [("Guy Henry", 0), ("peter cushing", 1), ('"Sesenne"', 1)]
+    r = rows[0]
+    assert r.id == _qid("nq_open", "who played grand moff tarkin in rogue one") and r.set == "nq_open"
+    assert r.question == "Who played grand moff tarkin in rogue one?" and r.provenance == "other"
+    assert writer_of(r.source, r.provenance) == "efficientqa" and writer_of("corpus:smollm2-135m", "own") == "own"
