@@ -136,15 +136,16 @@ def sample_weights(y: np.ndarray, groups: np.ndarray, balance: str) -> np.ndarra
 
 
 class _Scaler:
-    """Per-column mean and standard deviation of training rows (constant columns left as they are)."""
+    """Per-column mean and standard deviation of training rows (constant columns left as they are); the standardised
+    design keeps the input's float type (a raw-state design is large)."""
 
     def __init__(self, X: np.ndarray):
-        self.mu = X.mean(0)
-        sd = X.std(0)
+        self.mu = X.mean(0, dtype=np.float64)
+        sd = X.std(0, dtype=np.float64)
         self.sd = np.where(sd > 1e-6, sd, 1.0)
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.mu) / self.sd
+        return ((X - self.mu.astype(X.dtype)) / self.sd.astype(X.dtype)).astype(X.dtype, copy=False)
 
 
 def ood_distance(Z: np.ndarray) -> np.ndarray:
@@ -321,13 +322,14 @@ class Projection:
     columns read through their first principal components, each standardised again. Linear, so :meth:`fold` turns a
     logistic regression on the projection into one on the standardised design."""
 
-    def __init__(self, X: np.ndarray, n_step: int, raw_dims: int | None, seed: int = 0):
+    def __init__(self, X: np.ndarray, n_step: int, raw_dims: int | None, seed: int = 0, max_rows: int = 6000):
         self.scaler, self.n_step = _Scaler(X), n_step
         self.V = None
-        Z = self.scaler(X)
         if raw_dims and X.shape[1] - n_step > raw_dims:
             from sklearn.decomposition import PCA
 
+            rows = np.random.default_rng(seed).permutation(len(X))[:max_rows]  # the components of a subsample
+            Z = self.scaler(X[np.sort(rows)])
             pca = PCA(n_components=raw_dims, svd_solver="randomized", random_state=seed).fit(Z[:, n_step:])
             self.V = pca.components_.T.astype(np.float64)  # [raw cols, raw_dims]
             P = Z[:, n_step:] @ self.V
@@ -340,7 +342,7 @@ class Projection:
         Z = self.scaler(X) if Z is None else Z
         if self.V is None:
             return Z
-        return np.concatenate([Z[:, : self.n_step], (Z[:, self.n_step:] @ self.V) / self.p_sd], 1)
+        return np.concatenate([Z[:, : self.n_step], (Z[:, self.n_step:] @ self.V.astype(Z.dtype)) / self.p_sd], 1)
 
     def fold(self, coef: np.ndarray) -> np.ndarray:
         """Weights on the standardised design equal to ``coef`` on the projection."""
