@@ -46,7 +46,26 @@ RECIPES = {
                                       balance="source", blend=True),
     "all, blend": TransferRecipe(families=["commitment", "sync", "trajectory", "lens", "raw"], k=4, layer_bins=6,
                                  balance="source", blend=True),
+    # the same, each source's features centred on that source's own mean (its unlabelled rows: for a held-out
+    # source, what a user has when scoring a batch of their questions; not available one question at a time)
+    "confidence+raw, blend, centred": TransferRecipe(families=["commitment", "raw"], k=4, balance="source", blend=True,
+                                                     name="centred"),
+    "raw 1024, blend": TransferRecipe(families=["commitment", "raw"], k=4, balance="source", blend=True, raw_dims=1024),
+    "raw first, blend": TransferRecipe(families=["commitment", "raw"], k=4, raw_pool="first", balance="source",
+                                       blend=True),
 }
+RECIPES["confidence, blend, centred"] = TransferRecipe(families=["commitment"], k=4, balance="source", blend=True,
+                                                      name="confidence-centred")
+CENTRED = {"confidence+raw, blend, centred", "confidence, blend, centred"}
+
+
+def centre(X: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Each source's rows minus that source's mean row (no labels read)."""
+    out = X.astype(np.float32, copy=True)
+    for s in np.unique(source):
+        m = source == s
+        out[m] -= out[m].mean(0)
+    return out
 
 
 def log(msg: str) -> None:
@@ -56,7 +75,7 @@ def log(msg: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--harvest", action="append", required=True)
-    ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names of RECIPES")
+    ap.add_argument("--recipes", default=";".join(RECIPES), help="names of RECIPES, separated by semicolons")
     ap.add_argument("--sources", help="comma-separated held-out sources (default: every one with 20+ of each class)")
     ap.add_argument("--adapt-recipe", default="confidence+raw, blend")
     ap.add_argument("--adapt-ns", default="25,50,100,200,400")
@@ -66,11 +85,14 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     view = SourceView.load(a.harvest, a.group)
-    names = [n.strip() for n in a.recipes.split(",") if n.strip()]
+    names = [n.strip() for n in a.recipes.split(";") if n.strip()]
     held = [s for s in a.sources.split(",")] if a.sources else view.sources()
     log(f"{len(view.y)} rows, {len(set(view.source.tolist()))} sources, held out in turn: {held}")
     tf_all = training_free_scores(view.tensors, 4)
-    cache = {n: (design(view.tensors, RECIPES[n]), confidence_scores(view.tensors, RECIPES[n].k)) for n in names}
+    cache = {}
+    for n in names:
+        X, conf = design(view.tensors, RECIPES[n]), confidence_scores(view.tensors, RECIPES[n].k)
+        cache[n] = (centre(X, view.source), centre(conf, view.source).astype(np.float64)) if n in CENTRED else (X, conf)
     split = np.asarray([split_of(q) for q in view.ids])
     res = {"recipes": {n: {**asdict(RECIPES[n]), "Cs": list(RECIPES[n].Cs)} for n in names}, "rows": {n: [] for n in names},
            "selected": [], "ood": [], "adapt": []}

@@ -230,10 +230,15 @@ class Blend:
 
 
 def fit_blend(probe: np.ndarray, conf: np.ndarray, d: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, *,
-              l2: float = 1e-3, backoff: bool = True) -> Blend:
+              l2: float = 1e-3, backoff: bool = True, monotone: bool = True) -> Blend:
     """Fit :class:`Blend` on out-of-source rows: ``probe`` their held-out probe logits, ``conf`` their confidence
     scores ``[N, C]``, ``d`` their distances from the rows the probe was trained on, ``y`` labels, ``w`` weights.
-    With ``backoff=False`` the weight stays 1 (``s = 0``, ``d0`` large)."""
+    With ``backoff=False`` the weight stays 1 (``s = 0``, ``d0`` large).
+
+    ``monotone`` (the default) keeps ``a`` and every ``b`` at or above 0: the risk never falls as a confidence score
+    says "riskier" or as the probe does. Unconstrained, the pooled fit plays the collinear confidence scores against
+    each other (a negative weight on one, positive on the rest) in ways that fit the training sources and invert on
+    a new one."""
     y_t = torch.as_tensor(np.asarray(y), dtype=torch.float64)
     w_t = torch.as_tensor(np.ones(len(y)) if w is None else np.asarray(w), dtype=torch.float64)
     mu, sd = conf.mean(0), np.where(conf.std(0) > 1e-9, conf.std(0), 1.0)
@@ -244,16 +249,20 @@ def fit_blend(probe: np.ndarray, conf: np.ndarray, d: np.ndarray, y: np.ndarray,
     d_med = float(dd.median())
     d_sd = float(dd.std()) or 1.0
     # parameters: a, b (C), c, d0, log s; the distance scaled by its spread so that s starts near 1
-    params = torch.zeros(Z.shape[1] + 4, dtype=torch.float64)
-    params[0] = 1.0 / p_sd
+    nb = Z.shape[1]
+    sp = torch.nn.functional.softplus
+    params = torch.zeros(nb + 4, dtype=torch.float64)
+    params[0] = math.log(math.e - 1.0) if monotone else 1.0  # a starts at 1 / sd(probe) either way
+    params[1:1 + nb] = -2.0 if monotone else 0.0
     params[-2] = 2.0  # d0 two spreads above the median: the probe kept on most rows at the start
     params[-1] = 0.0
     params.requires_grad_(True)
     opt = torch.optim.LBFGS([params], lr=0.5, max_iter=300, line_search_fn="strong_wolfe")
-    nb = Z.shape[1]
 
     def parts(q):
-        a, b, c, d0, log_s = q[0], q[1:1 + nb], q[1 + nb], q[2 + nb], q[3 + nb]
+        a = (sp(q[0]) if monotone else q[0]) / p_sd
+        b = sp(q[1:1 + nb]) if monotone else q[1:1 + nb]
+        c, d0, log_s = q[1 + nb], q[2 + nb], q[3 + nb]
         wt = torch.sigmoid(torch.exp(log_s) * (d0 - (dd - d_med) / d_sd)) if backoff else torch.ones_like(dd)
         return a, b, c, d0, log_s, wt
 

@@ -248,3 +248,17 @@ def test_a_blend_on_a_single_source_folds_by_question(tmp_path):
     view = SourceView.load(_sources(tmp_path, n_sources=1, n=300))
     fit = fit_transfer(view, np.arange(len(view.y)), TransferRecipe(families=["commitment"], k=2))
     assert fit["folds_by"] == "question" and fit["cv_auroc"] > 0.7 and fit["blend"] is not None
+
+
+def test_the_blend_is_monotone_in_every_confidence_score_and_the_probe():
+    rng = np.random.default_rng(1)
+    n = 3000
+    y = (rng.random(n) < 0.5).astype(float)
+    base = y + rng.normal(size=n)
+    # two nearly collinear scores: a free fit plays one against the other (a negative weight on one)
+    conf = np.c_[base + 0.1 * rng.normal(size=n), base + 0.1 * rng.normal(size=n) + 0.3 * y]
+    probe = -(y - 0.5) + rng.normal(size=n)  # a probe pointing the wrong way on these rows
+    free = fit_blend(probe, conf, np.ones(n), y, backoff=False, monotone=False)
+    mono = fit_blend(probe, conf, np.ones(n), y, backoff=False)
+    assert min(free.b) < 0 and free.a < 0
+    assert min(mono.b) >= 0 and mono.a >= 0 and mono.a < 0.05
