@@ -54,6 +54,11 @@ RECIPES = {
     "raw first, blend": TransferRecipe(families=["commitment", "raw"], k=4, raw_pool="first", balance="source",
                                        blend=True),
 }
+RECIPES["whole answer, blend"] = TransferRecipe(families=["commitment", "raw"], k=32, balance="source", blend=True,
+                                                name="whole answer: commitment@k32+raw")
+RECIPES["raw, class, blend"] = TransferRecipe(families=["raw"], k=4, balance="class", blend=True)
+RECIPES["raw middle layers"] = TransferRecipe(families=["raw"], k=4, raw_layers=[2, 3, 4, 5], balance="class",
+                                              blend=False)
 RECIPES["confidence, blend, centred"] = TransferRecipe(families=["commitment"], k=4, balance="source", blend=True,
                                                       name="confidence-centred")
 CENTRED = {"confidence+raw, blend, centred", "confidence, blend, centred"}

@@ -92,6 +92,7 @@ class BlendProbe(nn.Module):
         self.register_buffer("conf_b", torch.zeros(4))
         self.register_buffer("conf_mean", torch.zeros(4))
         self.register_buffer("conf_std", torch.ones(4))
+        self.has_confidence = n_feat > CHOSEN_LOGPROB  # a probe without the commitment family has no confidence term
 
     def _z(self, seq, mask, static):
         return (flat_design(seq * mask.unsqueeze(-1).to(seq.dtype), mask, static) - self.x_mean) / self.x_std
@@ -116,6 +117,8 @@ class BlendProbe(nn.Module):
         z = self._z(seq, mask, static)
         probe = self.fc(z).squeeze(-1)
         w = torch.sigmoid(self.head[3] * (self.head[2] - z.square().mean(1).sqrt()))
+        if not self.has_confidence:
+            return w * self.head[0] * probe + self.head[1]
         conf = (self.confidence(seq, mask) - self.conf_mean) / self.conf_std
         return w * self.head[0] * probe + conf @ self.conf_b + self.head[1]
 

@@ -114,6 +114,9 @@ def adapt_risk_model(rm, x: HeadInputs, y: np.ndarray, groups: Sequence[str], *,
     if not isinstance(rm.probe, BlendProbe):
         raise UserError("adapt refits the head of a blend probe (the learned probe blended with the model's own "
                         "confidence); this probe is not one. Fit one with --model.probe blend", field="probe")
+    if not rm.probe.has_confidence:
+        raise UserError("adapt refits how a blend weighs its probe against the model's confidence; this probe reads "
+                        "no confidence (no commitment family)", field="probe")
     y = np.asarray(y).astype(int)
     if len(np.unique(y)) < 2:
         raise UserError(f"the labelled answers are all {'wrong' if y.sum() else 'right'} ({len(y)} of them); adapt "

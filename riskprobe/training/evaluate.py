@@ -100,7 +100,7 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
     out["early_stop"] = early_stop_savings(yv, val_risk, yt, test_risk, n_tok[idx["test"]], dm.selection.k)
     out["calibration"] = {"a": float(rm.calib[0]), "b": float(rm.calib[1]), "threshold": thr}
     d_val, d_test = ood_distance(rm, vs, vm, vg).numpy(), ood_distance(rm, ts, tm, tg).numpy()
-    if hasattr(rm.probe, "weight"):  # a blend flags what it backs off from: beyond d0 it keeps under half the probe
+    if hasattr(rm.probe, "weight") and float(rm.probe.head[2]) < 1e8:  # a blend flags what it backs off from
         ood_thr = float(rm.probe.head[2])
         out["ood"] = {"threshold": ood_thr, "quantile": float(np.mean(d_val <= ood_thr)), "rule": "blend back-off",
                       "test_flagged": float(np.mean(d_test > ood_thr))}
@@ -109,6 +109,8 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
     else:
         ood_thr = float(np.quantile(d_val, OOD_QUANTILE))
         out["ood"] = {"threshold": ood_thr, "quantile": OOD_QUANTILE, "test_flagged": float(np.mean(d_test > ood_thr))}
+        if getattr(module, "blend_info", None):
+            out["blend"] = module.blend_info
     prov = np.asarray(meta["provenance"]) if "provenance" in meta else np.asarray(["own"] * len(meta["id"]))
     out["answer_provenance"] = sorted(set(prov[idx["train"]].tolist()))
     if set(prov.tolist()) != {"own"}:  # given answers in the data: the risk by provenance and by source

@@ -500,16 +500,17 @@ def tf_names_at_k(names: Sequence[str]) -> list[str]:
 
 
 def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims: int | None = 256,
-                   group: str = "set") -> dict[str, Any]:
+                   group: str = "set", blend: bool = True) -> dict[str, Any]:
     """Fit a :class:`~riskprobe.probes.modules.BlendProbe` (inside ``rm``) on the training split of the data module
     ``dm``: C by CV grouped by source, the logistic probe on every training row, the blend on the out-of-source rows.
-    Returns what was chosen (C, CV AUROC by C, the blend)."""
+    With ``blend=False`` the head keeps the probe alone (weight 1 everywhere, no confidence). Returns what was chosen
+    (C, CV AUROC by C, the blend)."""
     from ..probes.modules import BlendProbe
 
     if not isinstance(rm.probe, BlendProbe):
         raise TypeError("a blend fit needs a BlendProbe")
     sel = dm.selection
-    if "commitment" not in sel.families:
+    if blend and "commitment" not in sel.families:
         raise UserError("the blend reads the model's confidence from the commitment family: add 'commitment' to "
                         "data.families", field="data.families")
     h = dm.harvests
@@ -522,9 +523,11 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
     view = SourceView(np.asarray(h.meta["label"]).astype(int), src, np.asarray(h.meta["id"]), h.tensors,
                       np.asarray(h.meta["n_tokens"]))
     recipe = TransferRecipe(families=list(sel.families), k=sel.k, raw_layers=sel.raw_layers, raw_pool=sel.raw_pool,
-                            layer_bins=sel.layer_bins, balance=balance, blend=True, raw_dims=raw_dims)
+                            layer_bins=sel.layer_bins, balance=balance, blend=blend, raw_dims=raw_dims)
     fit = fit_transfer(view, np.asarray(dm.idx["train"]), recipe, folds=folds)
     p, b, sc = rm.probe, fit["blend"], fit["projection"].scaler
+    if b is None:  # the probe alone: kept whole at every distance, no confidence term
+        b = Blend(a=1.0, b=[0.0] * 4, c=0.0, d0=1e9, s=1.0, conf_mean=[0.0] * 4, conf_std=[1.0] * 4)
     with torch.no_grad():
         p.fc.weight.copy_(torch.as_tensor(fit["coef"], dtype=p.fc.weight.dtype).reshape(1, -1))
         p.fc.bias.copy_(torch.tensor([fit["intercept"]], dtype=p.fc.bias.dtype))
@@ -534,5 +537,5 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
         p.conf_b.copy_(torch.tensor(b.b, dtype=p.conf_b.dtype))
         p.conf_mean.copy_(torch.tensor(b.conf_mean, dtype=p.conf_mean.dtype))
         p.conf_std.copy_(torch.tensor(b.conf_std, dtype=p.conf_std.dtype))
-    return {"C": fit["C"], "cv_auroc_by_source": fit["cv_auroc"], "cv_by_C": fit["cv_by_C"], "blend": b.to_dict(),
-            "folds_by": fit["folds_by"] if fit["folds_by"] == "question" else group}
+    return {"C": fit["C"], "cv_auroc_by_source": fit["cv_auroc"], "cv_by_C": fit["cv_by_C"],
+            "blend": b.to_dict() if blend else None, "folds_by": fit["folds_by"] if fit["folds_by"] == "question" else group}

@@ -37,10 +37,12 @@ class ProbeModule(L.LightningModule):
         balance: ``blend`` only: ``source`` (every training source weighs the same) or ``class``.
         group: ``blend`` only: what a source is for its CV and balance: ``set`` (the prompt set) or ``writer`` (who
             wrote a given answer: the given-answer head).
+        blend: ``blend`` only: ``false`` keeps the transfer-fitted probe alone (no confidence term, no back-off).
     """
 
     def __init__(self, probe: str = "mlp", hidden: int = 64, dropout: float = 0.1, lr: float = 3e-3,
-                 weight_decay: float = 1e-2, C: float = 0.01, balance: str = "source", group: str = "set"):
+                 weight_decay: float = 1e-2, C: float = 0.01, balance: str = "source", group: str = "set",
+                 blend: bool = True):
         super().__init__()
         from ..probes.modules import PROBES
 
@@ -92,7 +94,7 @@ class ProbeModule(L.LightningModule):
                 from .loso import fit_into_blend
 
                 self.blend_info = fit_into_blend(self.risk_model, dm, balance=self.hparams.balance,
-                                                 group=self.hparams.group)
+                                                 group=self.hparams.group, blend=self.hparams.blend)
             else:
                 sch, sel = dm.harvests.schema, dm.selection
                 if "raw" not in sel.families:

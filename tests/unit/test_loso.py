@@ -262,3 +262,22 @@ def test_the_blend_is_monotone_in_every_confidence_score_and_the_probe():
     mono = fit_blend(probe, conf, np.ones(n), y, backoff=False)
     assert min(free.b) < 0 and free.a < 0
     assert min(mono.b) >= 0 and mono.a >= 0 and mono.a < 0.05
+
+
+def test_a_transfer_probe_without_the_blend_is_the_probe_alone(tmp_path, monkeypatch):
+    import os
+
+    from riskprobe.probes.artifact import read_artifact
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    paths = _sources(tmp_path, n=150)
+    ck = tmp_path / "ck"
+    assert main(["fit", "--config", "transfer", "--data.paths", "[" + ",".join(paths) + "]", "--data.families",
+                 "[raw]", "--data.k", "2", "--model.blend", "false", "--n_boot", "10", "--sweep_ks", "null",
+                 "--trainer.default_root_dir", str(tmp_path / "run"), "--checkpoint_dir", str(ck)]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["blend"]["blend"] is None and m["ood"]["quantile"] == 0.99 and m["probe"]["auroc"] > 0.7
+    assert main(["export", "--ckpt", str(ck / "final.ckpt"), "--out", str(tmp_path / "art")]) == 0
+    rm, _ = read_artifact(tmp_path / "art")
+    assert rm.probe.head.tolist() == [1.0, 0.0, 1e9, 1.0] and rm.probe.conf_b.abs().sum() == 0
