@@ -64,6 +64,9 @@ class TransferRecipe:
         raw_dims: the standardised raw states are read through their first ``raw_dims`` principal components (fitted
             on the training rows, no labels); ``None``: every column. A linear map, so the exported probe folds it
             into its weights.
+        probe_families: the families the logistic probe itself reads (``None``: all of ``families``); the others are
+            there for the blend alone (``["raw"]`` with ``families: [commitment, raw]``: the probe reads the hidden
+            states, the blend the model's confidence).
         Cs: inverse L2 strengths tried (chosen by CV grouped by source).
         name: a label for tables.
     """
@@ -76,6 +79,7 @@ class TransferRecipe:
     balance: str = "source"
     blend: bool = True
     raw_dims: int | None = 256
+    probe_families: list[str] | None = None
     Cs: Sequence[float] = CS
     name: str = ""
 
@@ -108,6 +112,37 @@ def n_step_columns(t: dict[str, torch.Tensor], recipe: TransferRecipe) -> int:
     """How many columns of :func:`design` are per-step features (the rest are pooled raw states)."""
     x = inputs_from_signatures({k: v[:1] for k, v in t.items()}, recipe.selection())
     return int(x["seq"].shape[1] * (x["seq"].shape[2] + 1))
+
+
+def probe_columns(t: dict[str, torch.Tensor], recipe: TransferRecipe) -> tuple[np.ndarray, int] | None:
+    """``(columns, per-step columns among them)``: which columns of :func:`design` the logistic probe reads when
+    ``recipe.probe_families`` names fewer families than ``recipe.families`` (every step's valid-step indicator is
+    always read); ``None`` when it reads them all."""
+    from ..probes.inputs import STEP_FAMILIES
+
+    fams = recipe.probe_families
+    if not fams or set(fams) >= set(recipe.families):
+        return None
+    one = {k: v[:1] for k, v in t.items()}
+    widths = []
+    for f in STEP_FAMILIES:
+        if f in recipe.families:
+            r = FeatureSelection([f], recipe.k, recipe.raw_layers, recipe.raw_pool, recipe.layer_bins)
+            widths.append((f, int(inputs_from_signatures(one, r)["seq"].shape[2])))
+    x = inputs_from_signatures(one, recipe.selection())
+    n_steps, n_static = int(x["seq"].shape[1]), int(x["static"].shape[1])
+    cols, j = [], 0
+    for _ in range(n_steps):
+        for f, w in widths:
+            if f in fams:
+                cols += range(j, j + w)
+            j += w
+        cols.append(j)  # the valid-step indicator
+        j += 1
+    n_step = len(cols)
+    if "raw" in fams:
+        cols += range(j, j + n_static)
+    return np.asarray(cols), n_step
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -365,25 +400,34 @@ def fit_transfer(view: SourceView, train: np.ndarray, recipe: TransferRecipe, *,
                  conf: np.ndarray | None = None, folds: int = 5) -> dict[str, Any]:
     """Fit ``recipe`` on the rows ``train`` of ``view``: C by CV grouped by source, then the probe on every training
     row, then (with ``recipe.blend``) the blend on the out-of-source rows of that CV. Returns the fitted parts:
-    ``{"projection", "coef", "intercept", "C", "cv_auroc", "cv_by_C", "blend"}`` (``coef`` on the standardised
-    design; ``X``, ``conf``: the precomputed design and confidence of all rows)."""
+    ``{"scaler", "coef", "intercept", "C", "cv_auroc", "cv_by_C", "blend", "folds_by"}`` (``coef`` on the whole
+    design standardised by ``scaler``, 0 on the columns the probe does not read; ``X``, ``conf``: the precomputed
+    design and confidence of all rows)."""
     recipe.validate()
     X = design(view.tensors, recipe) if X is None else X
     conf = confidence_scores(view.tensors, recipe.k) if conf is None else conf
     y, g = view.y[train], view.source[train]
     w = sample_weights(y, g, recipe.balance)
-    proj = Projection(X[train], n_step_columns(view.tensors, recipe), recipe.raw_dims)
     Xt = X[train]
-    Zt = proj.standardised(Xt)
-    Pt = proj(Xt, Zt)
+    scaler = _Scaler(Xt)
+    Zt = scaler(Xt)  # the whole design: what the distance (and the back-off) reads
+    sub = probe_columns(view.tensors, recipe)
+    cols, n_step = sub if sub is not None else (None, n_step_columns(view.tensors, recipe))
+    proj = Projection(Xt if cols is None else Xt[:, cols], n_step, recipe.raw_dims)
+    Pt = proj(None, Zt if cols is None else Zt[:, cols])
     # folds grouped by source; with a single training source (a user's one set), by question: the blend then
     # learns in-source trust only, which the result records
     by_source = len(np.unique(g)) >= 2
     cv = cv_by_source(Pt, y, g if by_source else view.ids[train], w, recipe.Cs, folds=folds,
-                      X_dist=Zt if proj.V is not None else None, within=g)
+                      X_dist=Zt if (proj.V is not None or cols is not None) else None, within=g)
     lr = _logreg(cv["C"]).fit(Pt, y, sample_weight=w)
+    coef = proj.fold(lr.coef_[0])
+    if cols is not None:
+        full = np.zeros(X.shape[1])
+        full[cols] = coef
+        coef = full
     blend = fit_blend(cv["oof"], conf[train], cv["oof_distance"], y, w) if recipe.blend else None
-    return {"projection": proj, "coef": proj.fold(lr.coef_[0]), "intercept": float(lr.intercept_[0]), "C": cv["C"],
+    return {"scaler": scaler, "coef": coef, "intercept": float(lr.intercept_[0]), "C": cv["C"],
             "cv_auroc": cv["cv_auroc"], "cv_by_C": cv["cv_by_C"], "blend": blend,
             "folds_by": "source" if by_source else "question"}
 
@@ -391,7 +435,7 @@ def fit_transfer(view: SourceView, train: np.ndarray, recipe: TransferRecipe, *,
 def predict_transfer(fit: dict[str, Any], X: np.ndarray, conf: np.ndarray) -> dict[str, np.ndarray]:
     """The fitted probe's logit, the distance from its training rows, and the blended logit (the probe's own where
     there is no blend) for rows ``X``."""
-    Z = fit["projection"].standardised(X)
+    Z = fit["scaler"](X)
     probe = Z @ fit["coef"] + fit["intercept"]
     d = ood_distance(Z)
     blend = fit["blend"]
@@ -500,7 +544,7 @@ def tf_names_at_k(names: Sequence[str]) -> list[str]:
 
 
 def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims: int | None = 256,
-                   group: str = "set", blend: bool = True) -> dict[str, Any]:
+                   group: str = "set", blend: bool = True, probe_families: list[str] | None = None) -> dict[str, Any]:
     """Fit a :class:`~riskprobe.probes.modules.BlendProbe` (inside ``rm``) on the training split of the data module
     ``dm``: C by CV grouped by source, the logistic probe on every training row, the blend on the out-of-source rows.
     With ``blend=False`` the head keeps the probe alone (weight 1 everywhere, no confidence). Returns what was chosen
@@ -523,9 +567,10 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
     view = SourceView(np.asarray(h.meta["label"]).astype(int), src, np.asarray(h.meta["id"]), h.tensors,
                       np.asarray(h.meta["n_tokens"]))
     recipe = TransferRecipe(families=list(sel.families), k=sel.k, raw_layers=sel.raw_layers, raw_pool=sel.raw_pool,
-                            layer_bins=sel.layer_bins, balance=balance, blend=blend, raw_dims=raw_dims)
+                            layer_bins=sel.layer_bins, balance=balance, blend=blend, raw_dims=raw_dims,
+                            probe_families=list(probe_families) if probe_families else None)
     fit = fit_transfer(view, np.asarray(dm.idx["train"]), recipe, folds=folds)
-    p, b, sc = rm.probe, fit["blend"], fit["projection"].scaler
+    p, b, sc = rm.probe, fit["blend"], fit["scaler"]
     if b is None:  # the probe alone: kept whole at every distance, no confidence term
         b = Blend(a=1.0, b=[0.0] * 4, c=0.0, d0=1e9, s=1.0, conf_mean=[0.0] * 4, conf_std=[1.0] * 4)
     with torch.no_grad():

@@ -38,11 +38,13 @@ class ProbeModule(L.LightningModule):
         group: ``blend`` only: what a source is for its CV and balance: ``set`` (the prompt set) or ``writer`` (who
             wrote a given answer: the given-answer head).
         blend: ``blend`` only: ``false`` keeps the transfer-fitted probe alone (no confidence term, no back-off).
+        probe_families: ``blend`` only: the families its logistic probe reads (default: all of ``data.families``);
+            ``[raw]`` with ``data.families: [commitment, raw]`` leaves the model's confidence to the blend alone.
     """
 
     def __init__(self, probe: str = "mlp", hidden: int = 64, dropout: float = 0.1, lr: float = 3e-3,
                  weight_decay: float = 1e-2, C: float = 0.01, balance: str = "source", group: str = "set",
-                 blend: bool = True):
+                 blend: bool = True, probe_families: Optional[list[str]] = None):
         super().__init__()
         from ..probes.modules import PROBES
 
@@ -94,7 +96,8 @@ class ProbeModule(L.LightningModule):
                 from .loso import fit_into_blend
 
                 self.blend_info = fit_into_blend(self.risk_model, dm, balance=self.hparams.balance,
-                                                 group=self.hparams.group, blend=self.hparams.blend)
+                                                 group=self.hparams.group, blend=self.hparams.blend,
+                                                 probe_families=self.hparams.probe_families)
             else:
                 sch, sel = dm.harvests.schema, dm.selection
                 if "raw" not in sel.families:

@@ -281,3 +281,20 @@ def test_a_transfer_probe_without_the_blend_is_the_probe_alone(tmp_path, monkeyp
     assert main(["export", "--ckpt", str(ck / "final.ckpt"), "--out", str(tmp_path / "art")]) == 0
     rm, _ = read_artifact(tmp_path / "art")
     assert rm.probe.head.tolist() == [1.0, 0.0, 1e9, 1.0] and rm.probe.conf_b.abs().sum() == 0
+
+
+def test_the_probe_may_read_fewer_families_than_the_blend(tmp_path):
+    from riskprobe.training.loso import probe_columns
+
+    view = SourceView.load(_sources(tmp_path, n=150))
+    r = TransferRecipe(families=["commitment", "raw"], k=2, probe_families=["raw"])
+    cols, n_step = probe_columns(view.tensors, r)
+    X = design(view.tensors, r)
+    full = TransferRecipe(families=["commitment", "raw"], k=2)
+    assert probe_columns(view.tensors, full) is None
+    # the commitment columns (6 per step) are left out, the valid-step indicators and raw states kept
+    assert n_step == 3 and len(cols) == X.shape[1] - 3 * 6
+    np.testing.assert_array_equal(design(view.tensors, TransferRecipe(families=["raw"], k=2)), X[:, cols])
+    fit = fit_transfer(view, np.arange(len(view.y)), r, X=X)
+    zero = np.setdiff1d(np.arange(X.shape[1]), cols)
+    assert np.all(fit["coef"][zero] == 0) and np.any(fit["coef"][cols] != 0) and fit["blend"] is not None
