@@ -332,9 +332,10 @@ def cmd_transfer(args) -> int:
         if not Path(h).is_dir():
             raise UserError("harvest directory not found", file=h, field="harvest")
     _positive(args.n_boot, "n-boot", 100000)
+    probe_fams = [f.strip() for f in args.probe_families.split(",") if f.strip()] if args.probe_families else None
     recipe = TransferRecipe(families=[f.strip() for f in args.families.split(",") if f.strip()], k=args.k,
                             raw_pool=args.raw_pool, layer_bins=args.layer_bins, balance=args.balance,
-                            blend=not args.no_blend, Cs=CS)
+                            blend=not args.no_blend, Cs=CS, probe_families=probe_fams)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
     res = loso(args.harvest, recipe, sources=sources, n_boot=args.n_boot, progress=not args.no_progress,
                group=args.group)
@@ -684,7 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "training-free scores, with paired-bootstrap margins.")
     tr.add_argument("--harvest", action="append", required=True, metavar="DIR",
                     help="a harvest (repeatable: harvests of one model with the same features are joined)")
-    tr.add_argument("--families", default="commitment,raw", help="feature families the probe reads")
+    tr.add_argument("--families", default="commitment,raw", help="feature families the probe and its blend read")
+    tr.add_argument("--probe-families", dest="probe_families",
+                    help="the families the logistic probe itself reads, when fewer (raw: the blend alone reads the "
+                         "model's confidence)")
     tr.add_argument("--k", type=int, default=4, help="early steps after step 0")
     tr.add_argument("--raw-pool", dest="raw_pool", default="first+mean", choices=["first", "mean", "first+mean"])
     tr.add_argument("--layer-bins", dest="layer_bins", type=int, help="pool per-layer features into bins of depth")

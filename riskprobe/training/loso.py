@@ -90,6 +90,8 @@ class TransferRecipe:
         if self.name:
             return self.name
         fam = "+".join(self.families)
+        if self.probe_families and set(self.probe_families) < set(self.families):
+            fam = "+".join(self.probe_families) + f" (blend: {fam})"
         return f"{fam}@k{self.k}" + (f"/{self.balance}" if self.balance != "class" else "") + ("+blend" if self.blend else "")
 
     def validate(self) -> None:
