@@ -41,19 +41,25 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
-# Reproduce the shipped probe (riskprobe/assets/probes/default) from the public TriviaQA set and the built-in set.
-# The shipped probe: the SmolLM2 corpus extracted (no generation), its recipe selected by grouped CV, exported.
+# Reproduce the shipped probe (riskprobe/assets/probes/default) from the committed SmolLM2 corpora (no generation):
+# extract both with the `sources` features, fit the `transfer` recipe, leave each source out for its transfer table,
+# export (about an hour on 2 CPU cores).
 default-probe: setup
-	$(VENV)/bin/riskprobe extract --generations data/corpora/smollm2-135m --features corpus --out runs/corpus/smollm2-135m
-	$(VENV)/bin/riskprobe fit --config corpus
-	$(VENV)/bin/riskprobe export --ckpt runs/corpus/ckpt/final.ckpt --out riskprobe/assets/probes/default \
-		--given-probe given
+	$(VENV)/bin/riskprobe extract --generations data/corpora/smollm2-135m --features sources --out runs/sources/smollm2-135m
+	$(VENV)/bin/riskprobe extract --generations data/corpora/smollm2-135m-sources --features sources \
+		--out runs/sources/smollm2-135m-sources
+	$(VENV)/bin/riskprobe fit --config transfer
+	$(VENV)/bin/riskprobe transfer --harvest runs/sources/smollm2-135m --harvest runs/sources/smollm2-135m-sources \
+		--families commitment,raw --probe-families raw --balance class --json runs/transfer-default.json
+	$(VENV)/bin/riskprobe export --ckpt runs/transfer/ckpt/final.ckpt --out riskprobe/assets/probes/default \
+		--given-probe given --transfer runs/transfer-default.json
 
-# The shipped given-answer head (rows with a response): the SmolLM2 corpus harvest (above) mixed with answers the
-# model did not write (HaluEval, TruthfulQA, gold answers, Gemma 3's corpus answers), selected and fitted alike.
+# The shipped given-answer head (rows with a response): answers of every writer (SmolLM2 itself, Gemma 3, Qwen2.5,
+# real QA systems judged by people, HaluEval, TruthfulQA, references) forced through SmolLM2, fitted by writer.
 given-probe: setup
 	$(VENV)/bin/riskprobe given-harvest --corpus data/corpora/smollm2-135m --other data/corpora/gemma3-270m \
-		--out runs/given/smollm2-135m
+		data/corpora/qwen2.5-0.5b --own 2000 --efficientqa 1000 --halueval 1000 --gold 1000 --other-rows 1500 \
+		--per-question 2 --features sources --out runs/sources/given-smollm2-135m
 	$(VENV)/bin/riskprobe fit --config given
 	$(VENV)/bin/riskprobe export --ckpt runs/given/ckpt/final.ckpt --out riskprobe/assets/probes/given
 

@@ -110,8 +110,10 @@ class BlendProbe(nn.Module):
                             -(seq[..., CHOSEN_LOGPROB] * m).sum(1) / n], 1)
 
     def weight(self, seq, mask, static):
-        """``[N]``: how much of the probe is kept (1 near the training rows, toward 0 far from them)."""
-        return torch.sigmoid(self.head[3] * (self.head[2] - self.distance(seq, mask, static)))
+        """``[N]``: how much of the probe is kept (1 near the training rows, toward 0 far from them; 0 everywhere
+        when the fit gave the probe no weight at all, ``a`` under 1e-3: the model's confidence alone carries the risk)."""
+        kept = torch.sigmoid(self.head[3] * (self.head[2] - self.distance(seq, mask, static)))
+        return kept * (self.head[0] >= 1e-3).to(kept.dtype)
 
     def forward(self, seq, mask, static):
         z = self._z(seq, mask, static)

@@ -254,7 +254,7 @@ class Scorer:
                 out[i] = {"response": texts[j], "risk": float(risk[j]),
                           "risk_by_step": [round(float(v), 6) for v in by_step[j]],
                           "flagged": bool(risk[j] >= head.threshold), "n_tokens": len(token_ids[j]),
-                          "teacher_forced": forced_mode, "head": "given" if forced_mode else "generation",
+                          "teacher_forced": forced_mode, "head": head_name(forced_mode, None if wt is None else float(wt[j])),
                           "path": path_of(None if wt is None else float(wt[j])),
                           "ood": None if far is None else bool(far[j]), "ood_distance": round(float(dist[j]), 4)}
         return out  # type: ignore[return-value]
@@ -269,6 +269,19 @@ def path_of(weight: float | None) -> str:
     ('probe', 'probe', 'confidence')
     """
     return "probe" if weight is None or weight >= 0.5 else "confidence"
+
+
+def head_name(forced: bool, weight: float | None) -> str:
+    """The ``head`` field of a scored row: ``generation`` (the model's own answer), ``given`` (an answer given with the
+    request, scored by the given-answer head) or ``confidence`` (a given answer that the given-answer head leaves to the
+    model's confidence alone, where its learned probe does not hold).
+
+    >>> head_name(False, None), head_name(True, 0.9), head_name(True, 0.0)
+    ('generation', 'given', 'confidence')
+    """
+    if not forced:
+        return "generation"
+    return "confidence" if path_of(weight) == "confidence" else "given"
 
 
 def onnx_risk(artifact: str | Path, seq, mask, static) -> np.ndarray:

@@ -67,7 +67,7 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
         length = np.asarray(dm.harvests.meta["n_tokens"], dtype=float)  # control: answer length alone
         r = baseline_metrics(length[idx["val"]], yv, length[idx["test"]], yt, n_boot=n_boot)
         out["baselines"]["answer_length"] = {**r, "kind": "control"}
-        same = module.hparams.probe == "logreg"  # the probe is that baseline already
+        same = module.hparams.probe in ("logreg", "blend")  # the probe is that baseline already (a logistic on its features)
         for name, d in sklearn_baselines(dm.inputs, dm.harvests.tensors, idx, dm.harvests.schema, cache,
                                          features=not same).items():
             # class-balanced training skews the probabilities: recalibrate on validation like the probe

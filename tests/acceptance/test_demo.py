@@ -26,7 +26,13 @@ def test_the_demo_runs_end_to_end_and_closes_with_the_table(tmp_path, monkeypatc
         assert out.startswith("note: the public question sets are not on this machine")
     # everything the demo promises is there: artifact, scored sample (generated and given answers), report
     scored = [json.loads(x) for x in (tmp_path / "demo" / "scored.jsonl").read_text().splitlines()]
-    assert {r["head"] for r in scored} == {"generation", "given"}
+    heads = {r["id"].split("-")[0]: set() for r in scored}
+    for r in scored:
+        heads[r["id"].split("-")[0]].add(r["head"])
+    # generated rows by the generation probe; given answers by the given-answer head, or by the model's confidence
+    # where that head does not trust its probe (and then every such row says so)
+    assert heads["gen"] == {"generation"} and heads["right"] | heads["wrong"] <= {"given", "confidence"}
+    assert all(r["path"] == "confidence" for r in scored if r["head"] == "confidence")
     report = (tmp_path / "demo" / "report" / "report.md").read_text()
     assert report.splitlines()[2].startswith("**Headline.**") and "The early risk against the model's own" in report
     # a rerun into the same folder (an earlier demo's) resumes the harvests and succeeds again

@@ -13,8 +13,9 @@ from riskprobe.resources import shipped_configs
 @pytest.fixture(scope="module")
 def harvests(tmp_path_factory):
     d = tmp_path_factory.mktemp("h")
-    return {"tqa": make_harvest(d / "tqa", n=120, K=8, set_name="triviaqa"),
-            "nq": make_harvest(d / "nq", n=120, K=8, set_name="nq_open")}
+    # K = 32: the given-answer config reads the whole answer (k = 32)
+    return {"tqa": make_harvest(d / "tqa", n=120, K=32, set_name="triviaqa"),
+            "nq": make_harvest(d / "nq", n=120, K=32, set_name="nq_open")}
 
 
 @pytest.mark.parametrize("name", sorted(shipped_configs("fit")))
