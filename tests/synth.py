@@ -57,9 +57,10 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
 
 
 def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", "trajectory", "lens", "raw"),
-                  provenance=("other", "own"), ood=None):
+                  provenance=("other", "own"), ood=None, tweak=None):
     """A probe artifact for ``lm``'s signature with random (but fixed) weights and calibration, recorded as
-    trained on answers of ``provenance`` (by default own and others', so it scores given answers too)."""
+    trained on answers of ``provenance`` (by default own and others', so it scores given answers too); ``tweak(module)``
+    may set weights before the export."""
     import torch
 
     from riskprobe.models import render
@@ -86,6 +87,8 @@ def make_artifact(lm, out, probe="mlp", seed=0, families=("commitment", "sync", 
     mod.build({"selection": sel.to_dict(), "dims": dims, "step_features": step_feature_names(spec.schema(), sel.families),
                "feature_schema": spec.schema(), "model_identity": lm.identity.to_dict(), "data_fingerprint": "test"})
     mod.risk_model.calib.copy_(torch.tensor([0.5, -0.2]))
+    if tweak is not None:
+        tweak(mod)
     ck = out / "final.ckpt"
     ck.parent.mkdir(parents=True, exist_ok=True)
     save_calibrated(mod, ck)

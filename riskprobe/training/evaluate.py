@@ -39,6 +39,21 @@ def baseline_metrics(val_scores, yv, test_scores, yt, *, n_boot: int = 1000) -> 
     return M.evaluate(np.asarray(yt), pt, threshold=M.best_threshold(np.asarray(yv), pv), n_boot=n_boot)
 
 
+def blend_ood(d0: float, d_val: np.ndarray, d_test: np.ndarray) -> dict[str, Any]:
+    """The out-of-distribution flag of a blend probe: the distance ``d0`` where it keeps half of its probe. A fit with
+    ``d0 <= 0`` trusts its probe at no distance, so every row is flagged; the threshold stays a positive distance, as
+    an artifact's must.
+
+    >>> blend_ood(-1.85, np.array([0.5, 1.0]), np.array([0.7]))
+    {'threshold': 1e-06, 'quantile': 0.0, 'rule': 'blend back-off', 'test_flagged': 1.0}
+    >>> blend_ood(1.2, np.array([0.5, 1.0, 2.0, 3.0]), np.array([0.7, 1.5]))["test_flagged"]
+    0.5
+    """
+    thr = max(d0, 1e-6)
+    return {"threshold": thr, "quantile": float(np.mean(d_val <= thr)), "rule": "blend back-off",
+            "test_flagged": float(np.mean(d_test > thr))}
+
+
 def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot: int = 1000,
                            baselines: bool = True, cache: dict | None = None, calibrate: bool = True) -> dict[str, Any]:
     """Calibrate the probe on validation (unless ``calibrate=False``: a trained probe is evaluated as it is),
@@ -101,9 +116,7 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
     out["calibration"] = {"a": float(rm.calib[0]), "b": float(rm.calib[1]), "threshold": thr}
     d_val, d_test = ood_distance(rm, vs, vm, vg).numpy(), ood_distance(rm, ts, tm, tg).numpy()
     if hasattr(rm.probe, "weight") and float(rm.probe.head[2]) < 1e8:  # a blend flags what it backs off from
-        ood_thr = float(rm.probe.head[2])
-        out["ood"] = {"threshold": ood_thr, "quantile": float(np.mean(d_val <= ood_thr)), "rule": "blend back-off",
-                      "test_flagged": float(np.mean(d_test > ood_thr))}
+        out["ood"] = blend_ood(float(rm.probe.head[2]), d_val, d_test)
         if getattr(module, "blend_info", None):
             out["blend"] = module.blend_info
     else:

@@ -371,12 +371,14 @@ class Projection:
     def __init__(self, X: np.ndarray, n_step: int, raw_dims: int | None, seed: int = 0, max_rows: int = 6000):
         self.scaler, self.n_step = _Scaler(X), n_step
         self.V = None
-        if raw_dims and X.shape[1] - n_step > raw_dims:
+        # fewer training rows than components: the rows span at most n - 1 directions, so keep those
+        dims = min(raw_dims, len(X) - 1) if raw_dims else 0
+        if dims >= 1 and X.shape[1] - n_step > dims:
             from sklearn.decomposition import PCA
 
             rows = np.random.default_rng(seed).permutation(len(X))[:max_rows]  # the components of a subsample
             Z = self.scaler(X[np.sort(rows)])
-            pca = PCA(n_components=raw_dims, svd_solver="randomized", random_state=seed).fit(Z[:, n_step:])
+            pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(Z[:, n_step:])
             self.V = pca.components_.T.astype(np.float64)  # [raw cols, raw_dims]
             P = Z[:, n_step:] @ self.V
             self.p_sd = np.where(P.std(0) > 1e-9, P.std(0), 1.0)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from synth import make_harvest
+from synth import make_artifact, make_harvest
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
@@ -197,6 +197,11 @@ def test_the_raw_states_projection_folds_into_weights_on_the_design():
     coef = rng.normal(size=15)
     np.testing.assert_allclose(P @ coef, proj.standardised(X) @ proj.fold(coef), rtol=1e-9, atol=1e-9)
     assert Projection(X, n_step=10, raw_dims=None)(X).shape == (300, 40)
+    # a harvest with fewer training rows than components (a small demo): the rows' own n - 1 directions
+    few = Projection(X[:12], n_step=10, raw_dims=256)
+    assert few(X[:12]).shape == (12, 10 + 11)
+    coef = rng.normal(size=21)
+    np.testing.assert_allclose(few(X) @ coef, few.standardised(X) @ few.fold(coef), rtol=1e-9, atol=1e-9)
 
 
 def test_the_exported_probe_carries_its_transfer_table(tmp_path, monkeypatch, capsys):
@@ -298,3 +303,20 @@ def test_the_probe_may_read_fewer_families_than_the_blend(tmp_path):
     fit = fit_transfer(view, np.arange(len(view.y)), r, X=X)
     zero = np.setdiff1d(np.arange(X.shape[1]), cols)
     assert np.all(fit["coef"][zero] == 0) and np.any(fit["coef"][cols] != 0) and fit["blend"] is not None
+
+
+@pytest.mark.parametrize("a, path, given_head", [(1.0, "probe", "given"), (0.0, "confidence", "confidence")])
+def test_every_scored_row_says_which_path_carried_its_risk(tmp_path, dir_lm, a, path, given_head):
+    """A blend whose probe is kept (``a`` = 1, no back-off) scores by the probe; one that gave its probe no weight
+    leaves every row to the model's confidence, and each row says so: generated rows keep ``head: generation``, given
+    answers are reported as ``head: confidence``."""
+    from riskprobe.serving.scorer import Scorer
+
+    def tweak(mod):
+        mod.risk_model.probe.head.copy_(torch.tensor([a, 0.0, 1e9, 1.0]))
+        mod.risk_model.probe.conf_b.copy_(torch.tensor([0.3, 0.2, 0.1, 0.4]))
+
+    art, _ = make_artifact(dir_lm, tmp_path / "b", probe="blend", families=("commitment", "raw"), tweak=tweak)
+    rows = Scorer.load(art, model=dir_lm).score(dir_lm, ["What is 1?", "What is 2?"], [None, "two"], max_new_tokens=4)
+    assert [r["path"] for r in rows] == [path, path]
+    assert [r["head"] for r in rows] == ["generation", given_head]
