@@ -140,7 +140,8 @@ def _features_arg(args) -> dict:
 
 
 def cmd_given_harvest(args) -> int:
-    from .harvest.given import build_given_harvest, describe, standard_answers
+    from .harvest.forced import build_given_harvest, standard_answers
+    from .prompts.answers import describe
 
     for f in ("halueval", "per_question", "gold", "other_rows", "own", "efficientqa"):
         if getattr(args, f) < 0:
@@ -148,7 +149,7 @@ def cmd_given_harvest(args) -> int:
     _positive(args.batch_size, "batch-size", 4096)
     extra = []
     if args.input:
-        from .serving.given import given_rows
+        from .prompts.answers import given_rows
 
         extra = given_rows(args.input, None)
     rows = standard_answers(corpus=args.corpus, others=args.other, halueval=args.halueval,
@@ -459,8 +460,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_eval_given(args) -> int:
-    from .evaluation.given import format_groups
-    from .serving.given import evaluate_given, evaluate_given_harvest
+    from .evaluation.given import evaluate_given, evaluate_given_harvest, format_groups
 
     if args.json:
         from .fsutil import check_result_path
@@ -738,11 +738,16 @@ def _run_lightning(argv: list[str]) -> int:
     """``fit``/``validate``/``test`` go to LightningCLI (a shipped config by name or a YAML file, --print_config, overrides)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        from .training.cli import cli_main
+        from .training.cli import run_cli
     except ImportError as e:
         raise UserError(f"training needs the 'train' extras ({e.name} is missing): pip install 'riskprobe[train]'") from None
     try:
-        return cli_main(argv)
+        run = run_cli(argv)
+        if run is not None:  # a fit's plots, drawn by the report from the run's files
+            from .report.plots import draw_run
+
+            draw_run(run)
+        return 0
     except SystemExit as e:  # jsonargparse's --help / --print_config, or its own error exit
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
     except Exception as e:  # argument errors from jsonargparse

@@ -166,9 +166,10 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
     from .models import load_model
     from .probes.artifact import export_checkpoint
     from .report.build import write_report
+    from .report.plots import draw_run
     from .serving.jsonl import score_file
     from .serving.scorer import Scorer
-    from .training.cli import cli_main
+    from .training import fit
 
     say = log or (lambda s: print(s, flush=True))
     if size not in SIZES:
@@ -202,12 +203,14 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
            "wandb": "disabled"}
     from .fsutil import dump_yaml
 
+    # the recipe is kept beside the run, so that `riskprobe fit --config OUT/recipe.yaml` repeats the fit
     atomic_write_text(out / "recipe.yaml", "# the shipped probe's recipe, fitted on the demo's harvest\n" + dump_yaml(cfg))
     say(f"fit: the shipped recipe on the demo's training split (calibrated on validation, tested once); the fit's "
         f"tables: {out / 'fit.log'}")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        cli_main(["fit", "--config", str(out / "recipe.yaml")])
+        run = fit(cfg)
+    draw_run(run)
     atomic_write_text(out / "fit.log", buf.getvalue())
     metrics = json.loads((out / "fit" / "metrics.json").read_text())
     given = model == "smollm2-135m"  # the shipped given-answer head is SmolLM2's

@@ -14,8 +14,8 @@ import numpy as np
 
 from riskprobe.evaluation.baselines import training_free_scores
 from riskprobe.evaluation.versus import format_versus, versus_training_free
-from riskprobe.harvest.given import writer_of
 from riskprobe.harvest.store import load_harvests
+from riskprobe.prompts.answers import writer_of
 from riskprobe.serving.scorer import Scorer
 
 

@@ -62,6 +62,29 @@ RECIPES["raw middle layers"] = TransferRecipe(families=["raw"], k=4, raw_layers=
 RECIPES["confidence, blend, centred"] = TransferRecipe(families=["commitment"], k=4, balance="source", blend=True,
                                                       name="confidence-centred")
 CENTRED = {"confidence+raw, blend, centred", "confidence, blend, centred"}
+# the shipped recipe with the directions that separate the training sources projected out of its design (fold by fold,
+# from the training sources' mean rows only; no labels, nothing of the held-out source)
+RECIPES["raw, class, blend, desourced"] = TransferRecipe(families=["raw"], k=4, balance="class", blend=True,
+                                                        name="raw-desourced")
+DESOURCED = {"raw, class, blend, desourced"}
+
+
+def desource(X: np.ndarray, source: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """``X`` with the directions spanned by the training sources' mean rows (in columns standardised on the training
+    rows) projected out: every training source has the same mean afterwards, so a probe cannot tell them apart by
+    where their rows sit."""
+    Xt = X[train]
+    mu, sd = Xt.mean(0, dtype=np.float64), Xt.std(0, dtype=np.float64)
+    sd = np.where(sd > 1e-9, sd, 1.0)
+    src = source[train]
+    M = np.stack([(Xt[src == s].mean(0, dtype=np.float64) - mu) / sd for s in np.unique(src)])
+    U = np.linalg.svd(M, full_matrices=False)[2]  # [n_sources, columns]: the source-mean directions
+    U = U[np.linalg.svd(M, compute_uv=False) > 1e-9].astype(np.float32)
+    out = np.empty_like(X, dtype=np.float32)
+    for i in range(0, len(X), 4096):  # in blocks: X can hold gigabytes
+        Z = ((X[i:i + 4096] - mu) / sd).astype(np.float32)
+        out[i:i + 4096] = ((Z - (Z @ U.T) @ U) * sd + mu).astype(np.float32)
+    return out
 
 
 def centre(X: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -105,6 +128,8 @@ def main() -> None:
     in_dist = {}
     for n in names:
         X, conf = cache[n]
+        if n in DESOURCED:
+            X = desource(X, view.source, np.flatnonzero(split == "train"))
         fit = fit_transfer(view, np.flatnonzero(split == "train"), RECIPES[n], X=X, conf=conf)
         te = np.flatnonzero(split == "test")
         pred = predict_transfer(fit, X[te], conf[te])
@@ -120,6 +145,8 @@ def main() -> None:
         for n in names:
             X, conf = cache[n]
             t0 = time.perf_counter()
+            if n in DESOURCED:
+                X = desource(X, view.source, train)
             fit = fit_transfer(view, train, RECIPES[n], X=X, conf=conf)
             pred = predict_transfer(fit, X[test], conf[test])
             row = versus_training_free(yt, pred["risk"], tf_t, n_boot=a.n_boot)

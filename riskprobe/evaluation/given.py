@@ -16,11 +16,28 @@ knows only the length sits at exactly 0.5.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Sequence
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
+from ..errors import UserError
+from ..harvest.store import load_harvests
+from ..models import render
+from ..models.generation import forced_ids
+from ..models.loader import LoadedModel, same_model
+from ..progress import bar as progress_bar
+from ..prompts.answers import GivenAnswer, given_rows
+from ..prompts.sets import split_of
+from ..signatures.extract import Extractor
 from . import metrics as M
+from .baselines import training_free_scores
+
+if TYPE_CHECKING:  # the scorer is handed in; evaluation does not import serving
+    from ..serving.scorer import Scorer
 
 
 def length_matched(y: Sequence[int], lengths: Sequence[int], keys: Sequence[str] | None = None) -> np.ndarray:
@@ -110,3 +127,88 @@ def format_groups(res: Mapping[str, Mapping[str, Any]]) -> str:
             line += f"{r.get('ood_flagged', 0) or 0:>7.1%}  {ci(r['unflagged']):<22}"
         lines.append(line)
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ a probe on given answers (eval-given)
+def _signatures(head: Scorer, lm: LoadedModel, rows: Sequence[GivenAnswer], batch_size: int, progress: bool):
+    """Teacher-forced signatures of the rows (the head's features, plus the output confidence that the
+    training-free scores read), as in :meth:`Scorer.score`."""
+    spec = head.feature_spec()
+    if "commitment" not in spec.families:
+        spec = replace(spec, families=["commitment", *spec.families])
+    ex = Extractor(lm, spec)
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i].question) + 4 * len(rows[i].answer), i))
+    parts: dict[str, list] = {}
+    bar = progress_bar(len(rows), "given answers", "answer", enabled=progress)
+    n_tok = [0] * len(rows)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        ids = forced_ids(lm, [rows[i].answer for i in idx])
+        sig = ex.extract([render(lm.tokenizer, rows[i].question, rows[i].answer_kind) for i in idx], ids)
+        for k, v in sig.items():
+            parts.setdefault(k, []).append(v)
+        for i, t in zip(idx, ids):
+            n_tok[i] = len(t)
+        bar.update(len(idx))
+    bar.close()
+    inv = np.argsort(np.asarray(order))
+    return {k: np.concatenate(v)[inv] for k, v in parts.items()}, np.asarray(n_tok)
+
+
+def evaluate_rows(head: Scorer, sig: dict[str, Any], rows: Sequence[GivenAnswer], n_tokens: np.ndarray,
+                  *, n_boot: int = 500) -> dict[str, Any]:
+    """The head's risk on the rows, evaluated by provenance and source (see :func:`evaluate_groups`)."""
+    r = head.readings(sig)
+    risk, dist, far = r["risk"], r["ood_distance"], r["ood"]
+    free = training_free_scores({k: torch.as_tensor(np.asarray(v)) for k, v in sig.items()}, head.k)
+    y = np.asarray([r.label for r in rows])
+    groups = {"all": np.ones(len(rows), dtype=bool)}
+    for key in ("provenance", "source", "set"):
+        vals = np.asarray([getattr(r, key) for r in rows])
+        if len(set(vals.tolist())) > 1:  # groups that hold right and wrong answers
+            groups.update({f"{key} {v}": vals == v for v in sorted(set(vals.tolist()))
+                           if 0 < y[vals == v].sum() < (vals == v).sum()})
+    keys = [f"{r.id}:{r.source}:{r.answer}" for r in rows]
+    res = evaluate_groups(y, risk, n_tokens, groups, baselines=free, keys=keys, ood=far, n_boot=n_boot)
+    return {"groups": res, "rows": len(rows), "questions": len({r.id for r in rows}),
+            "ood_threshold": (head.meta.get("ood") or {}).get("threshold"),
+            "risk": risk.tolist(), "ood_distance": dist.tolist()}
+
+
+def evaluate_given(scorer: Scorer, lm: LoadedModel, name: str, *, limit: int | None = 200, batch_size: int = 16,
+                   split: str | None = None, progress: bool = True, n_boot: int = 500,
+                   allow_model_mismatch: bool = False) -> dict[str, Any]:
+    """Score the given-answer rows of ``name`` (a set or a JSONL file, see :func:`given_rows`) with the
+    scorer's given-answer head and evaluate them by provenance and source."""
+    head = scorer.head_for_given()
+    head.check_model(lm, allow_model_mismatch=allow_model_mismatch)
+    rows = given_rows(name, limit, split=split)
+    t0 = time.perf_counter()
+    sig, n_tok = _signatures(head, lm, rows, batch_size, progress)
+    out = evaluate_rows(head, sig, rows, n_tok, n_boot=n_boot)
+    out.update(set=name, split=split, seconds=round(time.perf_counter() - t0, 2), head=str(head.path))
+    allr = out["groups"]["all"]
+    out.update(auroc=allr["auroc"], auroc_ci=allr["auroc_ci"], n=allr["n"], n_incorrect=allr["n_wrong"])
+    return out
+
+
+def evaluate_given_harvest(scorer: Scorer, harvest: str | Path, *, split: str = "test", n_boot: int = 500) -> dict[str, Any]:
+    """Evaluate the scorer's given-answer head on the ``split`` rows of a given-answer harvest (signatures
+    already extracted: :mod:`riskprobe.harvest.forced`)."""
+    head = scorer.head_for_given()
+    h = load_harvests([harvest])
+    if not same_model(h.model, head.model_identity):
+        raise UserError(f"this harvest was made with '{h.model.get('name')}', the probe reads "
+                        f"'{head.model_identity['name']}'", file=harvest, field="harvest")
+    head.check_schema(h.schema, file=harvest)
+    keep = np.flatnonzero([split_of(i) == split for i in h.meta["id"]])
+    if not len(keep):
+        raise UserError(f"no rows of the {split} split", file=harvest, field="split")
+    m = h.meta
+    rows = [GivenAnswer(m["id"][i], m["set"][i], m["category"][i], m["prompt"][i] if "prompt" in m else "",
+                        (m["response"][i] if "response" in m else "") or "-", int(m["label"][i]), m["provenance"][i],
+                        m["source"][i]) for i in keep]
+    sig = {k: v[keep].numpy() for k, v in h.tensors.items()}
+    out = evaluate_rows(head, sig, rows, np.asarray(m["n_tokens"])[keep], n_boot=n_boot)
+    out.update(harvest=str(harvest), split=split, head=str(head.path))
+    return out

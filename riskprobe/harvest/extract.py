@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import UserError
 from ..fsutil import atomic_write_json, stable_hash
 from .generations import prompt_sha, read_corpus, read_corpus_manifest
+from .shards import abandon, check_compatible, dist_rank, package_versions, render_items, wait_for, wait_until
 from .store import HARVEST_VERSION, MANIFEST, _features, _write_shard, hf_features, merge_shards
 
 
@@ -77,7 +78,6 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
     from ..models import load_model
     from ..models.loader import resolve_batch_size, same_model, set_threads
     from ..signatures import FeatureSpec
-    from .run import dist_rank, render_items
 
     generations, out = Path(generations), Path(out)
     rank, world = dist_rank()
@@ -129,11 +129,9 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         manifest["generations"].update(fingerprint=rows_fp, n_rows=len(rows), max_rows=max_rows)
         manifests[t_out] = manifest
         if rank == 0:  # every folder is checked before any is written to (an arm into a user's folder)
-            from .run import _check_compatible
-
             if t_out.exists() and not t_out.is_dir():
                 raise UserError("exists and is not a folder; choose another folder", file=t_out, field="arms")
-            _check_compatible(t_out, manifest)
+            check_compatible(t_out, manifest)
     for t_out, _, _ in targets:
         created[t_out] = not t_out.exists()
         open_harvest(t_out, manifests[t_out], rank)
@@ -142,18 +140,14 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
                         progress, merge)
     except BaseException as e:
         if rank == 0:
-            from .run import _abandon
-
             for t_out, _, _ in targets:
-                _abandon(t_out, created[t_out], e)
+                abandon(t_out, created[t_out], e)
         raise
     return out
 
 
 def harvest_manifest(m: dict[str, Any], lm, spec, cfg) -> dict[str, Any]:
     """The manifest of a harvest of the corpus with manifest ``m`` (``cfg`` from :func:`corpus_config`)."""
-    from .run import package_versions
-
     return {
         "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(), "prompts": m["prompts"],
         "n_items": m["n_items"], "compat": cfg.compat(), "config": asdict(cfg), "feature_schema": spec.schema(),
@@ -165,14 +159,12 @@ def harvest_manifest(m: dict[str, Any], lm, spec, cfg) -> dict[str, Any]:
 
 def open_harvest(out: Path, manifest: dict[str, Any], rank: int) -> None:
     """Refuse to mix into a harvest made with other settings; start the manifest (rank 0) or wait for it."""
-    from .run import _check_compatible, _wait_for
-
     if rank == 0:
-        _check_compatible(out, manifest)
+        check_compatible(out, manifest)
         if not (out / MANIFEST).is_file():
             atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
     else:
-        _wait_for(out / MANIFEST)
+        wait_for(out / MANIFEST)
 
 
 def write_harvest_shard(path: Path, items, rendered, rows: list[dict[str, Any]], sigs: list[dict[str, Any]],
@@ -199,15 +191,13 @@ def clear_stale_shards(shard_dir: Path, shards) -> None:
 
 
 def _wait_complete(generations: Path) -> None:
-    from .run import _wait_until
-
     def complete() -> bool:
         try:
             return read_corpus_manifest(generations).get("status") == "complete"
         except UserError:
             return False
 
-    _wait_until(complete, f"{generations} to complete")
+    wait_until(complete, f"{generations} to complete")
 
 
 def harvest_row(item, corpus_row: dict[str, Any], rendered_text: str) -> dict[str, Any]:
@@ -273,9 +263,7 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
                           {"tokens": n_tok, "seconds": round(elapsed, 3), "phase": "extract", "arms": len(targets)})
     if merge and rank == 0:
         if world > 1:
-            from .run import _wait_for
-
             for d in dirs:
-                _wait_for(*[d / f"shard-{s:05d}" / "state.json" for s in range(n_shards)])
+                wait_for(*[d / f"shard-{s:05d}" / "state.json" for s in range(n_shards)])
         for out, _ in targets:
             merge_shards(out, n_shards)

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 from ..errors import UserError, check_version
 from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, read_text, stable_hash
+from .shards import wait_for
 
 CORPUS_MANIFEST = "corpus.json"
 CORPUS_VERSION = 1
@@ -248,9 +249,7 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
         if not (out / CORPUS_MANIFEST).is_file():
             atomic_write_json(out / CORPUS_MANIFEST, dict(manifest, status="running"))
     else:
-        from .run import _wait_for
-
-        _wait_for(out / CORPUS_MANIFEST)
+        wait_for(out / CORPUS_MANIFEST)
     n_reused = 0
     samples = cfg.answers_per_question
     todo = [s for s in range(n_shards) if s % world == rank and not shard_path(out, s).is_file()]
@@ -315,9 +314,7 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
                                                          "reused": n_reused})
     if rank == 0:
         if world > 1:
-            from .run import _wait_for
-
-            _wait_for(*[shard_path(out, s) for s in range(n_shards)])
+                wait_for(*[shard_path(out, s) for s in range(n_shards)])
         finish_corpus(out)
     return out
 

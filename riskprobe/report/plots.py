@@ -3,6 +3,7 @@ mean trajectories, harvests side by side."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,21 @@ import numpy as np
 from ..evaluation.tables import sweep_series
 from ..fsutil import atomic_savefig
 from ..signatures.features import CI, SI, TI
+
+
+def draw_run(run: str | Path) -> list[str]:
+    """Draw a fit run's plots from its files, beside them: ``risk_coverage.png`` (from ``metrics.json``) and, when
+    the run swept k, ``auroc_vs_k.png`` (from ``sweep.json``). Returns the files drawn."""
+    run = Path(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    drawn = []
+    if metrics.get("selective"):
+        plot_selective(metrics["selective"], run / "risk_coverage.png")
+        drawn.append(str(run / "risk_coverage.png"))
+    if (run / "sweep.json").is_file():
+        plot_sweep(json.loads((run / "sweep.json").read_text()), run / "auroc_vs_k.png")
+        drawn.append(str(run / "auroc_vs_k.png"))
+    return drawn
 
 
 def plot_selective(selective: dict[str, Any], path: str | Path) -> str:

@@ -1,9 +1,9 @@
 """Training: the DataModule over harvests, the LightningModule around a plain probe, evaluation after a fit,
-and the LightningCLI behind ``riskprobe fit|validate|test``."""
+and the LightningCLI behind ``riskprobe fit|validate|test``; :func:`fit` trains from a config in Python."""
 
-from .cli import cli_main
+from .cli import cli_main, fit
 from .data import HarvestDataModule
 from .evaluate import calibrate_and_evaluate
 from .module import ProbeModule
 
-__all__ = ["HarvestDataModule", "ProbeModule", "calibrate_and_evaluate", "cli_main"]
+__all__ = ["HarvestDataModule", "ProbeModule", "calibrate_and_evaluate", "cli_main", "fit"]

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ..errors import UserError, check_version
 from ..evaluation.tables import format_controls, format_sweep, format_table
 from ..fsutil import atomic_write_json
-from ..report.plots import plot_selective, plot_sweep
 from .data import HarvestDataModule
 from .evaluate import calibrate_and_evaluate, sweep_k
 from .module import ProbeModule, quiet_lightning, save_calibrated
@@ -265,16 +264,13 @@ def _cli_class():
             root.mkdir(parents=True, exist_ok=True)
             print(format_table(res))
             print(format_controls(res))
-            if res.get("selective"):
-                plot_selective(res["selective"], root / "risk_coverage.png")
             if cfg.sweep_ks:
                 mk = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
                 sw = sweep_k(dm, mk, cfg.sweep_ks, max_epochs=self.trainer.max_epochs or 60, patience=cfg.patience,
                              progress=True,
                              n_boot=cfg.n_boot)
                 atomic_write_json(root / "sweep.json", sw)
-                plot_sweep(sw, root / "auroc_vs_k.png")
-                res["sweep"] = {"file": st.final_path(root / "sweep.json"), "plot": st.final_path(root / "auroc_vs_k.png")}
+                res["sweep"] = {"file": st.final_path(root / "sweep.json")}
                 print("\nAUROC vs k (95% CI)\n" + format_sweep(sw))
             text = self._resolved_config()
             for d in {root, st.ckdir}:
@@ -352,6 +348,12 @@ def check_args(args: list[str]) -> list[str]:
 
 def cli_main(args: list[str]) -> int:
     """Run LightningCLI with ``args`` (``fit|validate|test ...``); user mistakes raise UserError."""
+    run_cli(args)
+    return 0
+
+
+def run_cli(args: list[str]) -> Path | None:
+    """:func:`cli_main`, returning the run folder a fit published (``metrics.json`` and the rest), else None."""
     quiet_lightning()
     args = check_args(args)
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -382,4 +384,29 @@ def cli_main(args: list[str]) -> int:
         if cli is not None and getattr(cli, "stage", None) is not None and _is_main_process():
             cli.stage.discard()
         raise
-    return 0
+    stage = getattr(cli, "stage", None)
+    if stage is None or not (stage.final_root / "metrics.json").is_file() or args[:1] != ["fit"]:
+        return None
+    return stage.final_root
+
+
+def fit(config: dict[str, Any] | str | Path, *overrides: str) -> Path:
+    """Train, calibrate and evaluate a probe from a fit config (a mapping, a YAML file, or a shipped config's name
+    such as ``"default"``), as ``riskprobe fit --config`` does; ``overrides`` are more command-line options
+    (``"--data.k", "8"``). Returns the run folder (``metrics.json``, ``config.yaml``; the checkpoints under the
+    config's ``checkpoint_dir``). The plots of a run are drawn from its files by
+    :func:`riskprobe.report.plots.draw_run`."""
+    import tempfile
+
+    from ..fsutil import dump_yaml
+
+    if isinstance(config, dict):
+        with tempfile.TemporaryDirectory(prefix="riskprobe-fit-") as d:
+            path = Path(d) / "config.yaml"
+            path.write_text(dump_yaml(config), encoding="utf-8")
+            root = run_cli(["fit", "--config", str(path), *overrides])
+    else:
+        root = run_cli(["fit", "--config", str(config), *overrides])
+    if root is None:  # pragma: no cover - a fit that returns has published its run
+        raise RuntimeError("the fit published no run folder")
+    return root

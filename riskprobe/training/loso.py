@@ -337,12 +337,12 @@ class SourceView:
     @classmethod
     def load(cls, paths: Sequence[str], group: str = "set") -> "SourceView":
         """Rows of harvests, each source a prompt set (``group="set"``) or, for given answers, whoever wrote the
-        answer (``group="writer"``: :func:`~riskprobe.harvest.given.writer_of`)."""
+        answer (``group="writer"``: :func:`~riskprobe.prompts.answers.writer_of`)."""
         from ..harvest.store import load_harvests
 
         h = load_harvests(list(paths))
         if group == "writer":
-            from ..harvest.given import writer_of
+            from ..prompts.answers import writer_of
 
             src = np.asarray([writer_of(s, p) for s, p in zip(h.meta["source"], h.meta["provenance"])])
         elif group == "set":
@@ -563,7 +563,7 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
                         "data.families", field="data.families")
     h = dm.harvests
     if group == "writer":
-        from ..harvest.given import writer_of
+        from ..prompts.answers import writer_of
 
         src = np.asarray([writer_of(s, p) for s, p in zip(h.meta["source"], h.meta["provenance"])])
     else:

@@ -10,8 +10,9 @@ from synth import K, make_artifact, make_harvest
 
 from riskprobe.errors import UserError
 from riskprobe.evaluation.given import evaluate_groups, length_matched
-from riskprobe.harvest.given import GivenAnswer, build_given_harvest, from_items, gold_answers
+from riskprobe.harvest.forced import build_given_harvest
 from riskprobe.harvest.store import load_harvests
+from riskprobe.prompts.answers import GivenAnswer, from_items, gold_answers
 from riskprobe.prompts.sets import Item, split_of
 from riskprobe.serving.scorer import Scorer
 from riskprobe.training.data import split_indices
@@ -118,7 +119,8 @@ def test_sampled_answers_teacher_forced_score_as_live(dir_lm, tmp_path):
 
 
 def test_eval_given_jsonl_rows_and_errors(tmp_path, dir_lm):
-    from riskprobe.serving.given import evaluate_given, given_rows
+    from riskprobe.evaluation.given import evaluate_given
+    from riskprobe.prompts.answers import given_rows
 
     p = tmp_path / "mine.jsonl"
     rows = [{"question": f"What is {i}?", "answer": "yes" if i % 2 else "a much longer wrong answer", "label": i % 2 == 0}
@@ -176,7 +178,7 @@ def _feats_yaml(tmp_path):
 def test_efficientqa_rated_system_answers_become_given_answers(tmp_path, monkeypatch):
     import json
 
-    from riskprobe.harvest.given import efficientqa_answers, writer_of
+    from riskprobe.prompts.answers import efficientqa_answers, writer_of
     from riskprobe.prompts.sets import _qid
 
     (tmp_path / "nq_open").mkdir()

@@ -190,3 +190,27 @@ def test_bad_configs_fail_with_one_line(tmp_path, monkeypatch, capsys, override,
     assert rc == 2 and len(err) == 1 and want in err[0], err
 
 
+
+
+def test_fit_from_python_trains_from_a_config_mapping(tmp_path, monkeypatch):
+    """``riskprobe.training.fit`` takes the same config as ``riskprobe fit --config``, as a mapping, and returns the
+    run folder; the run's plots are the report's to draw, from the run's files."""
+    from riskprobe.fsutil import load_yaml
+    from riskprobe.report.plots import draw_run
+    from riskprobe.resources import resolve_config
+    from riskprobe.training import fit
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    h = make_harvest(tmp_path / "h", n=300, signal=2.0)
+    cfg = load_yaml(resolve_config("fit", "default"))
+    cfg["data"].update(paths=[str(h)], families=["commitment", "raw"], k=2)
+    cfg["trainer"] = {**(cfg.get("trainer") or {}), "default_root_dir": str(tmp_path / "run"), "max_epochs": 20}
+    cfg.update(checkpoint_dir=str(tmp_path / "ck"), n_boot=50, sweep_ks=[0, 2], selection=None, wandb="disabled")
+    run = fit(cfg, "--model.probe", "logreg")
+    assert run == tmp_path / "run" and (tmp_path / "ck" / "final.ckpt").is_file()
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["probe"]["name"] == "logreg@k2" and m["probe"]["auroc"] > 0.8
+    assert not (run / "risk_coverage.png").exists()  # training draws nothing
+    assert sorted(os.path.basename(p) for p in draw_run(run)) == ["auroc_vs_k.png", "risk_coverage.png"]
+    assert (run / "auroc_vs_k.png").stat().st_size > 1000

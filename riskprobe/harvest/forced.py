@@ -1,15 +1,11 @@
-"""Given answers as training data: teacher-forced signatures of answers with their provenance.
+"""The given-answer harvest: teacher-forced signatures of answers the model did not generate (rows of
+:class:`riskprobe.prompts.answers.GivenAnswer`), written as a harvest.
 
 A *given harvest* is a harvest (the layout and manifest of :mod:`riskprobe.harvest.store`, read by every later
 stage through :func:`~riskprobe.harvest.store.load_harvests`) whose answers were not generated here: each row's
 answer is forced through the model after its rendered prompt (the path :class:`~riskprobe.serving.scorer.Scorer`
-takes for a row with a response), and two columns say where the answer came from:
-
-* ``provenance``: ``own`` (the model's own answer, as in a generation harvest), ``other`` (written by someone
-  else: HaluEval's right and hallucinated answers, TruthfulQA's true and false answers, another model's answers
-  from its corpus) or ``reference`` (a set's gold answer).
-* ``source``: which list it came from (``halueval_qa:right``, ``truthfulqa:incorrect``, ``gold``,
-  ``corpus:gemma3-270m``...).
+takes for a row with a response), and two columns say where the answer came from (``provenance``, ``source``: see
+:mod:`riskprobe.prompts.answers`).
 
 Rows of one question share its split (:func:`riskprobe.prompts.sets.split_of` of the question id), whatever
 their provenance, so no question's answers are both trained on and tested.
@@ -19,63 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..errors import UserError
 from ..fsutil import stable_hash
-
-PROVENANCES = ("own", "other", "reference")
-
-
-@dataclass(frozen=True)
-class GivenAnswer:
-    """One (question, answer, label) row to force through a model."""
-
-    id: str            # the question's id (decides the split)
-    set: str
-    category: str
-    question: str
-    answer: str
-    label: int         # 1 = the answer is wrong
-    provenance: str    # own | other | reference
-    source: str
-    answer_kind: str = "alias"
-    answers: tuple[str, ...] = ()  # the question's gold answers, kept for the record
-
-    def __post_init__(self):
-        if self.provenance not in PROVENANCES:
-            raise ValueError(f"provenance must be one of {PROVENANCES}, not {self.provenance!r}")
-        if self.label not in (0, 1):
-            raise ValueError(f"label must be 0 or 1, not {self.label!r}")
-
-
-def _pick(items, limit: int | None, seed: int = 0):
-    if limit is None or limit >= len(items):
-        return list(items)
-    key = lambda it: hashlib.sha256(f"{seed}:{it.id}".encode()).hexdigest()  # noqa: E731
-    return sorted(items, key=key)[:limit]
-
-
-def from_items(items, *, right_source: str | None = None, wrong_source: str | None = None,
-               max_per_question: int | None = None) -> list[GivenAnswer]:
-    """Right answers (``item.answers``) and wrong ones (``item.incorrect``) of items that list known wrong
-    answers (HaluEval QA, TruthfulQA), all of provenance ``other`` (written by the set's authors)."""
-    out: list[GivenAnswer] = []
-    for it in items:
-        for label, answers, src in ((0, it.answers, right_source or f"{it.set}:right"),
-                                    (1, it.incorrect, wrong_source or f"{it.set}:incorrect")):
-            for a in list(dict.fromkeys(a.strip() for a in answers if a.strip()))[:max_per_question]:
-                out.append(GivenAnswer(it.id, it.set, it.category, it.prompt, a, label, "other", src,
-                                       it.answer_kind, tuple(it.answers)))
-    return out
-
-
-def gold_answers(items) -> list[GivenAnswer]:
-    """Each item's first gold answer as a ``reference`` right answer."""
-    return [GivenAnswer(it.id, it.set, it.category, it.prompt, it.answers[0].strip(), 0, "reference", "gold",
-                        it.answer_kind, tuple(it.answers)) for it in items if it.answers and it.answers[0].strip()]
+from ..prompts.answers import GivenAnswer, count_by, efficientqa_answers, from_items, given_answer_pairs, gold_answers, pick
+from .shards import package_versions
 
 
 def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: int | None = None,
@@ -98,50 +44,6 @@ def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: in
                         tuple(items[r["i"]].answers)) for r in rows]
 
 
-def efficientqa_answers(limit: int | None = None, seed: int = 0) -> list[GivenAnswer]:
-    """Answers that real QA systems gave to NQ questions, judged by people (the EfficientQA test file's rated
-    predictions: ``def_correct_predictions`` right, ``def_incorrect_predictions`` wrong), provenance ``other``, source
-    ``efficientqa:systems``. Questions are NQ-open's (the same ids as the ``nq_open`` sets)."""
-    import json
-
-    from ..prompts.sets import _public_file, _qid
-
-    p = _public_file("efficientqa", "nq_open/NQ-open.efficientqa.test.1.1.jsonl")
-    out: list[GivenAnswer] = []
-    qs = []
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                qs.append(json.loads(line))
-    if limit is not None and limit < len(qs):
-        key = lambda o: hashlib.sha256(f"{seed}:{o['question']}".encode()).hexdigest()  # noqa: E731
-        qs = sorted(qs, key=key)[:limit]
-    for o in qs:
-        q = o["question"].strip()
-        prompt = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
-        qid = _qid("nq_open", o["question"])
-        for label, key in ((0, "def_correct_predictions"), (1, "def_incorrect_predictions")):
-            for a in dict.fromkeys(x.strip() for x in o.get(key) or [] if x.strip()):
-                out.append(GivenAnswer(qid, "nq_open", "factual", prompt, a.replace('\\"', '"'), label, "other",
-                                       "efficientqa:systems", "alias", tuple(o.get("answer") or ())))
-    return out
-
-
-def writer_of(source: str, provenance: str = "other") -> str:
-    """Who wrote a given answer, from its row's ``source`` (``corpus:gemma3-270m`` -> ``gemma3-270m``,
-    ``halueval_qa:right`` -> ``halueval_qa``, ``gold`` -> ``gold``); the model's own answers are ``own``.
-
-    >>> [writer_of(s) for s in ("corpus:gemma3-270m", "halueval_qa:incorrect", "truthfulqa_mc2:true", "gold")]
-    ['gemma3-270m', 'halueval_qa', 'truthfulqa', 'gold']
-    """
-    if provenance == "own" or source == "own":
-        return "own"
-    head, _, tail = source.partition(":")
-    if head == "corpus":
-        return tail or head
-    return "truthfulqa" if head.startswith("truthfulqa") else head
-
-
 def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str | Path] = (), halueval: int = 1500,
                      truthfulqa: bool = True, per_question: int = 3, gold: int = 1500, other_rows: int = 2000,
                      extra: Sequence[GivenAnswer] = (), own: int = 0, efficientqa: int = 0) -> list[GivenAnswer]:
@@ -156,12 +58,11 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
     real QA systems to that many EfficientQA test questions (:func:`efficientqa_answers`). Every row keeps its
     question's split.
     """
-    from ..prompts.given import given_answer_pairs
     from ..prompts.sets import _qid, load_items, split_of
 
     rows: list[GivenAnswer] = []
     if halueval:
-        rows += from_items(_pick(load_items("halueval_qa"), halueval))
+        rows += from_items(pick(load_items("halueval_qa"), halueval))
     if truthfulqa:
         tq = load_items("truthfulqa")
         rows += from_items([it for it in tq if split_of(it.id) != "test"], max_per_question=per_question)
@@ -181,7 +82,7 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
         items = corpus_items(read_corpus_manifest(corpus), Path(corpus))
         ids = {it.id for it in items}
         if gold:
-            rows += gold_answers(_pick(items, gold, seed=1))
+            rows += gold_answers(pick(items, gold, seed=1))
     for other in others:
         rows += corpus_answers(other, ids=ids, limit=other_rows, seed=2)
     if own and corpus is not None:
@@ -206,7 +107,6 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     from ..signatures import FeatureSpec
     from ..signatures.extract import Extractor
     from .extract import clear_stale_shards
-    from .run import package_versions
     from .store import HARVEST_VERSION, _features, _write_shard, hf_features, merge_shards
 
     out = Path(out)
@@ -221,8 +121,8 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
         "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(), "prompts": description,
         "n_items": len({a.id for a in answers}), "feature_schema": spec.schema(), "versions": package_versions(),
         "items_fingerprint": fp, "given": {"n_rows": len(answers), "prompt_style": prompt_style,
-                                           "by_source": _count(answers, "source"),
-                                           "by_provenance": _count(answers, "provenance")},
+                                           "by_source": count_by(answers, "source"),
+                                           "by_provenance": count_by(answers, "provenance")},
     }
     from .extract import open_harvest
     from .store import read_manifest
@@ -287,15 +187,6 @@ def _str():
     return hd.Value("string")
 
 
-def _count(answers: Iterable[GivenAnswer], key: str) -> dict[str, dict[str, int]]:
-    acc: dict[str, dict[str, int]] = {}
-    for a in answers:
-        d = acc.setdefault(getattr(a, key), {"n": 0, "wrong": 0})
-        d["n"] += 1
-        d["wrong"] += a.label
-    return dict(sorted(acc.items()))
-
-
 def _sample_index(answers: Sequence[GivenAnswer]) -> list[int]:
     """Each row's index among the rows of its question (so (id, sample) names a row)."""
     seen: dict[str, int] = {}
@@ -306,11 +197,4 @@ def _sample_index(answers: Sequence[GivenAnswer]) -> list[int]:
     return out
 
 
-def describe(answers: Sequence[GivenAnswer]) -> dict[str, Any]:
-    """Counts by source and provenance (what a card or a note prints)."""
-    return {"rows": len(answers), "questions": len({a.id for a in answers}),
-            "by_source": _count(answers, "source"), "by_provenance": _count(answers, "provenance")}
-
-
-__all__ = ["GivenAnswer", "PROVENANCES", "build_given_harvest", "corpus_answers", "describe", "from_items",
-           "gold_answers", "standard_answers"]
+__all__ = ["build_given_harvest", "corpus_answers", "standard_answers"]
