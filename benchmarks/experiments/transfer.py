@@ -27,10 +27,10 @@ from riskprobe.evaluation.metrics import auroc
 from riskprobe.evaluation.versus import versus_training_free
 from riskprobe.prompts.sets import split_of
 from riskprobe.training.adapt import HeadInputs, choose_lambda, fit_head
+from riskprobe.training.grouped import confidence_scores
 from riskprobe.training.loso import (
     SourceView,
     TransferRecipe,
-    confidence_scores,
     design,
     fit_transfer,
     held_out,

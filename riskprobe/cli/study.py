@@ -83,7 +83,8 @@ def cmd_cross_model(args) -> int:
 
 def cmd_transfer(args) -> int:
     from ..fsutil import check_result_path, write_result_json
-    from ..training.loso import CS, TransferRecipe, format_loso, loso
+    from ..training.grouped import CS
+    from ..training.loso import TransferRecipe, format_loso, loso
 
     if args.json:
         check_result_path(args.json, "transfer")

@@ -137,3 +137,8 @@ def test_the_rules_catch_a_planted_cycle_and_a_wrong_import(monkeypatch):
     monkeypatch.setitem(GRAPH, "riskprobe.serving.scorer", ({"riskprobe.training.module"}, set()))
     with pytest.raises(AssertionError, match="serving.scorer imports riskprobe.training.module"):
         test_no_import_against_the_flow("serving", FORBIDDEN[0][1])
+
+
+def test_no_module_over_450_lines():
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
+    assert not long, long

@@ -22,5 +22,5 @@ def test_docstring_examples(module):
 def test_the_examples_are_found():
     finder = doctest.DocTestFinder()
     found = [m for m in MODULES if any(t.examples for t in finder.find(importlib.import_module(m)))]
-    assert {"riskprobe.training.loso", "riskprobe.training.evaluate", "riskprobe.serving.scorer",
+    assert {"riskprobe.training.grouped", "riskprobe.training.evaluate", "riskprobe.serving.scorer",
             "riskprobe.evaluation.versus"} <= set(found)

@@ -10,18 +10,8 @@ from synth import make_artifact, make_harvest
 
 from riskprobe.cli import main
 from riskprobe.errors import UserError
-from riskprobe.training.loso import (
-    Blend,
-    SourceView,
-    TransferRecipe,
-    confidence_scores,
-    design,
-    fit_blend,
-    fit_transfer,
-    loso,
-    predict_transfer,
-    sample_weights,
-)
+from riskprobe.training.grouped import Blend, confidence_scores, fit_blend, sample_weights
+from riskprobe.training.loso import SourceView, TransferRecipe, design, fit_transfer, loso, predict_transfer
 
 
 def _sources(tmp_path, n_sources=4, n=160, signal=1.5, shuffle=(), seed=0):
