@@ -189,6 +189,19 @@ def sha256_files(paths: list[str | Path], chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def hash_order(items, key, seed=None) -> list:
+    """``items`` in the order of the SHA-256 of ``f"{seed}:{key(item)}"`` (of ``key(item)`` without a seed): an order
+    that depends on no file's order, so the first ``n`` are the same subsample on every machine and every run.
+
+    >>> hash_order(["q1", "q2", "q3"], str) == hash_order(["q3", "q1", "q2"], str)
+    True
+    >>> hash_order(["q1", "q2", "q3"], str, seed=0) != hash_order(["q1", "q2", "q3"], str, seed=1)
+    True
+    """
+    tag = (lambda x: key(x)) if seed is None else (lambda x: f"{seed}:{key(x)}")
+    return sorted(items, key=lambda x: hashlib.sha256(tag(x).encode("utf-8")).hexdigest())
+
+
 def stable_hash(text: str) -> str:
     """A short, stable hex digest of ``text`` (for ids and fingerprints)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

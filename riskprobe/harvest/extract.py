@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..fsutil import atomic_write_json, stable_hash
+from ..fsutil import atomic_write_json, hash_order, stable_hash
 from .generations import prompt_sha, read_corpus, read_corpus_manifest
 from .shards import abandon, check_compatible, dist_rank, package_versions, render_items, wait_for, wait_until
 from .store import HARVEST_VERSION, MANIFEST, _features, _write_shard, hf_features, merge_shards
@@ -85,10 +85,7 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
         _wait_complete(generations)
     m, rows = read_corpus(generations)
     if max_rows is not None and max_rows < len(rows):
-        import hashlib
-
-        key = lambda r: hashlib.sha256(f"{r['id']}:{r['sample']}".encode()).hexdigest()  # noqa: E731
-        keep = {(r["id"], r["sample"]) for r in sorted(rows, key=key)[:max_rows]}
+        keep = {(r["id"], r["sample"]) for r in hash_order(rows, lambda r: f"{r['id']}:{r['sample']}")[:max_rows]}
         rows = [r for r in rows if (r["id"], r["sample"]) in keep]
     cfg = corpus_config(m, batch_size=batch_size, shard_size=shard_size, device=device, dtype=dtype, threads=threads,
                         out=str(out), features=dict(features or {}))

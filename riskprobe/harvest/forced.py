@@ -13,13 +13,12 @@ their provenance, so no question's answers are both trained on and tested.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from ..fsutil import stable_hash
+from ..fsutil import hash_order, stable_hash
 from ..prompts.answers import GivenAnswer, count_by, efficientqa_answers, from_items, given_answer_pairs, gold_answers, pick
 from .shards import package_versions
 
@@ -36,8 +35,7 @@ def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: in
     rows = [r for r in rows if ids is None or r["id"] in ids]
     rows = [r for r in rows if r["text"].strip()]
     if limit is not None and limit < len(rows):
-        key = lambda r: hashlib.sha256(f"{seed}:{r['id']}:{r['sample']}".encode()).hexdigest()  # noqa: E731
-        rows = sorted(rows, key=key)[:limit]
+        rows = hash_order(rows, lambda r: f"{r['id']}:{r['sample']}", seed)[:limit]
     src = f"corpus:{m['model']['name']}"
     return [GivenAnswer(r["id"], r["set"], r["category"], items[r["i"]].prompt, r["text"].strip(),
                         int(not r["correct"]), provenance, src, items[r["i"]].answer_kind,

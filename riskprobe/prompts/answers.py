@@ -16,14 +16,13 @@ The teacher-forced harvest of such rows is :mod:`riskprobe.harvest.forced`; thei
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import UserError
-from ..fsutil import read_text
+from ..fsutil import hash_order, read_text
 from ..resources import datasets_root
 from .sets import _public_file, _qid, split_of
 
@@ -55,8 +54,7 @@ class GivenAnswer:
 def pick(items, limit: int | None, seed: int = 0):
     if limit is None or limit >= len(items):
         return list(items)
-    key = lambda it: hashlib.sha256(f"{seed}:{it.id}".encode()).hexdigest()  # noqa: E731
-    return sorted(items, key=key)[:limit]
+    return hash_order(items, lambda it: it.id, seed)[:limit]
 
 
 def from_items(items, *, right_source: str | None = None, wrong_source: str | None = None,
@@ -91,8 +89,7 @@ def efficientqa_answers(limit: int | None = None, seed: int = 0) -> list[GivenAn
             if line.strip():
                 qs.append(json.loads(line))
     if limit is not None and limit < len(qs):
-        key = lambda o: hashlib.sha256(f"{seed}:{o['question']}".encode()).hexdigest()  # noqa: E731
-        qs = sorted(qs, key=key)[:limit]
+        qs = hash_order(qs, lambda o: o["question"], seed)[:limit]
     for o in qs:
         q = o["question"].strip()
         prompt = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
@@ -147,7 +144,7 @@ def given_answer_pairs(name: str, limit: int | None = None, seed: int = 0) -> li
     else:
         raise UserError(f"unknown given-answers set '{name}' (halueval, truthfulqa_mc)", field="set")
     if limit is not None:  # subsample whole questions, deterministically
-        groups = sorted({g for *_, g in rows}, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+        groups = hash_order({g for *_, g in rows}, str, seed)
         keep = set(groups[:limit])
         rows = [r for r in rows if r[3] in keep]
     return rows
@@ -171,7 +168,7 @@ def given_rows(name: str, limit: int | None = 200, *, split: str | None = None) 
     if split is not None:
         rows = [r for r in rows if split_of(r.id) == split]
     if limit is not None:  # whole questions, chosen by a hash of their id
-        ids = sorted({r.id for r in rows}, key=lambda i: hashlib.sha256(i.encode()).hexdigest())[:limit]
+        ids = hash_order({r.id for r in rows}, str)[:limit]
         keep = set(ids)
         rows = [r for r in rows if r.id in keep]
     if not rows:

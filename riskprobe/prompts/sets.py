@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import UserError
-from ..fsutil import stable_hash
+from ..fsutil import hash_order, stable_hash
 
 CATEGORIES = ("factual", "reasoning")
 
@@ -386,6 +386,5 @@ def _subsample(items: list[Item], limit: int, seed: int) -> list[Item]:
     """``limit`` items chosen by a hash of ``(seed, id)``, kept in their original order."""
     if limit >= len(items):
         return items
-    key = lambda it: hashlib.sha256(f"{seed}:{it.id}".encode()).hexdigest()  # noqa: E731
-    keep = {it.id for it in sorted(items, key=key)[:limit]}
+    keep = {it.id for it in hash_order(items, lambda it: it.id, seed)[:limit]}
     return [it for it in items if it.id in keep]
