@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..probes.logistic import BASELINE_CS as _BASELINE_CS
 from ..signatures.features import CI, masked_step_mean
 
 ENT, TOP1, LOGP = CI["entropy"], CI["top1_prob"], CI["chosen_logprob"]
@@ -51,7 +52,7 @@ def _flat(inputs: dict[str, torch.Tensor]) -> np.ndarray:
     return flat_design(seq * mask.unsqueeze(-1), mask, inputs["static"]).numpy().astype(np.float64)
 
 
-BASELINE_CS = (0.001, 0.01, 0.1, 1.0)  # the inverse L2 strengths the scikit-learn baselines choose among
+BASELINE_CS = _BASELINE_CS  # the inverse L2 strengths the scikit-learn baselines choose among
 
 
 def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,

@@ -17,11 +17,10 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..signatures.spec import FAMILIES
 
-STEP_FAMILIES = ("commitment", "sync", "trajectory", "lens")
-
-
-ALL_FAMILIES = (*STEP_FAMILIES, "raw")
+ALL_FAMILIES = FAMILIES  # the families a harvest records (signatures.spec), the per-step ones first
+STEP_FAMILIES = tuple(f for f in FAMILIES if f != "raw")  # per step and layer; raw states are pooled apart
 RAW_POOLS = ("first", "first+mean", "mean")
 
 
@@ -41,7 +40,7 @@ class FeatureSelection:
             one shape (``None``: every layer apart).
     """
 
-    families: list[str] = field(default_factory=lambda: ["commitment", "sync", "trajectory", "lens"])
+    families: list[str] = field(default_factory=lambda: list(STEP_FAMILIES))
     k: int = 4
     raw_layers: list[int] | None = None
     raw_pool: str = "first+mean"

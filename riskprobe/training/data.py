@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..errors import UserError
 from ..harvest.store import Harvests, load_harvests
 from ..probes.inputs import (
+    STEP_FAMILIES,
     FeatureSelection,
     Standardizer,
     inputs_from_signatures,
@@ -80,7 +81,7 @@ class HarvestDataModule(L.LightningDataModule):
         split_salt: changes the hash assignment (a different, still deterministic, split).
     """
 
-    def __init__(self, paths: list[str] = [], families: list[str] = ["commitment", "sync", "trajectory", "lens"],  # noqa: B006
+    def __init__(self, paths: list[str] = [], families: list[str] = list(STEP_FAMILIES),  # noqa: B006, B008
                  k: int = 4, raw_layers: Optional[list[int]] = None, raw_pool: str = "first+mean",
                  layer_bins: Optional[int] = None, batch_size: int = 64,
                  train_sets: Optional[list[str]] = None, test_sets: Optional[list[str]] = None,

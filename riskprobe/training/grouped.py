@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..probes.logistic import TRANSFER_CS
 from ..signatures.features import CI, masked_step_mean
 
-CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+CS = TRANSFER_CS
 
 
 def confidence_scores(t: dict[str, torch.Tensor], k: int) -> np.ndarray:

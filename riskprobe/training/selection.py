@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..probes.inputs import ALL_FAMILIES, RAW_POOLS, FeatureSelection
-from ..probes.logistic import cv_logreg, group_folds, standardised_design
+from ..probes.inputs import ALL_FAMILIES, RAW_POOLS, STEP_FAMILIES, FeatureSelection
+from ..probes.logistic import SELECTION_CS, cv_logreg, group_folds, standardised_design
 
 log = logging.getLogger(__name__)
 
-DYNAMICS = ["commitment", "sync", "trajectory", "lens"]
+DYNAMICS = list(STEP_FAMILIES)
 
 
 @dataclass
@@ -91,7 +91,7 @@ class SelectionGrid:
     families: list[list[str]] = field(default_factory=lambda: [list(DYNAMICS), ["raw"], [*DYNAMICS, "raw"]])
     raw_layers: list[Union[str, list[int], None]] = field(default_factory=lambda: [None, "each"])
     raw_pool: list[str] = field(default_factory=lambda: ["first", "first+mean"])
-    Cs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1])
+    Cs: list[float] = field(default_factory=lambda: list(SELECTION_CS))
     folds: int = 5
     max_epochs: int = 40
     patience: int = 6
