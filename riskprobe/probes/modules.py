@@ -1,6 +1,6 @@
 """Probes: plain ``nn.Module`` s that map a signature to a risk logit. No Lightning, no files.
 
-Every probe takes ``(seq [N, S, F], mask [N, S], static [N, G])`` (see :mod:`riskprobe.data`) and
+Every probe takes ``(seq [N, S, F], mask [N, S], static [N, G])`` (see :mod:`riskprobe.probes.inputs`) and
 returns logits ``[N]``. :class:`RiskModel` wraps a probe with the standardisation fitted on training
 data and the calibration fitted on validation data, so that one module maps raw features to a
 calibrated risk: this is the module that is exported and served.

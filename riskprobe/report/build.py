@@ -3,7 +3,7 @@
 ``riskprobe report --run DIR [DIR ...] --out OUT``: a fit run (``metrics.json``) gets its metrics table,
 AUROC vs k, reliability diagram, risk-coverage curve and feature-family / layer importance; a harvest
 (``riskprobe.json``) gets mean trajectories of correct vs wrong answers by category, its dynamic profile
-(regimes, error rates) and the hypothesis tests of :mod:`riskprobe.profiles`. Several harvests are also
+(regimes, error rates) and the hypothesis tests of :mod:`riskprobe.report.profiles`. Several harvests are also
 put on the same axes (architectures side by side) and compared (H3, H4).
 """
 

@@ -23,7 +23,7 @@ class RiskMonitor:
     """Watch a generation and report (and optionally act on) its risk after step ``k``.
 
     Args:
-        scorer: a :class:`~riskprobe.scoring.Scorer`.
+        scorer: a :class:`~riskprobe.serving.scorer.Scorer`.
         lm: the :class:`~riskprobe.models.LoadedModel` that generates.
         stop: stop the rows whose risk passes the threshold (they end at step k + 1).
         threshold: overrides the artifact's threshold.

@@ -1,6 +1,6 @@
 """Score generations with an exported probe: :class:`Scorer`, offline JSONL scoring, given answers.
 
-A :class:`Scorer` holds a probe artifact (see :mod:`riskprobe.export`) and knows which signature it
+A :class:`Scorer` holds a probe artifact (see :mod:`riskprobe.probes.artifact`) and knows which signature it
 needs. It scores new prompts (generate + capture), or given (prompt, response) pairs by teacher forcing
 the response, which runs exactly the computation of a generated answer.
 """

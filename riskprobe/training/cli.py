@@ -2,7 +2,7 @@
 LightningCLI behind ``riskprobe fit|validate|test``.
 
 After ``fit``, the best checkpoint is calibrated on the validation split, evaluated on the test split
-against the baselines of :mod:`riskprobe.baselines`, and ``metrics.json`` is written to the run directory
+against the baselines of :mod:`riskprobe.evaluation.baselines`, and ``metrics.json`` is written to the run directory
 (``--trainer.default_root_dir``), with an optional sweep over k (``--sweep_ks``).
 """
 

@@ -65,7 +65,7 @@ def split_indices(h: Harvests, *, fractions=(0.7, 0.15, 0.15), salt: str = "risk
 
 
 class HarvestDataModule(L.LightningDataModule):
-    """Probe inputs from one or more harvests (see :mod:`riskprobe.data`).
+    """Probe inputs from one or more harvests (see :mod:`riskprobe.training.data`).
 
     Args:
         paths: harvest directories (same model and feature schema).
