@@ -1,6 +1,6 @@
 """The HTTP scorer under load: N concurrent requests on 127.0.0.1, a share of them malformed.
 
-    python benchmarks/bench_serve.py --n 200 --bad 0.1
+    python benchmarks/perf/bench_serve.py --n 200 --bad 0.1
 
 Starts ``riskprobe serve``'s application in this process (uvicorn, loopback), fires all requests at once
 from a thread pool, and checks that every valid request got 200 and every malformed one 400, 413 or 422.

@@ -1,7 +1,7 @@
 """Optional: lm-polygraph's single-pass estimators on the same prompts, beside riskprobe (never in CI).
 
     pip install lm-polygraph      # heavy; not a riskprobe dependency
-    python benchmarks/bench_polygraph.py --harvest runs/tqa --model HuggingFaceTB/SmolLM2-135M-Instruct
+    python benchmarks/perf/bench_polygraph.py --harvest runs/tqa --model HuggingFaceTB/SmolLM2-135M-Instruct
 
 For the test-split questions of a harvest, runs lm-polygraph's MaximumSequenceProbability, Perplexity and
 MeanTokenEntropy through its WhiteboxModel, and prints their AUROC against the harvest's labels and the

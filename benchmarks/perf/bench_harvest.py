@@ -4,10 +4,10 @@ Same model, prompts, batch size and max tokens; the two are interleaved over sev
 machine noise hits both. Also prints bytes stored per example and, with --memory, the peak resident
 memory of a plain-generation process and of harvest processes over N1 and N2 prompts.
 
-    python benchmarks/bench_harvest.py --model smollm2-135m --n 64 --rounds 3
-    python benchmarks/bench_harvest.py --memory --mem-prompts 200 2000
-    python benchmarks/bench_harvest.py --settings --n 128 --batch-size 64 --rounds 2
-    python benchmarks/bench_harvest.py --device cuda --dtype bfloat16 --n 1024 --batch-sizes 16 64 256 1024
+    python benchmarks/perf/bench_harvest.py --model smollm2-135m --n 64 --rounds 3
+    python benchmarks/perf/bench_harvest.py --memory --mem-prompts 200 2000
+    python benchmarks/perf/bench_harvest.py --settings --n 128 --batch-size 64 --rounds 2
+    python benchmarks/perf/bench_harvest.py --device cuda --dtype bfloat16 --n 1024 --batch-sizes 16 64 256 1024
 """
 
 from __future__ import annotations

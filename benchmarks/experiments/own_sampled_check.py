@@ -1,7 +1,7 @@
 """The model's own sampled answers: their risk while generated live (capture) against the same answers teacher
 forced afterwards (the given-answer path), with the generation probe, and the AUROC of each against the grades.
 
-    python benchmarks/own_sampled_check.py --n 256 --prompts builtin-factual+arithmetic+triviaqa
+    python benchmarks/experiments/own_sampled_check.py --n 256 --prompts builtin-factual+arithmetic+triviaqa
 """
 
 from __future__ import annotations

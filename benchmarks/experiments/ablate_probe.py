@@ -1,6 +1,6 @@
 """What helps the early probe: feature families, k, probe kind and regularisation, on one harvest.
 
-    python benchmarks/ablate_probe.py --data runs/tqa [runs/builtin] --test-sets triviaqa
+    python benchmarks/experiments/ablate_probe.py --data runs/tqa [runs/builtin] --test-sets triviaqa
 
 Every variant uses the same id-hash split; prints test AUROC with its bootstrap interval.
 """

@@ -1,6 +1,6 @@
 """RiskMonitor overhead and offline scoring throughput, measured side by side in one run.
 
-    python benchmarks/bench_monitor.py --probe default --n 64 --rounds 8
+    python benchmarks/perf/bench_monitor.py --probe default --n 64 --rounds 8
 
 Plain ``model.generate`` vs the same call with a RiskMonitor (flag only), same prompts, batch size and max
 tokens, each batch run plain and monitored back to back (the order alternating; ``--pairing round`` runs whole

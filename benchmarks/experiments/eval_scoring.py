@@ -1,6 +1,6 @@
 """Score held-out TriviaQA prompts with an exported probe in a fresh process, then grade and report AUROC.
 
-    python benchmarks/eval_scoring.py --probe default --n 500 --out runs/eval-scoring
+    python benchmarks/experiments/eval_scoring.py --probe default --n 500 --out runs/eval-scoring
 
 Only questions outside the probe's training split are used (the split is a hash of the id). The scoring
 runs as `riskprobe score` in a new process with only the artifact and the model.

@@ -5,8 +5,8 @@ training on every other set or on the factual sets only, over a grid of C (read 
 table: choosing C by the held-out set's AUROC would be a leak). Then C chosen honestly, by leave-one-source-out
 CV among the factual training sets, and per-set centring (each set's own unlabelled mean removed).
 
-    python benchmarks/heldout_transfer.py runs/corpus/smollm2-135m --held triviaqa geo
-    python benchmarks/heldout_transfer.py runs/corpus/smollm2-135m --families commitment sync trajectory lens \
+    python benchmarks/experiments/heldout_transfer.py runs/corpus/smollm2-135m --held triviaqa geo
+    python benchmarks/experiments/heldout_transfer.py runs/corpus/smollm2-135m --families commitment sync trajectory lens \
         --Cs 1e-4 1e-3 1e-2 1e-1     # the scalar dynamics alone, which mean the same on every question source
 """
 

@@ -4,8 +4,8 @@
 # overhead (the shipped probe, and a raw-state-only probe: $PROBE_RAW, else one fitted on the harvest here),
 # and a full harvest through the CLI, in bfloat16.
 #
-#     bash benchmarks/gpu.sh [MODEL]          # MODEL: smollm2-135m (default), a .gguf file, a directory, a hub id
-#     SECTIONS="extract monitor raw" PROBE_RAW=path/to/probe bash benchmarks/gpu.sh MODEL   # some sections only
+#     bash benchmarks/perf/gpu.sh [MODEL]          # MODEL: smollm2-135m (default), a .gguf file, a directory, a hub id
+#     SECTIONS="extract monitor raw" PROBE_RAW=path/to/probe bash benchmarks/perf/gpu.sh MODEL   # some sections only
 #
 # Sections: settings, batch, extract, monitor, harvest, raw (all by default). Results are printed and kept in
 # $BENCH_OUT (default runs/gpu-bench). Needs a CUDA build of torch and riskprobe's dependencies; the public
@@ -25,22 +25,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 if on settings; then
     echo "== a shared prompt prefix computed once + prompts bucketed by length + ended rows leaving the batch, against none of them (same batch, plain and harvest)"
-    "$PY" benchmarks/bench_harvest.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --rounds 2 --settings \
+    "$PY" benchmarks/perf/bench_harvest.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --rounds 2 --settings \
         --old-batch 128 --batch-size 128 --warmup-rounds 1 2>&1 | grep -v "it/s" | tee "$B/settings.txt"
 fi
 if on batch; then
     echo "== tokens/s against batch size (plain generate vs harvest capture; warm-up per size, alternating order)"
-    "$PY" benchmarks/bench_harvest.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --rounds 2 \
+    "$PY" benchmarks/perf/bench_harvest.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --rounds 2 \
         --batch-sizes 32 128 512 2>&1 | grep -v "it/s" | tee "$B/batch.txt"
 fi
 if on extract; then
     echo "== teacher-forced extraction vs the capture loop, and re-extraction of 3,000 corpus rows"
-    "$PY" benchmarks/bench_extract.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --batch-size 128 \
+    "$PY" benchmarks/perf/bench_extract.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --batch-size 128 \
         --rounds 3 --prompts builtin-factual+arithmetic+triviaqa ${CORPUS:+--corpus "$CORPUS" --corpus-rows 3000} 2>&1 | grep -v "it/s" | tee "$B/extract.txt"
 fi
 if on monitor; then
     echo "== RiskMonitor overhead, shipped probe"
-    "$PY" benchmarks/bench_monitor.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --batch-size 128 \
+    "$PY" benchmarks/perf/bench_monitor.py --model "$MODEL" --device cuda --dtype bfloat16 --n "$N" --batch-size 128 \
         --rounds 10 2>&1 | grep -v "it/s" | tee "$B/monitor.txt"
 fi
 if on harvest || { on raw && [ -z "$PROBE_RAW" ]; }; then
@@ -58,6 +58,6 @@ if on raw; then
         "$PY" -m riskprobe export --ckpt "$B/fit-raw/ckpt/final.ckpt" --out "$B/probe-raw" 2>&1 | tail -1
         PROBE_RAW="$B/probe-raw"
     fi
-    "$PY" benchmarks/bench_monitor.py --probe "$PROBE_RAW" --model "$MODEL" --device cuda --dtype bfloat16 \
+    "$PY" benchmarks/perf/bench_monitor.py --probe "$PROBE_RAW" --model "$MODEL" --device cuda --dtype bfloat16 \
         --n "$N" --batch-size 128 --rounds 10 2>&1 | grep -v "it/s" | tee "$B/monitor_raw.txt"
 fi

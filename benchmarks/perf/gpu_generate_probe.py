@@ -8,8 +8,8 @@ the Python side against the GPU's kernel time). Part ``b``: transformers' ``gene
 dynamic cache, in one process. The HF rows count every generated position (padding after EOS included), so
 compare seconds, not tokens/s, between the HF and riskprobe rows.
 
-    python benchmarks/gpu_generate_probe.py MODEL a        # DEV=cpu N=16 BS=8 for a smoke run on a CPU
-    python benchmarks/gpu_generate_probe.py MODEL b
+    python benchmarks/perf/gpu_generate_probe.py MODEL a        # DEV=cpu N=16 BS=8 for a smoke run on a CPU
+    python benchmarks/perf/gpu_generate_probe.py MODEL b
 """
 
 from __future__ import annotations

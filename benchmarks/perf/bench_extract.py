@@ -11,8 +11,8 @@ reported with tokens/s (answer tokens whose signature steps are computed) and ro
 targets name. With ``--corpus DIR`` it also re-extracts up to ``--corpus-rows`` rows of a stored corpus with
 ``normalisation: unit`` and compares that with the harvest time of the same rows estimated from (a).
 
-    python benchmarks/bench_extract.py --n 128 --rounds 3
-    python benchmarks/bench_extract.py --n 128 --rounds 3 --corpus data/corpora/smollm2-135m --corpus-rows 3000
+    python benchmarks/perf/bench_extract.py --n 128 --rounds 3
+    python benchmarks/perf/bench_extract.py --n 128 --rounds 3 --corpus data/corpora/smollm2-135m --corpus-rows 3000
 """
 
 from __future__ import annotations
