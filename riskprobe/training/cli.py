@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from ..errors import UserError, check_version
 from ..evaluation.tables import format_controls, format_sweep, format_table
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, dump_yaml, load_yaml
 from .data import HarvestDataModule
 from .evaluate import calibrate_and_evaluate, sweep_k
 from .module import ProbeModule, quiet_lightning, save_calibrated
@@ -169,40 +169,52 @@ def _cli_class():
         def _cfg(self):
             return self.config[self.subcommand] if self.subcommand else self.config
 
-        def instantiate_trainer(self, **kwargs):
+        def before_instantiate_classes(self) -> None:
+            """Check the config's version and open the run's staging folders: a fit writes into folders that become
+            the run and checkpoint folders only when it succeeds."""
             cfg = self._cfg()
             legacy = cfg.config_version is not None and cfg.version is None
             check_version(cfg.config_version if legacy else cfg.version, FIT_CONFIG_VERSION, kind="fit config",
                           field="config_version" if legacy else "version")
             root = Path(cfg.trainer.default_root_dir or os.path.join("runs", cfg.run_name))
             ckdir = Path(cfg.checkpoint_dir or root / "ckpt")
-            # A fit writes into staging folders that become root and ckdir only when it succeeds.
             self.stage = RunStage(root, ckdir, staged=self.subcommand == "fit")
             self.stage.prepare()
-            kwargs["default_root_dir"] = str(self.stage.root)
+            cfg.trainer.default_root_dir = str(self.stage.root)
             self.checkpoint_dir = str(self.stage.ckdir)
-            callbacks = [ModelCheckpoint(dirpath=self.checkpoint_dir, filename="best", monitor="val_auroc", mode="max",
-                                         enable_version_counter=False),
-                         EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience)]
+            self.own_loggers = cfg.trainer.logger in (None, True)
+            if self.own_loggers:  # riskprobe's own loggers replace Lightning's default one (set after instantiation)
+                cfg.trainer.logger = False
+
+        def instantiate_classes(self) -> None:
+            """Lightning's instantiation, then riskprobe's callbacks (the best checkpoint by validation AUROC, early
+            stopping) and loggers (CSV, and wandb offline unless told otherwise) on the trainer."""
+            super().instantiate_classes()
+            cfg = self._cfg()
+            self.trainer.callbacks.extend([
+                ModelCheckpoint(dirpath=self.checkpoint_dir, filename="best", monitor="val_auroc", mode="max",
+                                enable_version_counter=False),
+                EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience)])
+            if self.own_loggers and self.subcommand == "fit":
+                self.trainer.loggers = self._loggers(cfg)
+
+        def _loggers(self, cfg) -> list:
             loggers = [CSVLogger(str(self.stage.root), name="csv")]
             mode = os.environ.get("WANDB_MODE") or cfg.wandb
-            if mode != "disabled" and self.subcommand == "fit":
+            if mode != "disabled" and _is_main_process():  # one run, on rank 0 (where Lightning logs)
                 os.environ.setdefault("WANDB_SILENT", "true")
                 try:
+                    import wandb
                     from lightning.pytorch.loggers import WandbLogger
-
-                    wl = WandbLogger(project="riskprobe", name=cfg.run_name, save_dir=str(self.stage.root),
-                                     offline=mode != "online")
-                    # Lightning always passes anonymous=None, which wandb answers with a deprecation warning
-                    getattr(wl, "_wandb_init", {}).pop("anonymous", None)
-                    loggers.append(wl)
                 except ModuleNotFoundError:
                     log.warning("wandb is not installed; logging to CSV only")
-            if cfg.trainer.logger in (None, True):
-                kwargs["logger"] = loggers if self.subcommand == "fit" else False
-            trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-            extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
-            return self._instantiate_trainer(trainer_config, extra + callbacks)
+                else:
+                    # the run is started here and handed to the logger: Lightning's own start passes a deprecated
+                    # setting that wandb warns about on every fit
+                    self.wandb_run = wandb.init(project="riskprobe", name=cfg.run_name, dir=str(self.stage.root),
+                                                mode="online" if mode == "online" else "offline")
+                    loggers.append(WandbLogger(experiment=self.wandb_run, save_dir=str(self.stage.root)))
+            return loggers
 
         def before_fit(self):
             cfg = self._cfg()
@@ -226,17 +238,21 @@ def _cli_class():
             """The config as run. After a selection it names the chosen recipe (and no selection), so that
             `riskprobe test --config` and a refit with it rebuild the probe that was fitted; the CV table is
             in metrics.json."""
-            cfg = self._cfg()
+            full = self.config.clone()
+            cfg = full[self.subcommand]
+            cfg.trainer.default_root_dir = str(self.stage.final_root)  # the run's own folder, not its staging one
+            if self.own_loggers:
+                cfg.trainer.logger = None
             res = getattr(self, "selection_result", None)
             if res:
-                cfg = cfg.clone()
                 b = res["best"]
                 cfg.model.probe = b["probe"]
                 if b["C"] is not None:
                     cfg.model.C = b["C"]
                 cfg.data.families, cfg.data.raw_layers, cfg.data.raw_pool = b["families"], b["raw_layers"], b["raw_pool"]
                 cfg.selection = None
-            return self._parser(self.subcommand).dump(cfg, skip_none=False)
+            text = self.parser.dump(full, skip_none=False)
+            return dump_yaml((load_yaml(Path("config.yaml"), text) or {})[self.subcommand])
 
         def _finish(self, best: str | None) -> None:
             if not self.trainer.is_global_zero:
@@ -272,6 +288,9 @@ def _cli_class():
                 atomic_write_json(root / "sweep.json", sw)
                 res["sweep"] = {"file": st.final_path(root / "sweep.json")}
                 print("\nAUROC vs k (95% CI)\n" + format_sweep(sw))
+            if getattr(self, "wandb_run", None) is not None:  # closed before the staging folder is renamed into place
+                self.wandb_run.finish()
+                self.wandb_run = None
             text = self._resolved_config()
             for d in {root, st.ckdir}:
                 atomic_write_json(d / "metrics.json", res)
@@ -327,7 +346,6 @@ def check_args(args: list[str]) -> list[str]:
     """What every entry point (the command, the demo, the Python API) checks before LightningCLI parses:
     a shipped config may be named (``--config default``); config files are read safely (no aliases, UTF-8,
     at most 1 MiB, a mapping); a checkpoint is loaded without unpickling anything."""
-    from ..fsutil import load_yaml
     from ..probes.artifact import check_checkpoint
     from ..resources import resolve_config
 
@@ -366,10 +384,10 @@ def run_cli(args: list[str]) -> Path | None:
     cli = None
 
     class _Tracked(cls):  # remember the instance, so that a failure can discard its staging folders
-        def instantiate_trainer(self, **kwargs):
+        def before_instantiate_classes(self) -> None:
             nonlocal cli
             cli = self
-            return super().instantiate_trainer(**kwargs)
+            super().before_instantiate_classes()
 
     try:
         _Tracked(ProbeModule, HarvestDataModule, args=args, seed_everything_default=0,
@@ -397,8 +415,6 @@ def fit(config: dict[str, Any] | str | Path, *overrides: str) -> Path:
     config's ``checkpoint_dir``). The plots of a run are drawn from its files by
     :func:`riskprobe.report.plots.draw_run`."""
     import tempfile
-
-    from ..fsutil import dump_yaml
 
     if isinstance(config, dict):
         with tempfile.TemporaryDirectory(prefix="riskprobe-fit-") as d:
