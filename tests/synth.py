@@ -7,10 +7,10 @@ import numpy as np
 from riskprobe.fsutil import atomic_write_json
 from riskprobe.harvest.store import (
     MANIFEST,
-    _features,
-    _write_shard,
+    dataset_features,
     hf_features,
     merge_shards,
+    write_rows,
 )
 from riskprobe.prompts.sets import split_of
 from riskprobe.signatures import FeatureSpec
@@ -51,7 +51,7 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
              "hidden_size": 8, "vocab_size": 10, "has_chat_template": True}
     atomic_write_json(path / MANIFEST, {"kind": "harvest", "model": model, "feature_schema": spec.schema(),
                                         "prompts": set_name, "status": "running", "compat": {}})
-    _write_shard(path / "shards" / "shard-00000", rows, _features(hf_features(spec)))
+    write_rows(path / "shards" / "shard-00000", rows, dataset_features(hf_features(spec)))
     merge_shards(path, 1)
     return path
 

@@ -10,7 +10,6 @@ folder, without generating anything.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,17 @@ from typing import Any
 from ..errors import UserError
 from ..fsutil import atomic_write_json, hash_order, stable_hash
 from .generations import prompt_sha, read_corpus, read_corpus_manifest
-from .shards import abandon, check_compatible, dist_rank, package_versions, render_items, wait_for, wait_until
-from .store import HARVEST_VERSION, MANIFEST, _features, _write_shard, hf_features, merge_shards
+from .shards import (
+    abandon,
+    check_compatible,
+    dist_rank,
+    package_versions,
+    render_items,
+    shard_loop,
+    wait_for,
+    wait_until,
+)
+from .store import HARVEST_VERSION, MANIFEST, dataset_features, hf_features, merge_shards, write_rows
 
 
 def corpus_config(m: dict[str, Any], **over):
@@ -174,7 +182,7 @@ def write_harvest_shard(path: Path, items, rendered, rows: list[dict[str, Any]],
         row.update(sig)
         out_rows.append(row)
     out_rows.sort(key=lambda x: x["index"])
-    _write_shard(path, out_rows, features)
+    write_rows(path, out_rows, features)
 
 
 def clear_stale_shards(shard_dir: Path, shards) -> None:
@@ -213,7 +221,6 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
     """Extract the rows shard by shard; ``targets`` = ``[(harvest folder, spec), ...]``, all from the same forward
     passes. A shard is computed while any target lacks it and written to those that lack it."""
     from ..models.generation import batch_order
-    from ..progress import bar as progress_bar
     from ..signatures.extract import Extractor
 
     dirs = [out / "shards" for out, _ in targets]
@@ -223,24 +230,18 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
     samples = cfg.answers_per_question
     n_shards = (len(rows) + size - 1) // size
     missing = {s: [d for d in dirs if not (d / f"shard-{s:05d}" / "state.json").is_file()] for s in range(n_shards)}
-    todo = [s for s in range(n_shards) if s % world == rank and missing[s]]
-    for d in dirs:
-        clear_stale_shards(d, todo)
-    features = [_features(hf_features(sp)) for _, sp in targets]
+    features = [dataset_features(hf_features(sp)) for _, sp in targets]
     spec = targets[0][1]
     steps = max(sp.steps for _, sp in targets)
     ex = Extractor(lm, spec, arms=[sp for _, sp in targets[1:]])
-    n_todo = sum(len(rows[s * size:(s + 1) * size]) for s in todo)
-    bar = progress_bar(n_todo, f"extract {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
-                       + (f" ({len(targets)} arms)" if len(targets) > 1 else ""), "answer", enabled=progress)
-    n_tok, t0 = 0, time.perf_counter()
-    for s in todo:
+
+    def work(s: int, bar) -> int:  # one shard: every target's signatures from the same forward passes
         idx0 = s * size
         part = list(range(idx0, min(idx0 + size, len(rows))))
         # by answer kind, then by prompt + answer length
         order = [part[p] for p in batch_order([items[rows[j]["i"]].answer_kind for j in part],
                                               [lengths[rows[j]["i"]] + min(len(rows[j]["tokens"]), steps) for j in part])]
-        done_rows, done_sigs = [], [[] for _ in targets]
+        done_rows, done_sigs, n_tok = [], [[] for _ in targets], 0
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b: b + cfg.batch_size]
             rs = [rows[j] for j in idx]
@@ -253,8 +254,14 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
         for d, acc, feats in zip(dirs, done_sigs, features):
             if d in missing[s]:
                 write_harvest_shard(d / f"shard-{s:05d}", items, rendered, done_rows, acc, samples, feats)
-    bar.close()
-    elapsed = time.perf_counter() - t0
+        return n_tok
+
+    n_tok, elapsed = shard_loop(
+        n_shards, rank=rank, world=world, done=lambda s: not missing[s], work=work,
+        stale=lambda s: [p for d in dirs for p in d.glob(f".shard-{s:05d}.*.tmp")],  # a killed run's temporaries
+        size=lambda s: len(rows[s * size:(s + 1) * size]), progress=progress,
+        label=f"extract {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+        + (f" ({len(targets)} arms)" if len(targets) > 1 else ""))
     for d in dirs:
         atomic_write_json(d / f"timing-rank{rank}.json",
                           {"tokens": n_tok, "seconds": round(elapsed, 3), "phase": "extract", "arms": len(targets)})

@@ -13,23 +13,27 @@ their provenance, so no question's answers are both trained on and tested.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from ..fsutil import hash_order, stable_hash
+from ..fsutil import atomic_write_json, hash_order, stable_hash
+from ..models import render
+from ..models.generation import batch_order, forced_ids
 from ..prompts.answers import GivenAnswer, count_by, efficientqa_answers, from_items, given_answer_pairs, gold_answers, pick
-from .shards import package_versions
+from ..prompts.sets import load_items, question_id, split_of
+from ..signatures import FeatureSpec
+from ..signatures.extract import Extractor
+from .extract import corpus_items, open_harvest
+from .generations import read_corpus, read_corpus_manifest
+from .shards import package_versions, shard_loop
+from .store import HARVEST_VERSION, dataset_features, hf_features, merge_shards, read_manifest, write_rows
 
 
 def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: int | None = None,
                    provenance: str = "other", seed: int = 0) -> list[GivenAnswer]:
     """Answers of a corpus (:mod:`riskprobe.harvest.generations`) with their grades: another model's answers
     (``other``), or the model's own (``own``) when forced through the model that wrote them."""
-    from .extract import corpus_items
-    from .generations import read_corpus
-
     m, rows = read_corpus(corpus)
     items = corpus_items(m, Path(corpus))
     rows = [r for r in rows if ids is None or r["id"] in ids]
@@ -56,7 +60,7 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
     real QA systems to that many EfficientQA test questions (:func:`efficientqa_answers`). Every row keeps its
     question's split.
     """
-    from ..prompts.sets import _qid, load_items, split_of
+    from ..prompts.sets import split_of
 
     rows: list[GivenAnswer] = []
     if halueval:
@@ -66,7 +70,7 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
         rows += from_items([it for it in tq if split_of(it.id) != "test"], max_per_question=per_question)
         by_id = {it.id: it for it in tq}
         for q, a, label, _ in given_answer_pairs("truthfulqa_mc"):
-            qid = _qid("truthfulqa", q)
+            qid = question_id("truthfulqa", q)
             if qid in by_id and split_of(qid) == "test" and a.strip():
                 it = by_id[qid]
                 rows.append(GivenAnswer(qid, "truthfulqa", "factual", it.prompt, a.strip(), label, "other",
@@ -74,9 +78,6 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
                                         tuple(it.answers)))
     ids = None
     if corpus is not None:
-        from .extract import corpus_items
-        from .generations import read_corpus_manifest
-
         items = corpus_items(read_corpus_manifest(corpus), Path(corpus))
         ids = {it.id for it in items}
         if gold:
@@ -98,15 +99,6 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     The signature of a row is exactly what :meth:`Scorer.score` computes for the same (question, answer):
     the answer's tokens (no special tokens) followed by EOS, teacher forced after the rendered prompt.
     """
-    from ..models import render
-    from ..models.generation import batch_order, forced_ids
-    from ..progress import bar as progress_bar
-    from ..prompts.sets import split_of
-    from ..signatures import FeatureSpec
-    from ..signatures.extract import Extractor
-    from .extract import clear_stale_shards
-    from .store import HARVEST_VERSION, _features, _write_shard, hf_features, merge_shards
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; choose another --out", file=out, field="out")
@@ -122,9 +114,6 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
                                            "by_source": count_by(answers, "source"),
                                            "by_provenance": count_by(answers, "provenance")},
     }
-    from .extract import open_harvest
-    from .store import read_manifest
-
     out.mkdir(parents=True, exist_ok=True)
     open_harvest(out, manifest, 0)  # the one compatibility rule: same model, rows and features, or refused
     if read_manifest(out).get("status") == "complete":
@@ -138,21 +127,17 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = (len(answers) + shard_size - 1) // shard_size
-    todo = [s for s in range(n_shards) if not (shard_dir / f"shard-{s:05d}" / "state.json").is_file()]
-    clear_stale_shards(shard_dir, todo)
-    feats = _features({**hf_features(spec), "provenance": _str(), "source": _str()})
+    feats = dataset_features({**hf_features(spec), "provenance": _str(), "source": _str()})
     ex = Extractor(lm, spec)
-    bar = progress_bar(sum(min(shard_size, len(answers) - s * shard_size) for s in todo),
-                       f"given answers {lm.identity.name}", "answer", enabled=progress)
-    t0, n_tok = time.perf_counter(), 0
     sample = _sample_index(answers)
-    for s in todo:
+
+    def work(s: int, bar) -> int:  # one shard: the answers forced through the model, written as harvest rows
         part = list(range(s * shard_size, min((s + 1) * shard_size, len(answers))))
         part = [part[p] for p in batch_order(
             [answers[j].answer_kind for j in part],
             [len(rendered[(answers[j].question, answers[j].answer_kind)].text) + 4 * min(len(tokens[j]), spec.steps)
              for j in part])]
-        rows = []
+        rows, n_tok = [], 0
         for b in range(0, len(part), batch_size):
             idx = part[b:b + batch_size]
             sig = ex.extract([rendered[(answers[j].question, answers[j].answer_kind)] for j in idx],
@@ -169,12 +154,15 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
             n_tok += sum(min(len(tokens[j]), spec.steps) for j in idx)
             bar.update(len(idx))
         rows.sort(key=lambda r: r["index"])
-        _write_shard(shard_dir / f"shard-{s:05d}", rows, feats)
-    bar.close()
-    from ..fsutil import atomic_write_json
+        write_rows(shard_dir / f"shard-{s:05d}", rows, feats)
+        return n_tok
 
-    atomic_write_json(shard_dir / "timing-rank0.json",
-                      {"tokens": n_tok, "seconds": round(time.perf_counter() - t0, 3), "phase": "given"})
+    n_tok, elapsed = shard_loop(
+        n_shards, done=lambda s: (shard_dir / f"shard-{s:05d}" / "state.json").is_file(), work=work,
+        stale=lambda s: list(shard_dir.glob(f".shard-{s:05d}.*.tmp")),  # a killed run's temporaries
+        size=lambda s: min(shard_size, len(answers) - s * shard_size), label=f"given answers {lm.identity.name}",
+        progress=progress)
+    atomic_write_json(shard_dir / "timing-rank0.json", {"tokens": n_tok, "seconds": round(elapsed, 3), "phase": "given"})
     merge_shards(out, n_shards)
     return out
 

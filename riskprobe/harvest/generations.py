@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 from ..errors import UserError, check_version
 from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, read_text, stable_hash
-from .shards import wait_for
+from .shards import shard_loop, wait_for
 
 CORPUS_MANIFEST = "corpus.json"
 CORPUS_VERSION = 1
@@ -235,8 +235,8 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     of generated; the manifest records how many.
     """
     from ..models.generation import batch_order, generate, sample_seed
-    from ..progress import bar as progress_bar
     from ..prompts.grading import grade
+    from ..signatures import Capture
 
     out = Path(out)
     manifest = corpus_manifest(cfg, lm, items, versions=versions, truncated=truncated)
@@ -250,21 +250,15 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
             atomic_write_json(out / CORPUS_MANIFEST, dict(manifest, status="running"))
     else:
         wait_for(out / CORPUS_MANIFEST)
-    n_reused = 0
     samples = cfg.answers_per_question
-    todo = [s for s in range(n_shards) if s % world == rank and not shard_path(out, s).is_file()]
-    for s in todo:  # leftovers of a killed run: temporary files of shards that were never renamed into place
-        for stale in out.glob(f".{shard_path(out, s).name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-    n_todo = sum(len(items[s * cfg.shard_size:(s + 1) * cfg.shard_size]) for s in todo) * samples
-    bar = progress_bar(n_todo, f"generate {lm.identity.name}", "answer", enabled=progress)
-    n_tok, t0 = 0, time.perf_counter()
-    for s in todo:
+    acc = {"tokens": 0, "reused": 0, "t0": time.perf_counter()}
+
+    def work(s: int, bar) -> int:  # one shard: answers reused or generated, graded, written
         i0 = s * cfg.shard_size
         idx_items = range(i0, min(i0 + cfg.shard_size, len(items)))
         jobs = [(i, k) for i in idx_items for k in range(samples)]
         jobs = [jobs[j] for j in batch_order([items[i].answer_kind for i, _ in jobs], [lengths[i] for i, _ in jobs])]
-        rows, sigs = [], []
+        rows, sigs, n_tok = [], [], 0
         if old:
             sha = {i: prompt_sha(rendered[i].text) for i in idx_items}
             taken = [(i, k) for i, k in jobs if old.get((items[i].id, k), {}).get("prompt_sha") == sha[i]]
@@ -275,7 +269,7 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
                              "echo": bool(gr.echo_discounted)})
             done = set(taken)
             jobs = [j for j in jobs if j not in done]
-            n_reused += len(taken)
+            acc["reused"] += len(taken)
             bar.update(len(taken))
         for b in range(0, len(jobs), cfg.batch_size):
             batch = jobs[b: b + cfg.batch_size]
@@ -284,8 +278,6 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
                       top_p=cfg.top_p, row_seeds=seeds)
             rps = [rendered[i] for i, _ in batch]
             if capture is not None:
-                from ..signatures import Capture
-
                 cap = Capture(lm, capture)
                 with cap:
                     gens = generate(lm, rps, **kw)
@@ -301,20 +293,26 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
                              "text": g.text, "finish": g.finish, "correct": bool(gr.correct),
                              "echo": bool(gr.echo_discounted)})
             n_tok += sum(g.n_tokens for g in gens)
+            acc["tokens"] += sum(g.n_tokens for g in gens)
             bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.1f}")
+            bar.set_postfix(tok_s=f"{acc['tokens'] / max(time.perf_counter() - acc['t0'], 1e-9):.1f}")
         order = sorted(range(len(rows)), key=lambda j: (rows[j]["i"], rows[j]["sample"]))
         rows = [rows[j] for j in order]
         if on_shard is not None:
             on_shard(s, rows, [sigs[j] for j in order] if sigs else None)
         write_shard(shard_path(out, s), rows)
-    bar.close()
-    elapsed = time.perf_counter() - t0
+        return n_tok
+
+    n_tok, elapsed = shard_loop(
+        n_shards, rank=rank, world=world, done=lambda s: shard_path(out, s).is_file(),
+        stale=lambda s: list(out.glob(f".{shard_path(out, s).name}.*.tmp")),  # a killed run's unrenamed temporaries
+        size=lambda s: len(items[s * cfg.shard_size:(s + 1) * cfg.shard_size]) * samples, work=work,
+        label=f"generate {lm.identity.name}", progress=progress)
     atomic_write_json(out / f".timing-rank{rank}.json", {"tokens": n_tok, "seconds": round(elapsed, 3),
-                                                         "reused": n_reused})
+                                                         "reused": acc["reused"]})
     if rank == 0:
         if world > 1:
-                wait_for(*[shard_path(out, s) for s in range(n_shards)])
+            wait_for(*[shard_path(out, s) for s in range(n_shards)])
         finish_corpus(out)
     return out
 

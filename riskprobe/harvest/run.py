@@ -39,7 +39,7 @@ from .extract import (
 )
 from .generations import check_corpus_out, corpus_manifest, generate_corpus, read_corpus_manifest
 from .shards import GENERATIONS, abandon, dist_rank, package_versions, render_items
-from .store import MANIFEST, _features, hf_features, read_manifest
+from .store import MANIFEST, dataset_features, hf_features, read_manifest
 
 __all__ = ["harvest", "generate", "dist_rank", "set_threads", "render_items"]
 
@@ -83,7 +83,7 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     if rank == 0:  # both folders are checked before either is written to
         check_corpus_out(gen_dir, cm)
     open_harvest(out, harvest_manifest(cm, lm, spec, ecfg), rank)  # refuses other settings before any work
-    features = _features(hf_features(spec))
+    features = dataset_features(hf_features(spec))
     clear_stale_shards(out / "shards", [s for s in range(cm["n_shards"]) if s % world == rank])
 
     def on_shard(s, rows, sigs):  # the first extraction, captured while generating

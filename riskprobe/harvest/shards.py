@@ -13,16 +13,41 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import UserError, short
 from ..fsutil import atomic_write_json, owned_dir
 from ..models import context_length, render
 from ..models.loader import identity_diff
+from ..progress import bar as progress_bar
 from .config import HarvestConfig
 from .store import MANIFEST, read_manifest
 
 GENERATIONS = "generations"  # the corpus of a harvest, inside its folder
+
+
+def shard_loop(n_shards: int, *, done: Callable[[int], bool], size: Callable[[int], int],
+               work: Callable[[int, Any], int], label: str, rank: int = 0, world: int = 1,
+               stale: Callable[[int], list[Path]] | None = None, unit: str = "answer",
+               progress: bool = True) -> tuple[int, float]:
+    """The loop of every harvest stage (corpus generation, extraction, the given-answer harvest): this rank's shards
+    (``s % world == rank``) that are not ``done(s)``; first the leftovers of a killed run of each (``stale(s)``: its
+    temporary files or folders, never renamed into place, so never finished) are removed; then one progress bar over
+    their rows (``size(s)`` each, so the total is known) while ``work(s, bar)`` computes and writes each shard and
+    returns the tokens it processed. Returns ``(tokens, seconds)``."""
+    todo = [s for s in range(n_shards) if s % world == rank and not done(s)]
+    for s in todo:
+        for p in stale(s) if stale is not None else ():
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    bar = progress_bar(sum(size(s) for s in todo), label, unit, enabled=progress)
+    tokens, t0 = 0, time.perf_counter()
+    for s in todo:
+        tokens += work(s, bar)
+    bar.close()
+    return tokens, time.perf_counter() - t0
 
 
 def package_versions() -> dict[str, str]:

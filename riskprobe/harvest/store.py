@@ -32,7 +32,7 @@ MANIFEST = "riskprobe.json"
 HARVEST_VERSION = 1
 
 
-def _write_shard(path: Path, rows: list[dict[str, Any]], features) -> None:
+def write_rows(path: Path, rows: list[dict[str, Any]], features) -> None:
     """Write rows (signature columns as numpy arrays) as one shard, a `datasets` dataset folder."""
     import pyarrow as pa
 
@@ -108,7 +108,10 @@ def hf_features(spec) -> dict[str, Any]:
     return out
 
 
-def _features(extra=None):
+def dataset_features(extra=None):
+    """The `datasets` schema of a harvest's rows: the row columns every harvest holds (id, set, prompt, response,
+    label, split, ...) and, from ``extra`` (:func:`hf_features` of a feature spec, and columns of one harvest kind such
+    as the given-answer harvest's ``provenance`` and ``source``), the signature columns."""
     import datasets as hd
 
     f = {

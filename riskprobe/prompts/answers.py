@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 from ..errors import UserError
 from ..fsutil import hash_order, read_text
 from ..resources import datasets_root
-from .sets import _public_file, _qid, split_of
+from .sets import _public_file, question_id, split_of
 
 PROVENANCES = ("own", "other", "reference")
 
@@ -93,7 +93,7 @@ def efficientqa_answers(limit: int | None = None, seed: int = 0) -> list[GivenAn
     for o in qs:
         q = o["question"].strip()
         prompt = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
-        qid = _qid("nq_open", o["question"])
+        qid = question_id("nq_open", o["question"])
         for label, key in ((0, "def_correct_predictions"), (1, "def_incorrect_predictions")):
             for a in dict.fromkeys(x.strip() for x in o.get(key) or [] if x.strip()):
                 out.append(GivenAnswer(qid, "nq_open", "factual", prompt, a.replace('\\"', '"'), label, "other",
@@ -161,7 +161,7 @@ def given_rows(name: str, limit: int | None = 200, *, split: str | None = None) 
         set_name = "halueval_qa" if name == "halueval" else "truthfulqa"
         src = {"halueval": ("halueval_qa:right", "halueval_qa:incorrect"),
                "truthfulqa_mc": ("truthfulqa_mc2:true", "truthfulqa_mc2:false")}[name]
-        rows = [GivenAnswer(_qid(set_name, q), set_name, "factual", q.strip(), a.strip(), int(y), "other", src[int(y)])
+        rows = [GivenAnswer(question_id(set_name, q), set_name, "factual", q.strip(), a.strip(), int(y), "other", src[int(y)])
                 for q, a, y, _ in given_answer_pairs(name, None) if a.strip()]
     else:
         rows = _jsonl_rows(Path(name))
@@ -205,7 +205,7 @@ def _jsonl_rows(path: Path) -> list[GivenAnswer]:
         prov = o.get("provenance", "other")
         if prov not in ("own", "other", "reference"):
             raise UserError(f"must be own, other or reference, got {prov!r}", file=path, line=n, field="provenance")
-        qid = str(o["id"]) if "id" in o else _qid(path.stem, q)
+        qid = str(o["id"]) if "id" in o else question_id(path.stem, q)
         rows.append(GivenAnswer(qid, path.stem, str(o.get("category", "factual")), q.strip(), a.strip(), int(y), prov,
                                 str(o.get("source", path.stem))))
     return rows

@@ -18,7 +18,7 @@ import re
 from typing import Iterator
 
 from .generated import COUNTRY_ALIASES
-from .sets import Item, _public_file, _qid, _read_jsonl, register
+from .sets import Item, _public_file, _read_jsonl, question_id, register
 
 # every spelling of a country that one group of COUNTRY_ALIASES holds, by its lower-case form
 _GROUPS = {name.lower(): (canon, *aliases) for canon, aliases in COUNTRY_ALIASES.items() for name in (canon, *aliases)}
@@ -52,7 +52,7 @@ def qa_wikidata() -> Iterator[Item]:
     seen: set[str] = set()
     for _, r in _read_jsonl(p):
         ctx, gold = r["context"].strip(), r["continuation"].strip()
-        iid = _qid("qa_wikidata", ctx)
+        iid = question_id("qa_wikidata", ctx)
         if iid in seen:  # one context occurs twice upstream with two different answers: keep the first
             continue
         seen.add(iid)
@@ -133,7 +133,7 @@ def freebaseqa() -> Iterator[Item]:
             continue
         answers = [a for a in dict.fromkeys([*r.get("answers", []), *r.get("txt_answers", [])]) if str(a).strip()]
         if answers:
-            yield Item(id=_qid("freebaseqa", q), set="freebaseqa", category="factual", prompt=_question(q),
+            yield Item(id=question_id("freebaseqa", q), set="freebaseqa", category="factual", prompt=_question(q),
                        answers=with_country_aliases(answers))
 
 
@@ -146,5 +146,5 @@ def hotpotqa() -> Iterator[Item]:
         if not q or not a:
             continue
         kind = "yesno" if a.lower() in ("yes", "no") else "alias"
-        yield Item(id=_qid("hotpotqa", q), set="hotpotqa", category="factual", prompt=_question(q),
+        yield Item(id=question_id("hotpotqa", q), set="hotpotqa", category="factual", prompt=_question(q),
                    answers=(a.lower() if kind == "yesno" else a,), answer_kind=kind, meta={"type": r.get("type")})

@@ -138,7 +138,9 @@ def _unquote(q: str) -> str:
     return q
 
 
-def _qid(set_name: str, question: str) -> str:
+def question_id(set_name: str, question: str) -> str:
+    """A question's id: its set and a hash of its words (case and spacing ignored), so the same question read from
+    two files is one question, in one split."""
     return f"{set_name}-{stable_hash(' '.join(question.lower().split()))[:12]}"
 
 
@@ -226,7 +228,7 @@ def triviaqa() -> Iterator[Item]:
                 for _, o in _read_jsonl(p))
     for r in rows:
         answers = tuple(dict.fromkeys([r["answer"], *r.get("aliases", [])]))
-        yield Item(id=_qid("triviaqa", r["question"]), set="triviaqa", category="factual", prompt=r["question"],
+        yield Item(id=question_id("triviaqa", r["question"]), set="triviaqa", category="factual", prompt=r["question"],
                    answers=answers)
 
 
@@ -234,7 +236,7 @@ def _nq_items(rows) -> Iterator[Item]:
     for r in rows:
         q = r["question"].strip()
         q = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
-        yield Item(id=_qid("nq_open", r["question"]), set="nq_open", category="factual", prompt=q,
+        yield Item(id=question_id("nq_open", r["question"]), set="nq_open", category="factual", prompt=q,
                    answers=tuple(r["answer"]))
 
 
@@ -256,7 +258,7 @@ def nq_open_full() -> Iterator[Item]:
 def halueval_qa() -> Iterator[Item]:
     p = _public_file("halueval_qa", "halueval/qa_data.json")
     for _, r in _read_jsonl(p):
-        yield Item(id=_qid("halueval_qa", r["question"]), set="halueval_qa", category="factual",
+        yield Item(id=question_id("halueval_qa", r["question"]), set="halueval_qa", category="factual",
                    prompt=r["question"].strip(), answers=(r["right_answer"].strip(),),
                    incorrect=(r["hallucinated_answer"].strip(),))
 
@@ -267,7 +269,7 @@ def truthfulqa() -> Iterator[Item]:
     with open(p, encoding="utf-8", newline="") as f:
         for r in csv.DictReader(f):
             split = lambda s: tuple(x.strip() for x in s.split(";") if x.strip())  # noqa: E731
-            yield Item(id=_qid("truthfulqa", r["Question"]), set="truthfulqa", category="factual",
+            yield Item(id=question_id("truthfulqa", r["Question"]), set="truthfulqa", category="factual",
                        prompt=r["Question"], answers=split(r["Correct Answers"]),
                        incorrect=split(r["Incorrect Answers"]), meta={"category": r["Category"]})
 
@@ -277,7 +279,7 @@ def _gsm8k(name: str, split: str) -> Iterator[Item]:
     rows = (o for _, o in _read_jsonl(p)) if p else _hub_rows(("openai/gsm8k", "main", split))
     for r in rows:
         gold = r["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
-        yield Item(id=_qid("gsm8k", r["question"]), set="gsm8k", category="reasoning", prompt=r["question"],
+        yield Item(id=question_id("gsm8k", r["question"]), set="gsm8k", category="reasoning", prompt=r["question"],
                    answers=(gold,), answer_kind="number")
 
 
@@ -346,7 +348,7 @@ def jsonl_items(path: str | Path, set_name: str | None = None) -> Iterator[Item]
         kind = o.get("answer_kind", "number" if cat == "reasoning" else "alias")
         if kind not in ANSWER_KINDS:
             raise bad(f"must be one of {', '.join(ANSWER_KINDS)}, not {kind!r}", "answer_kind")
-        iid = str(o["id"]) if o.get("id") is not None else _qid(set_name, q)
+        iid = str(o["id"]) if o.get("id") is not None else question_id(set_name, q)
         if iid in seen:
             raise bad(f"duplicate id {iid!r}", "id")
         seen.add(iid)

@@ -179,7 +179,7 @@ def test_efficientqa_rated_system_answers_become_given_answers(tmp_path, monkeyp
     import json
 
     from riskprobe.prompts.answers import efficientqa_answers, writer_of
-    from riskprobe.prompts.sets import _qid
+    from riskprobe.prompts.sets import question_id
 
     (tmp_path / "nq_open").mkdir()
     (tmp_path / "nq_open/NQ-open.efficientqa.test.1.1.jsonl").write_text(json.dumps(
@@ -190,6 +190,6 @@ def test_efficientqa_rated_system_answers_become_given_answers(tmp_path, monkeyp
     rows = efficientqa_answers()
     assert [(r.answer, r.label) for r in rows] == [("Guy Henry", 0), ("peter cushing", 1), ('"Sesenne"', 1)]
     r = rows[0]
-    assert r.id == _qid("nq_open", "who played grand moff tarkin in rogue one") and r.set == "nq_open"
+    assert r.id == question_id("nq_open", "who played grand moff tarkin in rogue one") and r.set == "nq_open"
     assert r.question == "Who played grand moff tarkin in rogue one?" and r.provenance == "other"
     assert writer_of(r.source, r.provenance) == "efficientqa" and writer_of("corpus:smollm2-135m", "own") == "own"

@@ -167,13 +167,13 @@ def _shard_rows(spec, n, start=0, seed=0):
 def test_shard_writer_equals_datasets_own_writer(tmp_path):
     """The shard writer builds arrow columns from the arrays' buffers; what it writes reads back exactly as
     what ``Dataset.from_list(...).save_to_disk`` wrote, value for value, and as one batch (zero-copy read)."""
-    from riskprobe.harvest.store import _features, _write_shard, hf_features, signature_tensors
+    from riskprobe.harvest.store import dataset_features, hf_features, signature_tensors, write_rows
     from riskprobe.signatures import FeatureSpec
 
     spec = FeatureSpec.from_dict({"K": 3, "raw_steps": 2, "lens_steps": 1}).resolve(4, 8)
-    feats = _features(hf_features(spec))
+    feats = dataset_features(hf_features(spec))
     rows = _shard_rows(spec, 7)
-    _write_shard(tmp_path / "new", rows, feats)
+    write_rows(tmp_path / "new", rows, feats)
     datasets.Dataset.from_list(rows, features=feats).save_to_disk(str(tmp_path / "ref"))
     new, ref = datasets.load_from_disk(str(tmp_path / "new")), datasets.load_from_disk(str(tmp_path / "ref"))
     assert new.features == ref.features and new.data.column("raw").num_chunks == 1
@@ -193,13 +193,13 @@ def test_merge_streams_shards_in_order_else_sorts(tmp_path, in_order):
     from riskprobe.signatures import FeatureSpec
 
     spec = FeatureSpec.from_dict({"K": 2, "raw_steps": 1, "lens_steps": 1}).resolve(3, 4)
-    feats = store._features(store.hf_features(spec))
+    feats = store.dataset_features(store.hf_features(spec))
     parts = [_shard_rows(spec, 5, 0, 1), _shard_rows(spec, 4, 5, 2), _shard_rows(spec, 6, 9, 3)]
     if not in_order:
         parts[0], parts[2] = parts[2], parts[0]
     out = tmp_path / "h"
     for s, rows in enumerate(parts):
-        store._write_shard(out / "shards" / f"shard-{s:05d}", rows, feats)
+        store.write_rows(out / "shards" / f"shard-{s:05d}", rows, feats)
     (out / store.MANIFEST).write_text(json.dumps({"version": 1, "status": "running"}))
     (out / "shards" / "timing-rank0.json").write_text(json.dumps({"tokens": 1, "seconds": 1.0}))
     ds = store.merge_shards(out, 3)

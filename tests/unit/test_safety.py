@@ -373,7 +373,7 @@ def test_harvest_failing_after_model_load_leaves_nothing(tmp_path, llama_lm, min
     # says failed, not "running"
     monkeypatch.undo()
     calls = {"n": 0}
-    real = X._write_shard
+    real = X.write_rows
 
     def second_fails(*a, **k):
         calls["n"] += 1
@@ -381,7 +381,7 @@ def test_harvest_failing_after_model_load_leaves_nothing(tmp_path, llama_lm, min
             raise RuntimeError("disk on fire")
         return real(*a, **k)
 
-    monkeypatch.setattr(X, "_write_shard", second_fails)
+    monkeypatch.setattr(X, "write_rows", second_fails)
     with pytest.raises(RuntimeError):
         H.harvest(cfg, lm=llama_lm, progress=False)
     m = json.loads((tmp_path / "h" / H.MANIFEST).read_text())
