@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
+from ..fsutil import write_result_json
 
 
 def batch_size_type(text: str) -> int | str:
@@ -101,3 +102,19 @@ def features_arg(args) -> dict:
 def one_line(text: str, n: int = 300) -> str:
     t = " ".join(str(text).split())
     return t if len(t) <= n else t[: n - 3] + "..."
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """``--families a,b``: the names, spaces and empty items dropped; None when the option was not given.
+
+    >>> comma_list(" raw, commitment ,"), comma_list(None)
+    (['raw', 'commitment'], None)
+    """
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def write_json_result(path: str | None, res: dict, kind: str) -> None:
+    """``--json FILE``: the result, written as riskprobe writes results (never over a user's file), and said."""
+    if path:
+        write_result_json(path, res, kind)
+        print(f"\nwritten: {path}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ..errors import UserError
-from .common import add_probe_args, check_positive
+from .common import add_probe_args, check_positive, write_json_result
 
 
 def cmd_export(args) -> int:
@@ -122,10 +122,7 @@ def cmd_eval_given(args) -> int:
     print(f"{what}: AUROC {auroc} on {a['n']} answers ({a['n_wrong']} wrong) of {r['questions']} questions, "
           f"head {r['head']}")
     print(format_groups(r["groups"]))
-    if args.json:
-        from ..fsutil import write_result_json
-
-        write_result_json(args.json, {k: v for k, v in r.items() if k not in ("risk", "ood_distance")}, "eval-given")
+    write_json_result(args.json, {k: v for k, v in r.items() if k not in ("risk", "ood_distance")}, "eval-given")
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import add_threads, check_positive, print_summary
+from .common import add_threads, check_positive, comma_list, print_summary, write_json_result
 
 
 def cmd_demo(args) -> int:
@@ -44,7 +44,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_cross_model(args) -> int:
-    from ..fsutil import check_result_path, write_result_json
+    from ..fsutil import check_result_path
     from ..harvest.store import read_manifest
     from ..training.transfer import cross_model, format_cross_model
 
@@ -72,17 +72,14 @@ def cmd_cross_model(args) -> int:
         paths[name] = path
     check_positive(args.k, "k", 4096)
     check_positive(args.layer_bins, "layer-bins", 64)
-    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
-    res = cross_model(paths, k=args.k, layer_bins=args.layer_bins, families=families, n_boot=args.n_boot)
+    res = cross_model(paths, k=args.k, layer_bins=args.layer_bins, families=comma_list(args.families), n_boot=args.n_boot)
     print(format_cross_model(res))
-    if args.json:
-        write_result_json(args.json, res, "cross-model")
-        print(f"\nwritten: {args.json}")
+    write_json_result(args.json, res, "cross-model")
     return 0
 
 
 def cmd_transfer(args) -> int:
-    from ..fsutil import check_result_path, write_result_json
+    from ..fsutil import check_result_path
     from ..training.grouped import CS
     from ..training.loso import TransferRecipe, format_loso, loso
 
@@ -92,17 +89,13 @@ def cmd_transfer(args) -> int:
         if not Path(h).is_dir():
             raise UserError("harvest directory not found", file=h, field="harvest")
     check_positive(args.n_boot, "n-boot", 100000)
-    probe_fams = [f.strip() for f in args.probe_families.split(",") if f.strip()] if args.probe_families else None
-    recipe = TransferRecipe(families=[f.strip() for f in args.families.split(",") if f.strip()], k=args.k,
-                            raw_pool=args.raw_pool, layer_bins=args.layer_bins, balance=args.balance,
-                            blend=not args.no_blend, Cs=CS, probe_families=probe_fams)
-    sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
-    res = loso(args.harvest, recipe, sources=sources, n_boot=args.n_boot, progress=not args.no_progress,
-               group=args.group)
+    recipe = TransferRecipe(families=comma_list(args.families) or [], k=args.k, raw_pool=args.raw_pool,
+                            layer_bins=args.layer_bins, balance=args.balance, blend=not args.no_blend, Cs=CS,
+                            probe_families=comma_list(args.probe_families))
+    res = loso(args.harvest, recipe, sources=comma_list(args.sources), n_boot=args.n_boot,
+               progress=not args.no_progress, group=args.group)
     print(format_loso(res))
-    if args.json:
-        write_result_json(args.json, res, "transfer")
-        print(f"\nwritten: {args.json}")
+    write_json_result(args.json, res, "transfer")
     return 0
 
 
