@@ -24,6 +24,7 @@ from .shards import (
     package_versions,
     render_items,
     shard_loop,
+    start_manifest,
     wait_for,
     wait_until,
 )
@@ -164,12 +165,7 @@ def harvest_manifest(m: dict[str, Any], lm, spec, cfg) -> dict[str, Any]:
 
 def open_harvest(out: Path, manifest: dict[str, Any], rank: int) -> None:
     """Refuse to mix into a harvest made with other settings; start the manifest (rank 0) or wait for it."""
-    if rank == 0:
-        check_compatible(out, manifest)
-        if not (out / MANIFEST).is_file():
-            atomic_write_json(out / MANIFEST, dict(manifest, status="running"))
-    else:
-        wait_for(out / MANIFEST)
+    start_manifest(out / MANIFEST, manifest, rank, lambda: check_compatible(out, manifest))
 
 
 def write_harvest_shard(path: Path, items, rendered, rows: list[dict[str, Any]], sigs: list[dict[str, Any]],

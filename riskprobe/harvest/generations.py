@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 from ..errors import UserError, check_version
 from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, read_text, stable_hash
-from .shards import shard_loop, wait_for
+from .shards import shard_loop, start_manifest, wait_for
 
 CORPUS_MANIFEST = "corpus.json"
 CORPUS_VERSION = 1
@@ -244,12 +244,7 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     if reuse is not None and capture is not None:
         raise ValueError("reuse takes answers without signatures; it does not combine with capture")
     old = reusable_rows(reuse, manifest) if reuse is not None else {}  # a bad --reuse is refused before any write
-    if rank == 0:
-        check_corpus_out(out, manifest)
-        if not (out / CORPUS_MANIFEST).is_file():
-            atomic_write_json(out / CORPUS_MANIFEST, dict(manifest, status="running"))
-    else:
-        wait_for(out / CORPUS_MANIFEST)
+    start_manifest(out / CORPUS_MANIFEST, manifest, rank, lambda: check_corpus_out(out, manifest))
     samples = cfg.answers_per_question
     acc = {"tokens": 0, "reused": 0, "t0": time.perf_counter()}
 

@@ -166,3 +166,14 @@ def wait_until(done, what: str, timeout: float = 24 * 3600) -> None:
 def wait_for(*paths: Path, timeout: float = 24 * 3600) -> None:
     """Wait until every path exists (another rank writes them)."""
     wait_until(lambda: all(p.exists() for p in paths), str(paths[0]), timeout)
+
+
+def start_manifest(path: Path, manifest: dict[str, Any], rank: int, check: Callable[[], None]) -> None:
+    """Start a folder's manifest file ``path``: on rank 0, ``check()`` first (it refuses other settings), then the
+    manifest is written with status ``running`` unless it is there already; other ranks wait until it is."""
+    if rank == 0:
+        check()
+        if not path.is_file():
+            atomic_write_json(path, dict(manifest, status="running"))
+    else:
+        wait_for(path)
