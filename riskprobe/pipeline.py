@@ -163,6 +163,7 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
         progress: progress bars on stderr.
         log: where the demo's own lines go (default: stdout).
     """
+    from .evaluation.results import FitMetrics
     from .models import load_model
     from .probes.artifact import export_checkpoint
     from .report.build import write_report
@@ -212,7 +213,7 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
         run = fit(cfg)
     draw_run(run)
     atomic_write_text(out / "fit.log", buf.getvalue())
-    metrics = json.loads((out / "fit" / "metrics.json").read_text())
+    metrics = FitMetrics.read(run / "metrics.json")
     given = model == "smollm2-135m"  # the shipped given-answer head is SmolLM2's
     art = export_checkpoint(out / "checkpoints" / "final.ckpt", out / "probe", metrics=metrics,
                             extra={"given_probe": "given"} if given else None)
@@ -238,7 +239,7 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
                      harvest_summary=read_manifest(h)["summary"], unseen_summary=read_manifest(u)["summary"],
                      versus=rows, verdict=_verdict(rows, k), artifact=str(art), scored=str(scored),
                      score_stats={k_: v for k_, v in st.items() if k_ != "errors"}, report=str(report),
-                     fit={"probe": metrics["probe"]["name"], "recipe": recipe["data"], "C": recipe["model"].get("C")})
+                     fit={"probe": metrics.probe["name"], "recipe": recipe["data"], "C": recipe["model"].get("C")})
     atomic_write_json(out / "summary.json", asdict(res))
     return res
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..evaluation.results import FitMetrics
 from ..fsutil import sha256_files
 from .modules import RiskModel, build_probe
 
@@ -133,7 +134,7 @@ def transfer_table(res: dict[str, Any], meta: dict[str, Any], file) -> dict[str,
             "summary": res.get("summary")}
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, Any] | None = None,
+def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: FitMetrics | dict[str, Any] | None = None,
                       extra: dict[str, Any] | None = None, force: bool = False,
                       transfer: dict[str, Any] | None = None, transfer_file=None) -> Path:
     """Write the artifact for a probe checkpoint (``final.ckpt`` of a fit run) into ``out``.
@@ -169,10 +170,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: dict[str, A
         "data_fingerprint": spec.get("data_fingerprint"),
         "training": {"harvests": spec.get("harvests"), "split": spec.get("split")},
     }
-    if metrics is None:
-        for cand in (ckpt.parent / "metrics.json",):
-            if cand.is_file():
-                metrics = json.loads(cand.read_text())
+    if metrics is None and (ckpt.parent / "metrics.json").is_file():
+        metrics = FitMetrics.read(ckpt.parent / "metrics.json")
+    if isinstance(metrics, FitMetrics):
+        metrics = metrics.to_dict()
     if metrics:
         meta["threshold"] = metrics.get("calibration", {}).get("threshold")
         meta["test_metrics"] = {"probe": metrics.get("probe"), "margin": metrics.get("margin")}

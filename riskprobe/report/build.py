@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..evaluation.results import FitMetrics
 from ..fsutil import atomic_write_json, atomic_write_text
 from . import profiles as PF
 from .plots import (
@@ -52,35 +53,35 @@ def fit_section(d: Path, out: Path, tag: str) -> list[str]:
     from ..evaluation.tables import format_controls
     from .plots import plot_sweep
 
-    m = json.loads((d / "metrics.json").read_text())
-    p = m["probe"]
+    fm = FitMetrics.read(d / "metrics.json")
+    m, p = fm.to_dict(), fm.probe
     md = [f"## Fit run `{d}`", "", f"Test split: {p['n']} answers, {p['n_incorrect']} wrong (base error rate "
           f"{p['n_incorrect'] / max(p['n'], 1):.3f}, the AUPRC of a random score).", "", _metrics_table(m), ""]
-    if m.get("selection"):
-        sel = m["selection"]
+    if fm.selection:
+        sel = fm.selection
         md += [f"### Selection: {sel['folds']}-fold CV grouped by question on the training split ({sel['n_train']} rows)",
                "", f"Chosen: **{sel['best_label']}**" + (f" (C = {sel['best']['C']:g})" if sel["best"].get("C") else ""),
                "", "| recipe | C | CV AUROC | sd |", "|---|---|---|---|"]
         md += [f"| {t['recipe']} | {t['C'] if t.get('C') is not None else '-'} | {t['cv_auroc']:.3f} | {t['cv_sd']:.3f} |"
                for t in sel["table"]] + [""]
-    if m.get("controls") or m.get("selective"):
+    if fm.controls or fm.selective:
         md += ["### Controls and selective prediction", "", "```text", format_controls(m), "```", ""]
-    if "margin" in m:
-        g = m["margin"]
+    if fm.margin:
+        g = fm.margin
         md.append(f"Probe minus best baseline ({g['best_baseline']}): **{g['auroc_margin']:+.3f}** AUROC; minus best "
                   f"training-free score ({g['best_training_free']}): **{g['auroc_margin_training_free']:+.3f}**.\n")
     if (d / "sweep.json").is_file():
         sw = json.loads((d / "sweep.json").read_text())
         plot_sweep(sw, out / f"{tag}_auroc_vs_k.png")
         md += ["### Risk by step: AUROC vs k", "", f"![AUROC vs k]({tag}_auroc_vs_k.png)", "", sweep_table(sw), ""]
-    if m.get("reliability"):
+    if fm.reliability:
         md += ["### Calibration and selective answering", "",
-               f"![reliability]({plot_reliability(m['reliability'], out / f'{tag}_reliability.png', 'reliability (test)')}) "
-               + (f"![risk-coverage]({plot_selective(m['selective'], out / f'{tag}_risk_coverage.png')})"
-                  if m.get("selective") else ""), ""]
-    if m.get("importance"):
+               f"![reliability]({plot_reliability(fm.reliability, out / f'{tag}_reliability.png', 'reliability (test)')}) "
+               + (f"![risk-coverage]({plot_selective(fm.selective, out / f'{tag}_risk_coverage.png')})"
+                  if fm.selective else ""), ""]
+    if fm.importance:
         md += ["### What carries the risk", "",
-               f"![importance]({plot_importance(m['importance'], out / f'{tag}_importance.png', 'permutation importance')})", ""]
+               f"![importance]({plot_importance(fm.importance, out / f'{tag}_importance.png', 'permutation importance')})", ""]
     return md
 
 
@@ -234,9 +235,9 @@ def headline(runs: list[str | Path]) -> list[str]:
     for r in runs:
         d = Path(r)
         if (d / "metrics.json").is_file() and not lines:
-            m = json.loads((d / "metrics.json").read_text())
-            p, g = m["probe"], m.get("margin") or {}
-            tf = (m.get("baselines") or {}).get(g.get("best_training_free"), {})
+            m = FitMetrics.read(d / "metrics.json")
+            p, g = m.probe, m.margin or {}
+            tf = m.baselines.get(g.get("best_training_free"), {})
             ci = p.get("auroc_ci") or [float("nan")] * 2
             line = (f"**Headline.** The probe `{p['name']}` ranks wrong answers above right ones with AUROC "
                     f"**{p['auroc']:.3f}** [{ci[0]:.3f}, {ci[1]:.3f}] on {p['n']} test answers ({p['n_incorrect']} wrong, "

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.results import FitMetrics
 from ..evaluation.tables import sweep_series
 from ..fsutil import atomic_savefig
 from ..signatures.features import CI, SI, TI
@@ -18,10 +19,10 @@ def draw_run(run: str | Path) -> list[str]:
     """Draw a fit run's plots from its files, beside them: ``risk_coverage.png`` (from ``metrics.json``) and, when
     the run swept k, ``auroc_vs_k.png`` (from ``sweep.json``). Returns the files drawn."""
     run = Path(run)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = FitMetrics.read(run / "metrics.json")
     drawn = []
-    if metrics.get("selective"):
-        plot_selective(metrics["selective"], run / "risk_coverage.png")
+    if metrics.selective:
+        plot_selective(metrics.selective, run / "risk_coverage.png")
         drawn.append(str(run / "risk_coverage.png"))
     if (run / "sweep.json").is_file():
         plot_sweep(json.loads((run / "sweep.json").read_text()), run / "auroc_vs_k.png")

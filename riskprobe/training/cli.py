@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UserError, check_version
+from ..evaluation.results import FitMetrics
 from ..evaluation.tables import format_controls, format_sweep, format_table
 from ..fsutil import atomic_write_json, dump_yaml, load_yaml
 from .data import HarvestDataModule
@@ -292,8 +293,9 @@ def _cli_class():
                 self.wandb_run.finish()
                 self.wandb_run = None
             text = self._resolved_config()
+            metrics = FitMetrics.from_dict(res)  # the file's layout is checked before anything is published
             for d in {root, st.ckdir}:
-                atomic_write_json(d / "metrics.json", res)
+                metrics.write(d / "metrics.json")
                 # beside the checkpoint too, so that `riskprobe export` records metrics and config in the artifact
                 atomic_write_text(d / "config.yaml", text)
             st.publish()

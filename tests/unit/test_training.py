@@ -214,3 +214,22 @@ def test_fit_from_python_trains_from_a_config_mapping(tmp_path, monkeypatch):
     assert not (run / "risk_coverage.png").exists()  # training draws nothing
     assert sorted(os.path.basename(p) for p in draw_run(run)) == ["auroc_vs_k.png", "risk_coverage.png"]
     assert (run / "auroc_vs_k.png").stat().st_size > 1000
+
+
+def test_metrics_files_are_typed_and_a_broken_one_is_named(tmp_path):
+    """metrics.json is read through FitMetrics: every fit's file reads back equal; a missing or mistyped section, or
+    a newer version, is one line naming the file and the field."""
+    from riskprobe.evaluation.results import FitMetrics
+
+    base = {"probe": {"name": "mlp@k2", "auroc": 0.7}, "baselines": {}, "calibration": {"threshold": 0.5},
+            "ood": {"threshold": 1.0}, "answer_provenance": ["own"], "reliability": [{"bin": 0}]}
+    p = tmp_path / "metrics.json"
+    FitMetrics.from_dict(base).write(p)
+    assert FitMetrics.read(p).to_dict() == {**base, "version": 1}
+    for broken, field in [({k: v for k, v in base.items() if k != "ood"}, "ood"),
+                          ({**base, "selective": [1, 2]}, "selective"),
+                          ({**base, "probe": {"auroc": 0.7}}, "probe"),
+                          ({**base, "version": 99}, "version")]:
+        p.write_text(json.dumps(broken))
+        with pytest.raises(UserError, match=f"metrics.json: field '{field}'"):
+            FitMetrics.read(p)
