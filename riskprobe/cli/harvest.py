@@ -65,9 +65,7 @@ def cmd_harvest(args) -> int:
     m = read_manifest(out)
     print(f"harvest: {out}  ({m['n_rows']} rows, model {m['model']['name']}, {time.perf_counter() - t0:.1f} s, "
           f"{m['timing']['tokens'] / max(m['timing']['seconds'], 1e-9):.1f} generated tokens/s)")
-    print(f"{'set':<14}{'n':>7}{'correct':>10}{'echo':>8}")
-    for s, v in m["summary"].items():
-        print(f"{s:<14}{v['n']:>7}{v['correct_rate']:>10.1%}{v['echo_rate']:>8.1%}")
+    print_summary(m["summary"])
     return 0
 
 
