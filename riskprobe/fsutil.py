@@ -16,6 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import yaml
+
+from .errors import UserError, short
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -61,7 +65,6 @@ def write_result_json(path: str | Path, obj: dict, kind: str, *, option: str = "
 
 def check_result_path(path: str | Path, kind: str, *, option: str = "json") -> Path:
     """Refuse (before any work) a result path that holds anything but a riskprobe result file of ``kind``."""
-    from .errors import UserError
 
     path = Path(path)
     if path.exists() or path.is_symlink():
@@ -211,7 +214,6 @@ class _NoAliasLoader(__import__("yaml").SafeLoader):
     """PyYAML's safe loader, refusing anchors and aliases (a few hundred bytes of aliases expand to GBs)."""
 
     def compose_node(self, parent, index):
-        import yaml
 
         if self.check_event(yaml.AliasEvent):
             ev = self.peek_event()
@@ -220,9 +222,7 @@ class _NoAliasLoader(__import__("yaml").SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
-        import yaml
 
-        from .errors import short
 
         seen: dict = {}
         for key_node, _ in node.value:
@@ -246,14 +246,12 @@ def key_lines(text: str) -> dict[str, int]:
     >>> key_lines("version: 1\nfeatures:\n  K: 4\n")
     {'version': 1, 'features': 2, 'features.K': 3}
     """
-    import yaml
 
     return _node_lines(yaml.compose(text, Loader=_NoAliasLoader))
 
 
 def _node_lines(root) -> dict[str, int]:
     """:func:`key_lines` of an already composed YAML node."""
-    import yaml
 
     lines: dict[str, int] = {}
 
@@ -275,9 +273,7 @@ MAX_CONFIG_BYTES = 1 << 20
 def load_yaml(path: str | Path, text: str | None = None, *, with_lines: bool = False):
     """Parse a small YAML file safely: at most 1 MiB, no aliases, no duplicate keys; a bad file is a one-line
     UserError naming its line. With ``with_lines``, return ``(data, key_lines(text))``."""
-    import yaml
 
-    from .errors import UserError
 
     p = Path(path)
     if text is None:
@@ -305,14 +301,12 @@ def load_yaml(path: str | Path, text: str | None = None, *, with_lines: bool = F
 
 def dump_yaml(data) -> str:
     """``data`` as block-style YAML that :func:`load_yaml` reads back (keys in the order given)."""
-    import yaml
 
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file's content; a file that is not UTF-8 (or unreadable) is a one-line UserError."""
-    from .errors import UserError
 
     p = Path(path)
     try:
@@ -333,7 +327,6 @@ def iter_jsonl(path: str | Path, *, max_line_bytes: int = MAX_JSONL_LINE_BYTES) 
     (a JSON object) and a short reason otherwise (not UTF-8, malformed, nested too deeply, too long, not an
     object), so that each caller decides whether a bad line fails or is skipped. Blank lines are skipped.
     A missing or unreadable file is a one-line UserError."""
-    from .errors import UserError
 
     p = Path(path)
     try:

@@ -6,6 +6,7 @@ architecture comparison. Each stage reads the previous stage's files; a rerun re
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import time
@@ -13,14 +14,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import datasets
 import numpy as np
 
 from .errors import UserError
-from .fsutil import atomic_write_json, atomic_write_text, owned_dir
+from .evaluation.baselines import training_free_scores
+from .evaluation.results import FitMetrics
+from .evaluation.versus import format_versus, versus_training_free
+from .fsutil import atomic_write_json, atomic_write_text, dump_yaml, load_yaml, owned_dir
 from .harvest.config import HarvestConfig
 from .harvest.run import harvest
 from .harvest.store import load_harvests, read_manifest
+from .models import load_model
+from .models.loader import same_model
+from .probes.artifact import export_checkpoint, prepare_out, write_artifact
+from .probes.modules import BlendProbe
+from .prompts.sets import split_of
+from .report.build import write_report
+from .report.plots import draw_run
 from .resources import datasets_root, shipped_probe
+from .serving.jsonl import score_file
+from .serving.scorer import Scorer
+from .training import fit
+from .training.adapt import HeadInputs, adapt_risk_model
 
 COMPARE_PROMPTS = "builtin-factual:200+triviaqa:200"
 DEMO_ENTRIES = {"harvest", "unseen", "fit", "checkpoints", "probe", "sample.jsonl", "scored.jsonl", "report",
@@ -62,7 +78,6 @@ def public_sets_available() -> bool:
 def shipped_recipe(name: str = "default") -> dict[str, Any]:
     """The recipe a shipped probe was fitted with (its ``probe.json``: probe kind, ``C``, feature families, k,
     raw layers and pooling) and the harvest features it reads, so that a new fit can repeat it exactly."""
-    from .fsutil import load_yaml
 
     meta = json.loads((shipped_probe(name) / "probe.json").read_text())
     cfg = load_yaml(Path("probe.json"), meta["training"]["config"]) or {}
@@ -114,7 +129,6 @@ def _verdict(rows: dict[str, dict[str, Any]], k: int) -> str:
 
 def _sample_file(harvest_dir: Path, path: Path, *, given: bool, n: int = 12) -> Path:
     """A small scoring input: held-out questions to generate and, with ``given``, right and wrong given answers."""
-    import datasets
 
     ds = datasets.load_from_disk(str(harvest_dir))
     test = ds.select([i for i, s in enumerate(ds["split"]) if s == "test"][:n])
@@ -132,9 +146,6 @@ def _sample_file(harvest_dir: Path, path: Path, *, given: bool, n: int = 12) -> 
 def _versus_rows(art: Path, parts: dict[str, tuple[Path, np.ndarray | None]], *, n_boot: int) -> dict[str, dict]:
     """The exported probe's risk on harvested rows (no model run: the signatures are on disk) beside the training-
     free scores of the same rows, per named group: ``{name: (harvest folder, row indices or None for all)}``."""
-    from .evaluation.baselines import training_free_scores
-    from .evaluation.versus import versus_training_free
-    from .serving.scorer import Scorer
 
     sc = Scorer.load(art)
     out = {}
@@ -163,14 +174,6 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
         progress: progress bars on stderr.
         log: where the demo's own lines go (default: stdout).
     """
-    from .evaluation.results import FitMetrics
-    from .models import load_model
-    from .probes.artifact import export_checkpoint
-    from .report.build import write_report
-    from .report.plots import draw_run
-    from .serving.jsonl import score_file
-    from .serving.scorer import Scorer
-    from .training import fit
 
     say = log or (lambda s: print(s, flush=True))
     if size not in SIZES:
@@ -202,7 +205,6 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
            "trainer": {"max_epochs": 60, "default_root_dir": str(out / "fit"), "enable_progress_bar": False},
            "checkpoint_dir": str(out / "checkpoints"), "sweep_ks": list(plan.sweep_ks), "n_boot": plan.n_boot,
            "wandb": "disabled"}
-    from .fsutil import dump_yaml
 
     # the recipe is kept beside the run, so that `riskprobe fit --config OUT/recipe.yaml` repeats the fit
     atomic_write_text(out / "recipe.yaml", "# the shipped probe's recipe, fitted on the demo's harvest\n" + dump_yaml(cfg))
@@ -227,7 +229,6 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
     test = np.flatnonzero(np.asarray([s == "test" for s in _splits(hm)]))
     rows = _versus_rows(art, {"test split": (h, test), f"{plan.unseen_name} (unseen)": (u, None)},
                         n_boot=plan.n_boot)
-    from .evaluation.versus import format_versus
 
     extra = ["## The early risk against the model's own confidence", "",
              f"The probe at k = {k} beside the best training-free score on the same rows, on the test split and on "
@@ -245,7 +246,6 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
 
 
 def _splits(h) -> list[str]:
-    from .prompts.sets import split_of
 
     return [split_of(q) for q in h.meta["id"]]
 
@@ -265,18 +265,12 @@ def adapt(probe: str | Path, out: str | Path, *, prompts: str | None = None, har
     spec or a JSONL of ``{id, question, answers}``; or give a ready ``harvest_dir`` of the probe's model and
     features), refit the probe's head with the probe as the prior (:mod:`riskprobe.training.adapt`), and export the
     adapted probe to ``out``. Returns what was chosen and where things went."""
-    import copy
 
-    from .models import load_model
-    from .probes.artifact import prepare_out, write_artifact
-    from .serving.scorer import Scorer
-    from .training.adapt import HeadInputs, adapt_risk_model
 
     if (prompts is None) == (harvest_dir is None):
         raise UserError("give the labelled questions (--prompts) or a harvest of them (--harvest), one of the two",
                         field="prompts")
     sc = Scorer.load(probe, allow_old=allow_old)
-    from .probes.modules import BlendProbe
 
     if not isinstance(sc.risk_model.probe, BlendProbe):
         raise UserError(f"adapt refits the head of a blend probe; this one is a '{sc.meta['probe']['kind']}'. Fit a "
@@ -290,7 +284,6 @@ def adapt(probe: str | Path, out: str | Path, *, prompts: str | None = None, har
         harvest_dir = harvest(HarvestConfig(model=model or sc.model_identity["name"], prompts=prompts, limit=limit,
                                             features=probe_features(sc), out=str(work)), lm=lm, progress=progress)
     h = load_harvests([harvest_dir])
-    from .models.loader import same_model
 
     if not same_model(h.model, sc.model_identity):
         raise UserError(f"this harvest is of '{h.model.get('name')}', the probe reads '{sc.model_identity['name']}'",
@@ -315,7 +308,6 @@ def compare(models: list[str], out: str | Path = "runs/compare", *, prompts: str
 
     Optional bundled models that are not installed are skipped with a note. ``out`` must be new or an earlier
     comparison's folder (one harvest per model and ``report``)."""
-    from .report.build import write_report
 
     out = Path(out)
     mine = owned_dir(lambda n: n in set(models) | {"report"}, folders=True)

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from ..probes.inputs import FeatureSelection, inputs_from_signatures
 from ..probes.logistic import BASELINE_CS as _BASELINE_CS
+from ..probes.modules import fit_platt, flat_design
 from ..signatures.features import CI, masked_step_mean
+from .metrics import auroc
 
 ENT, TOP1, LOGP = CI["entropy"], CI["top1_prob"], CI["chosen_logprob"]
 
@@ -39,14 +45,12 @@ def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, 
 
 def platt(train_scores: np.ndarray, y: np.ndarray):
     """A function mapping scores to probabilities, by the probes' own Platt scaling fitted on (score, label)."""
-    from ..probes.modules import fit_platt
 
     a, b = fit_platt(train_scores, y)
     return lambda s: 1.0 / (1.0 + np.exp(-(a * np.asarray(s, dtype=np.float64) + b)))
 
 
 def _flat(inputs: dict[str, torch.Tensor]) -> np.ndarray:
-    from ..probes.modules import flat_design
 
     seq, mask = inputs["seq"], inputs["mask"]
     return flat_design(seq * mask.unsqueeze(-1), mask, inputs["static"]).numpy().astype(np.float64)
@@ -61,11 +65,7 @@ def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
 
     Returns ``(fitted pipeline, chosen C, validation AUROC)``.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from .metrics import auroc
 
     best = None
     for C in Cs:
@@ -95,7 +95,6 @@ def sklearn_baselines(inputs: dict[str, torch.Tensor], tensors: dict[str, torch.
         out["sklearn_logreg@features"] = {"test": pipe.predict_proba(X[idx["test"]])[:, 1],
                                           "val": pipe.predict_proba(X[idx["val"]])[:, 1], "info": {"C": C}}
     if "commitment" in tensors:
-        from ..probes.inputs import FeatureSelection, inputs_from_signatures
 
         k = int(inputs["seq"].shape[1]) - 1
         Xc = _flat(inputs_from_signatures(tensors, FeatureSelection(["commitment"], k)))

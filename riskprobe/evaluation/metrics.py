@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def _check(y, s):
@@ -20,7 +22,6 @@ def _check(y, s):
 
 def auroc(y, s) -> float:
     """Area under the ROC curve (scikit-learn's; ties count one half); NaN with a single class."""
-    from sklearn.metrics import roc_auc_score
 
     y, s = _check(y, s)
     if y.min() == y.max():
@@ -30,7 +31,6 @@ def auroc(y, s) -> float:
 
 def auprc(y, s) -> float:
     """Average precision (scikit-learn's) with the wrong answers (label 1) as the positive class."""
-    from sklearn.metrics import average_precision_score
 
     y, s = _check(y, s)
     if y.sum() == 0:
@@ -143,7 +143,6 @@ def stratified_auroc(y, s, strata) -> float:
     """AUROC counted only over (wrong, right) pairs within the same stratum: how well ``s`` ranks answers that
     a stratifying score (output confidence, answer length, source set) cannot tell apart. Equals the plain
     AUROC with one stratum; NaN when no stratum holds both classes."""
-    from scipy.stats import rankdata
 
     y, s = _check(y, s)
     strata = np.asarray(strata).ravel()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .given import format_groups
+
 
 def format_table(res: dict[str, Any]) -> str:
     """The metrics of the probe and baselines as a text table."""
@@ -53,7 +55,6 @@ def format_controls(res: dict[str, Any]) -> str:
         lines.append(f"out of distribution: distance > {o['threshold']:.3f} (the {o['quantile']:.0%} quantile on "
                      f"validation) flags {o['test_flagged']:.1%} of test rows")
     if res.get("given"):
-        from .given import format_groups
 
         lines.append("given answers, test split: by provenance and source (length-matched: as many right as wrong "
                      "answers of each length; best training-free chosen on these rows)")

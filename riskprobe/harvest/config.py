@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, short
+from ..fsutil import load_yaml
 from ..models.loader import valid_device_name
+from ..signatures import FeatureSpec
 
 
 @dataclass
@@ -86,7 +88,6 @@ class HarvestConfig:
         need(self.samples == 1 or self.do_sample, "samples", "more than one sample per question needs do_sample: true")
         need(self.prompt_style in ("auto", "chat", "fewshot"), "prompt_style", "must be auto, chat or fewshot")
         need(isinstance(self.features, dict), "features", "must be a mapping")
-        from ..signatures import FeatureSpec
 
         try:
             FeatureSpec.from_dict(self.features)
@@ -109,7 +110,6 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
     A bad value is reported where it came from: the file and line of a key in the file, or the command-line
     option of an override (``--max-new-tokens``, ``--K``)."""
-    from ..fsutil import load_yaml
 
     data: dict[str, Any] = {}
     src, lines = None, {}

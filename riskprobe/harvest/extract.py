@@ -10,12 +10,21 @@ folder, without generating anything.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..fsutil import atomic_write_json, hash_order, stable_hash
+from ..models import load_model
+from ..models.generation import batch_order
+from ..models.loader import resolve_batch_size, same_model, set_threads
+from ..prompts import sets as P
+from ..prompts.sets import split_of
+from ..signatures import FeatureSpec
+from ..signatures.extract import Extractor
+from .config import HarvestConfig
 from .generations import prompt_sha, read_corpus, read_corpus_manifest
 from .shards import (
     abandon,
@@ -33,7 +42,6 @@ from .store import HARVEST_VERSION, MANIFEST, dataset_features, hf_features, mer
 
 def corpus_config(m: dict[str, Any], **over):
     """The :class:`HarvestConfig` a corpus was generated with (for re-rendering its prompts)."""
-    from .config import HarvestConfig
 
     g = m["generation"]
     cfg = HarvestConfig(model=m["model"]["name"], prompts=m["prompts"], limit=m.get("limit"),
@@ -50,7 +58,6 @@ def corpus_config(m: dict[str, Any], **over):
 
 def corpus_items(m: dict[str, Any], path: Path):
     """The corpus's items, re-loaded from their sets and checked against the recorded fingerprint."""
-    from ..prompts import sets as P
 
     items = P.load_items(m["prompts"], limit=m.get("limit"), seed=m["generation"]["seed"])
     if len(items) != m["n_items"] or stable_hash("\n".join(it.id for it in items)) != m["items_fingerprint"]:
@@ -84,9 +91,6 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
             (``{folder: features}``; say the same features with another ``normalisation``): one model pass
             serves them all, so each arm costs only its feature reduction.
     """
-    from ..models import load_model
-    from ..models.loader import resolve_batch_size, same_model, set_threads
-    from ..signatures import FeatureSpec
 
     generations, out = Path(generations), Path(out)
     rank, world = dist_rank()
@@ -184,7 +188,6 @@ def write_harvest_shard(path: Path, items, rendered, rows: list[dict[str, Any]],
 def clear_stale_shards(shard_dir: Path, shards) -> None:
     """Remove a killed run's temporary folders of the harvest shards numbered ``shards`` (never renamed into
     place, so never finished)."""
-    import shutil
 
     for s in shards:
         for stale in shard_dir.glob(f".shard-{s:05d}.*.tmp"):
@@ -203,7 +206,6 @@ def _wait_complete(generations: Path) -> None:
 
 def harvest_row(item, corpus_row: dict[str, Any], rendered_text: str) -> dict[str, Any]:
     """A harvest dataset row (without signature columns) for one corpus answer."""
-    from ..prompts.sets import split_of
 
     return {"id": item.id, "set": item.set, "category": item.category, "prompt": item.prompt, "input_text": rendered_text,
             "answers": list(item.answers), "answer_kind": item.answer_kind, "response": corpus_row["text"],
@@ -216,8 +218,6 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
                     merge: bool) -> None:
     """Extract the rows shard by shard; ``targets`` = ``[(harvest folder, spec), ...]``, all from the same forward
     passes. A shard is computed while any target lacks it and written to those that lack it."""
-    from ..models.generation import batch_order
-    from ..signatures.extract import Extractor
 
     dirs = [out / "shards" for out, _ in targets]
     for d in dirs:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import datasets as hd
+
 from ..errors import UserError
 from ..fsutil import atomic_write_json, hash_order, stable_hash
 from ..models import render
@@ -60,7 +62,6 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
     real QA systems to that many EfficientQA test questions (:func:`efficientqa_answers`). Every row keeps its
     question's split.
     """
-    from ..prompts.sets import split_of
 
     rows: list[GivenAnswer] = []
     if halueval:
@@ -168,7 +169,6 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
 
 
 def _str():
-    import datasets as hd
 
     return hd.Value("string")
 

@@ -27,6 +27,11 @@ from typing import Any, Iterator
 
 from ..errors import UserError, check_version
 from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, read_text, stable_hash
+from ..models.generation import batch_order, generate, sample_seed
+from ..models.loader import identity_diff
+from ..prompts.grading import grade
+from ..prompts.sets import split_of
+from ..signatures import Capture
 from .shards import shard_loop, start_manifest, wait_for
 
 CORPUS_MANIFEST = "corpus.json"
@@ -134,7 +139,6 @@ def summarize_rows(rows: list[dict[str, Any]], key: str = "set") -> dict[str, di
 
 def corpus_card(m: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The corpus card (Markdown)."""
-    from ..prompts.sets import split_of
 
     def table(key: str) -> list[str]:
         out = [f"| {key} | n | correct | correct rate | echo rate |", "|---|---:|---:|---:|---:|"]
@@ -202,7 +206,6 @@ def reusable_rows(source: str | Path, manifest: dict[str, Any]) -> dict[tuple[st
     again, keyed by ``(id, sample)``: the same model (fingerprint) and the same generation settings are
     required (a corpus of ``--limit 3000`` grows into one of ``--limit 8000``). Each row's prompt hash is
     checked again when it is taken."""
-    from ..models.loader import identity_diff
 
     src = Path(source)
     if not (src / CORPUS_MANIFEST).is_file():
@@ -234,9 +237,6 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     answers found there under the same id, sample and prompt hash are taken over (and graded again) instead
     of generated; the manifest records how many.
     """
-    from ..models.generation import batch_order, generate, sample_seed
-    from ..prompts.grading import grade
-    from ..signatures import Capture
 
     out = Path(out)
     manifest = corpus_manifest(cfg, lm, items, versions=versions, truncated=truncated)
@@ -332,7 +332,6 @@ def finish_corpus(out: Path) -> dict[str, Any]:
 def check_corpus_out(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse, before anything is written, a corpus folder ``out`` that holds something else (a user's files) or
     a corpus made for other items or with other settings than ``manifest``; an empty or missing folder passes."""
-    from ..models.loader import identity_diff
 
     if not (out / CORPUS_MANIFEST).is_file():
         if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -15,16 +15,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+import datasets as hd
+import numpy as np
+import pyarrow as pa
 import torch
 
-from ..errors import UserError
-from ..fsutil import atomic_dir, atomic_write_json
+from ..errors import UserError, check_version
+from ..fsutil import atomic_dir, atomic_write_json, read_text, stable_hash
 from ..models.loader import same_model
+from ..signatures.spec import FAMILIES, normalise_schema
 
 MANIFEST = "riskprobe.json"
 
@@ -34,7 +40,6 @@ HARVEST_VERSION = 1
 
 def write_rows(path: Path, rows: list[dict[str, Any]], features) -> None:
     """Write rows (signature columns as numpy arrays) as one shard, a `datasets` dataset folder."""
-    import pyarrow as pa
 
     schema = features.arrow_schema
     table = pa.Table.from_arrays([_arrow_column([r[f.name] for r in rows], f.type) for f in schema], schema=schema)
@@ -46,8 +51,6 @@ def _arrow_column(values: list, typ) -> "Any":
     """An arrow column of ``typ`` from one value per row. Arrays (a fixed-shape signature column) are stacked
     and handed to arrow as one buffer: no Python object per number, so a shard costs about its own size in
     memory (building it through ``Dataset.from_list`` took seven times that)."""
-    import numpy as np
-    import pyarrow as pa
 
     if not values or not isinstance(values[0], np.ndarray):
         return pa.array(values, type=typ)
@@ -67,8 +70,6 @@ def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 64 << 20) -> 
     ``batch_bytes`` (a small harvest is one batch, which the reader maps without copying), so writing holds
     about two such batches in memory whatever the dataset's size (``save_to_disk`` holds several copies of
     all it writes). The two small files come from ``save_to_disk`` of the first row."""
-    import datasets
-    import pyarrow as pa
 
     datasets.disable_progress_bars()
     folder = Path(folder)
@@ -95,7 +96,6 @@ def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 64 << 20) -> 
 def hf_features(spec) -> dict[str, Any]:
     """``datasets`` feature types for a resolved :class:`~riskprobe.signatures.FeatureSpec`'s signature
     columns (fixed-shape arrays)."""
-    import datasets as hd
 
     out: dict[str, Any] = {}
     for name, (shape, dtype, _) in spec.shapes().items():
@@ -112,7 +112,6 @@ def dataset_features(extra=None):
     """The `datasets` schema of a harvest's rows: the row columns every harvest holds (id, set, prompt, response,
     label, split, ...) and, from ``extra`` (:func:`hf_features` of a feature spec, and columns of one harvest kind such
     as the given-answer harvest's ``provenance`` and ``source``), the signature columns."""
-    import datasets as hd
 
     f = {
         "index": hd.Value("int64"), "id": hd.Value("string"), "set": hd.Value("string"),
@@ -129,9 +128,6 @@ def dataset_features(extra=None):
 # -------------------------------------------------------------------------------------------- manifest
 def read_manifest(out: str | Path) -> dict[str, Any]:
     """The manifest of a harvest directory (raises a UserError when there is none)."""
-    from ..errors import check_version
-    from ..fsutil import read_text
-    from ..signatures.spec import normalise_schema
 
     p = Path(out) / MANIFEST
     if not p.is_file():
@@ -151,7 +147,6 @@ def read_manifest(out: str | Path) -> dict[str, Any]:
 
 def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
     """Merge the finished shards of ``out`` into one dataset, ordered by item index, and finish the manifest."""
-    import datasets
 
     datasets.disable_progress_bars()
     out = Path(out)
@@ -171,7 +166,6 @@ def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
         tmp.mkdir()
         _write_dataset(tmp, schema, [lambda n=n: _read_shard_table(shard_dir / n, schema) for n in names])
     else:
-        import warnings
 
         ds = datasets.concatenate_datasets(shards)
         with warnings.catch_warnings():
@@ -196,7 +190,6 @@ def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
 
 def _read_shard_table(folder: Path, schema) -> "Any":
     """A finished shard's rows as one arrow table in memory (its files are read, not mapped)."""
-    import pyarrow as pa
 
     state = json.loads((folder / "state.json").read_text())
     tables = []
@@ -208,7 +201,6 @@ def _read_shard_table(folder: Path, schema) -> "Any":
 
 def _leaf_values(arr):
     """The flat primitive values of a (nested, fixed-shape) arrow array, without copying."""
-    import pyarrow as pa
 
     if isinstance(arr.type, pa.ExtensionType):
         arr = arr.storage
@@ -225,10 +217,7 @@ def signature_tensors(ds, columns: list[str] | None = None) -> dict[str, "Any"]:
     tensor shares memory with the file mapping, read-only) when the dataset is one contiguous chunk;
     otherwise the chunks are concatenated once.
     """
-    import numpy as np
-    import torch
 
-    from ..signatures.spec import FAMILIES
 
     columns = columns or [c for c in (*FAMILIES, "step_mask") if c in ds.column_names]
     out = {}
@@ -248,7 +237,6 @@ def signature_tensors(ds, columns: list[str] | None = None) -> dict[str, "Any"]:
         flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
         arr = flat.reshape(len(ds), *shape)
         with np.errstate(all="ignore"):
-            import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # read-only memory map: torch warns that it is not writable
@@ -281,7 +269,6 @@ class Harvests:
         return len(self.meta["id"])
 
     def fingerprint(self) -> str:
-        from ..fsutil import stable_hash
 
         return stable_hash(json.dumps({"ids": sorted(self.meta["id"]), "model": self.model.get("fingerprint"),
                                        "schema": self.schema}, sort_keys=True, default=str))
@@ -289,9 +276,7 @@ class Harvests:
 
 def load_harvests(paths: list[str | Path]) -> Harvests:
     """Load and concatenate harvests; refuse ones whose models or feature schemas differ."""
-    import datasets
 
-    from .store import MANIFEST, signature_tensors
 
     if isinstance(paths, (str, Path)):
         paths = [paths]

@@ -11,10 +11,14 @@ register in ``LoadedModel.watchers`` and are told which rows go on; see :func:`c
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList, StopStringCriteria
 
 from .loader import LoadedModel
 from .prompting import RenderedPrompt
@@ -43,7 +47,6 @@ _STOP_CACHE: dict[tuple[int, tuple[str, ...]], object] = {}
 
 
 def _stop_criteria(tokenizer, stops: tuple[str, ...]):
-    from transformers import StopStringCriteria
 
     key = (id(tokenizer), stops)
     if key not in _STOP_CACHE:
@@ -81,7 +84,6 @@ COMPACT_EVERY = 4
 
 
 def _forward_params(model) -> set[str]:
-    import inspect
 
     return set(inspect.signature(model.forward).parameters)
 
@@ -119,7 +121,6 @@ def prefix_cache(lm: LoadedModel, prefix: Sequence[int], batch: int) -> dict:
     small LRU); callers get a copy. It runs through the decoder without the output head, so hooks that count
     steps at the head (signature capture) do not see it, and the states it leaves at the layers' hooks are
     overwritten by the batch's own pass."""
-    import copy
 
     key, cache = tuple(prefix), lm.prefix_cache
     if key in cache:
@@ -248,7 +249,6 @@ class RowSampler:
 
 def sample_seed(seed: int, item_id: str, sample: int) -> int:
     """The seed of one sampled answer: a hash of the run's seed, the question's id and the sample index."""
-    import hashlib
 
     return int(hashlib.sha256(f"{seed}:{item_id}:{sample}".encode()).hexdigest()[:15], 16)
 
@@ -304,7 +304,6 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
             torch.manual_seed(seed)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     sampler = None
     if do_sample and row_seeds is not None:

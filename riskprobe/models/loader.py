@@ -6,13 +6,21 @@ safetensors under :func:`~riskprobe.models.bundled.cache_root` and reloaded from
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import UserError
 from ..fsutil import atomic_dir, sha256_files
@@ -124,7 +132,6 @@ def wrap_model(model, tokenizer, *, name: str = "in-memory", source: str = "memo
                fingerprint: str | None = None) -> LoadedModel:
     """Wrap an already-built model (e.g. a tiny random one in tests) with an identity."""
     if fingerprint is None:
-        import hashlib
 
         h = hashlib.sha256()
         for k, v in sorted(model.state_dict().items()):
@@ -136,7 +143,6 @@ def wrap_model(model, tokenizer, *, name: str = "in-memory", source: str = "memo
 
 
 def _load_dir(path: Path, dtype, device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
@@ -145,8 +151,6 @@ def _load_dir(path: Path, dtype, device):
 
 def _load_gguf_file(gguf: Path):
     """Dequantise a GGUF file into a float32 model and its tokenizer (slow: 20-60 s)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -155,12 +159,10 @@ def _load_gguf_file(gguf: Path):
 
 def _load_gguf(gguf: Path, sha: str, dtype, device):
     """Load a GGUF file, through the float safetensors cache keyed by the file's sha256."""
-    import torch
 
     cdir = cache_root() / "models" / f"{sha[:24]}-v{CACHE_VERSION}"
     if (cdir / "riskprobe-cache.json").is_file():
         return _load_dir(cdir, dtype, device)
-    import importlib.util
 
     if importlib.util.find_spec("gguf") is None:
         raise UserError("loading a .gguf file needs the 'gguf' package: pip install gguf") from None
@@ -183,7 +185,6 @@ def _load_gguf(gguf: Path, sha: str, dtype, device):
 
 
 def _resolve_dtype(dtype):
-    import torch
 
     if dtype is None or dtype == "auto":
         return None
@@ -209,14 +210,12 @@ def context_length(lm: "LoadedModel") -> int | None:
 
 def valid_device_name(device: str) -> bool:
     """Whether ``device`` is a device name riskprobe takes (``cpu``, ``mps``, ``cuda``, ``cuda:N``), present or not."""
-    import re
 
     return re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(device)) is not None
 
 
 def check_device(device: str) -> str:
     """``device`` if this machine has it; a UserError naming the option otherwise."""
-    import torch
 
     d = str(device)
     if not valid_device_name(d):
@@ -237,7 +236,6 @@ def check_device(device: str) -> str:
 def set_threads(threads: int | None) -> None:
     """Intra-op threads of this process: ``threads`` if given; under torchrun, the cores shared out among
     the ranks of this machine (processes that each take every core slow each other down many times)."""
-    import torch
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -283,7 +281,6 @@ def auto_batch_size(lm: "LoadedModel", *, seq_len: int = 256, steps: int = 33) -
                + cfg.vocab_size * 4 * (steps + 4)
                + (cfg.num_hidden_layers + 1) * cfg.hidden_size * 4 * steps)
     if lm.device.type == "cuda":
-        import torch
 
         free, cap = torch.cuda.mem_get_info(lm.device)[0], GPU_BATCH_MAX
     else:
@@ -304,7 +301,6 @@ def resolve_batch_size(batch_size: "int | str", lm: "LoadedModel", **kw) -> int:
 
 
 def default_device() -> str:
-    import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -312,8 +308,6 @@ def default_device() -> str:
 def _hub_reachable() -> bool:
     """Whether to try the Hugging Face hub: ``HF_HUB_OFFLINE`` is not set, and its host resolves (or a proxy is
     set, which resolves it)."""
-    import socket
-    from urllib.parse import urlparse
 
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
@@ -340,7 +334,6 @@ def load_model(spec: str, *, device: str | None = None, dtype=None, revision: st
     Raises:
         UserError: unknown name, missing file, checksum mismatch, unreachable hub.
     """
-    import torch
 
     device = check_device(device or default_device())
     tdtype = _resolve_dtype(dtype)
@@ -370,8 +363,6 @@ def load_model(spec: str, *, device: str | None = None, dtype=None, revision: st
                         "a model directory, or a hub id of the form org/name", field="model")
     online = _hub_reachable()  # unreachable: the local cache only, rather than a minute of retries
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         tok = AutoTokenizer.from_pretrained(spec, revision=revision, local_files_only=not online)
         model = AutoModelForCausalLM.from_pretrained(spec, revision=revision, dtype=tdtype,
                                                      local_files_only=not online).to(device)

@@ -17,16 +17,25 @@ safetensors and ONNX only.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from ..errors import UserError
+from .. import __version__
+from ..errors import UserError, check_version
 from ..evaluation.results import FitMetrics
-from ..fsutil import sha256_files
-from .modules import RiskModel, build_probe
+from ..fsutil import atomic_dir, move_aside, owned_dir, read_text, sha256_files
+from ..resources import shipped_probe
+from ..signatures.spec import normalise_schema
+from .modules import PROBES, RiskModel, build_probe
 
 ARTIFACT_VERSION = 3  # 3: the key is "version" (1 and 2 wrote "artifact_version"; 1 had no json_sha256)
 
@@ -54,7 +63,6 @@ def _example_inputs(meta: dict[str, Any], n: int = 2):
 
 
 def export_onnx(rm: RiskModel, meta: dict[str, Any], path: Path) -> None:
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -69,7 +77,6 @@ def check_checkpoint(path: str | Path, field: str = "ckpt_path") -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError("checkpoint not found" if not p.exists() else "is not a file", file=p, field=field)
-    import warnings
 
     try:
         with warnings.catch_warnings():
@@ -86,7 +93,6 @@ def check_checkpoint(path: str | Path, field: str = "ckpt_path") -> dict:
 
 def artifact_digest(meta: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``meta`` without its ``json_sha256`` field."""
-    import hashlib
 
     body = {k: v for k, v in meta.items() if k != "json_sha256"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
@@ -94,7 +100,6 @@ def artifact_digest(meta: dict[str, Any]) -> str:
 
 
 def _is_artifact_dir(path: Path) -> bool:
-    from ..fsutil import owned_dir
 
     return owned_dir(lambda name: name in ARTIFACT_FILES)(path)
 
@@ -102,7 +107,6 @@ def _is_artifact_dir(path: Path) -> bool:
 def prepare_out(out: str | Path, *, force: bool = False) -> Path | None:
     """Check that ``out`` may be written: new, or a folder holding only ``probe.*`` files (replaced).
     With ``force`` anything else there is renamed aside (never deleted); returns that new name."""
-    from ..fsutil import move_aside
 
     out = Path(out)
     if not (out.exists() or out.is_symlink()) or _is_artifact_dir(out):
@@ -144,7 +148,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: FitMetrics 
     ``metrics.json``) is looked up beside the run when not given.
     """
 
-    from .. import __version__
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
@@ -201,9 +204,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: FitMetrics 
 def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, force: bool = False) -> Path:
     """Write ``probe.safetensors``, ``probe.onnx`` and ``probe.json`` (with every hash) into ``out``
     (see :func:`prepare_out` for when an existing ``out`` may be replaced)."""
-    from safetensors.torch import save_file
 
-    from ..fsutil import atomic_dir
 
     meta = dict(meta, version=ARTIFACT_VERSION)
     meta.pop("artifact_version", None)
@@ -226,7 +227,6 @@ def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, forc
                         "file size limit set? Nothing was written; free space and export again", file=out,
                         field="out") from None
     if moved is not None:
-        import logging
 
         logging.getLogger(__name__).warning("kept what was at %s as %s", out, moved)
     return Path(out)
@@ -235,7 +235,6 @@ def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, forc
 def _disk_error(e: BaseException) -> bool:
     """Whether a failure to write looks like a full disk or a file size limit (ENOSPC, EFBIG, EDQUOT, or a library's
     message saying so)."""
-    import errno
 
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return True
@@ -249,7 +248,6 @@ def resolve_artifact(path: str | Path) -> Path:
     probe (``riskprobe/assets/probes/NAME``)."""
     p = Path(path)
     if not p.exists() and len(p.parts) == 1:
-        from ..resources import shipped_probe
 
         p = shipped_probe(str(path))
     if not (p / "probe.json").is_file():
@@ -266,9 +264,7 @@ def _need(cond: bool, msg: str, file: Path, field: str) -> None:
 def validate_meta(meta: Any, file: Path) -> None:
     """Check the fields a probe's metadata must have, with their types and ranges (a UserError naming the
     field otherwise)."""
-    import math
 
-    from .modules import PROBES
 
     _need(isinstance(meta, dict), "expected a JSON object", file, "probe.json")
 
@@ -331,9 +327,7 @@ def read_artifact(path: str | Path, *, allow_old: bool = False) -> tuple[RiskMod
     ``probe.json``) is refused unless ``allow_old``: renaming the key or dropping the digest must not turn the
     tamper check off. The digests check integrity (nothing changed since export), not authenticity: anyone
     who can write the files can also recompute them."""
-    from safetensors.torch import load_file
 
-    from ..fsutil import read_text
 
     p = resolve_artifact(path)
     jf = p / "probe.json"
@@ -346,8 +340,6 @@ def read_artifact(path: str | Path, *, allow_old: bool = False) -> tuple[RiskMod
     except RecursionError:
         raise UserError("probe.json is nested too deeply", file=jf) from None
     _need(isinstance(meta, dict), "expected a JSON object", jf, "probe.json")
-    from ..errors import check_version
-    from ..signatures.spec import normalise_schema
 
     key = "version" if "version" in meta else "artifact_version"  # the name versions 1 and 2 used
     version = check_version(meta.get(key), ARTIFACT_VERSION, kind="artifact", file=jf, field=key)

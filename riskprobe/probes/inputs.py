@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -81,7 +82,6 @@ class FeatureSelection:
 def depth_bins(n_layers: int, bins: int) -> list[list[int]]:
     """Positions ``0..n_layers-1`` split into ``bins`` consecutive groups of relative depth (fewer when there
     are fewer layers than bins)."""
-    import numpy as np
 
     return [g.tolist() for g in np.array_split(np.arange(n_layers), min(bins, n_layers)) if len(g)]
 

@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold
 
 from ..errors import UserError
 from .modules import LinearProbe, RiskModel, flat_design
@@ -25,7 +29,6 @@ BASELINE_CS = (0.001, 0.01, 0.1, 1.0)  # the scikit-learn baselines (evaluation.
 
 
 def _logreg(C: float, **kw):
-    from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=C, class_weight="balanced", max_iter=kw.pop("max_iter", 5000), **kw)
 
@@ -47,7 +50,6 @@ def standardised_design(inputs: dict[str, torch.Tensor], standardizer, idx=None)
 
 def group_folds(ids: list[str], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n`` folds of row positions, grouped by question id (scikit-learn's ``GroupKFold``)."""
-    from sklearn.model_selection import GroupKFold
 
     ids = np.asarray(ids)
     n_groups = len(set(ids.tolist()))
@@ -63,8 +65,6 @@ def cv_logreg(X: np.ndarray, y: np.ndarray, folds, Cs=CS, *, oof: bool = False) 
 
     Returns ``{"C", "auroc", "sd", "folds"}`` at the best ``C`` (highest mean held-out AUROC) and, with
     ``oof``, ``"oof"``: every row's held-out decision value at that ``C``."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import roc_auc_score
 
     Cs = sorted(float(c) for c in Cs)
     scores = np.full((len(folds), len(Cs)), np.nan)
@@ -151,7 +151,6 @@ def fit_stacked(rm: RiskModel, seq, mask, static, labels, groups, *, n_layers: i
 def stack_score(oofs: list[np.ndarray], y: np.ndarray, folds) -> tuple[float, float, list[float]]:
     """Held-out AUROC of a logistic meta-learner over members' out-of-fold logits, on the same folds (the
     members' ``C`` were chosen on all folds: a slightly optimistic estimate, not a nested one)."""
-    from sklearn.metrics import roc_auc_score
 
     Z = np.column_stack(oofs)
     per = []

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 
 def flat_design(seq, mask, static):
     """The flat input of the linear and MLP probes: every step's features and a valid-step indicator, then
@@ -132,7 +134,6 @@ PROBES = {"logreg": LinearProbe, "stacked": LinearProbe, "linear": LinearProbe, 
 def build_probe(kind: str, n_steps: int, n_feat: int, n_static: int = 0, **hparams) -> nn.Module:
     """A probe by name (``logreg``, ``stacked``, ``linear``, ``mlp``, ``temporal``)."""
     if kind not in PROBES:
-        from ..errors import UserError
 
         raise UserError(f"unknown probe '{kind}' (known: {', '.join(PROBES)})", field="model.probe")
     return PROBES[kind](n_steps, n_feat, n_static, **hparams)

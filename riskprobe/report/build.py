@@ -16,15 +16,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..evaluation.metrics import quantile_strata
 from ..evaluation.results import FitMetrics
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..evaluation.tables import format_controls, sweep_series
+from ..fsutil import atomic_dir, atomic_write_json, atomic_write_text, owned_dir
+from ..harvest.store import load_harvests, read_manifest
+from ..prompts.sets import split_of
+from ..signatures.features import CI, masked_step_mean
 from . import profiles as PF
+from .decide import cell_effect, decide
 from .plots import (
     plot_decisions,
     plot_importance,
     plot_reliability,
     plot_selective,
     plot_side_by_side,
+    plot_sweep,
     plot_trajectories,
 )
 
@@ -39,7 +46,6 @@ def _metrics_table(m: dict) -> str:
 
 
 def sweep_table(sweep: dict) -> str:
-    from ..evaluation.tables import sweep_series
 
     rows = sweep["rows"]
     out = ["| score | " + " | ".join(f"k={r['k']}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
@@ -50,8 +56,6 @@ def sweep_table(sweep: dict) -> str:
 
 
 def fit_section(d: Path, out: Path, tag: str) -> list[str]:
-    from ..evaluation.tables import format_controls
-    from .plots import plot_sweep
 
     fm = FitMetrics.read(d / "metrics.json")
     m, p = fm.to_dict(), fm.probe
@@ -87,7 +91,6 @@ def fit_section(d: Path, out: Path, tag: str) -> list[str]:
 
 def profile_harvest(h, k: int = 8, layers=None) -> dict[str, Any]:
     """Thresholds (fitted on the train split), regimes, per-category table and H1/H2 for one harvest."""
-    from ..prompts.sets import split_of
 
     s = PF.early_summary(h.tensors, k, layers)
     split = np.asarray([split_of(i) for i in h.meta["id"]])
@@ -114,10 +117,6 @@ def hypothesis_grid(harvests, k: int = 8, n_boot: int = 1000) -> tuple[list[dict
     its training split; the cells use the validation and test rows; the control stratifies by answer length and
     mean entropy of steps 0..k (quintiles each). ``harvests``: ``(folder, harvest, info)`` with the harvest
     section's profile in ``info["prof"]`` (its all-layer regimes are reused, not computed again)."""
-    from ..evaluation.metrics import quantile_strata
-    from ..prompts.sets import split_of
-    from ..signatures.features import CI, masked_step_mean
-    from .decide import cell_effect, decide
 
     cells: list[dict[str, Any]] = []
     for d, h, info in harvests:
@@ -229,7 +228,6 @@ REPORT_FILE = lambda name: name.endswith((".md", ".json", ".png"))  # noqa: E731
 def headline(runs: list[str | Path]) -> list[str]:
     """The report's opening lines: what the first fit run's probe does against the best training-free score on its
     test split, and the size and right rate of each harvest."""
-    from ..harvest.store import read_manifest
 
     lines = []
     for r in runs:
@@ -261,7 +259,6 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8, extra: 
 
     The folder is written whole or not at all; an existing ``out`` is replaced only if it holds nothing but
     report files."""
-    from ..fsutil import atomic_dir, owned_dir
 
     out = Path(out)
     mine = owned_dir(REPORT_FILE)
@@ -274,7 +271,6 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8, extra: 
 
 
 def _write_report_into(runs: list[str | Path], out: Path, k: int, extra: list[str]) -> None:
-    from ..harvest.store import load_harvests
 
     md = ["# riskprobe report", "", *headline(runs), *extra]
     js: dict[str, Any] = {"fits": [], "harvests": []}
@@ -303,7 +299,6 @@ def _write_report_into(runs: list[str | Path], out: Path, k: int, extra: list[st
         md += ["## Harvests side by side", "",
                f"![side by side]({plot_side_by_side([(i['summary']['title'], h) for _, h, i in harvests], side)})", ""]
         # Profiles on shared axes: one set of thresholds, fitted on the pooled training rows of all harvests.
-        from ..prompts.sets import split_of
 
         summ = [PF.early_summary(h.tensors, k) for _, h, _ in harvests]
         trains = [np.asarray([split_of(i) == "train" for i in h.meta["id"]]) for _, h, _ in harvests]

@@ -19,6 +19,8 @@ regime ``a`` minus that of regime ``b`` (``effect``), on rows the regime thresho
 
 from __future__ import annotations
 
+from math import erfc, sqrt
+from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
@@ -98,7 +100,6 @@ def cell_effect(y: Sequence[float], a: Sequence[bool], b: Sequence[bool], cluste
 def _p_normal(effect: float, boots: np.ndarray) -> float:
     """Two-sided p of ``effect`` against 0 with the bootstrap's standard error (normal approximation: unlike
     counting bootstrap signs, it does not bottom out at 1 / n_boot, which Holm would multiply)."""
-    from math import erfc, sqrt
 
     se = float(np.std(boots, ddof=1)) if len(boots) > 1 else float("nan")
     if not np.isfinite(se) or se == 0:
@@ -131,7 +132,6 @@ def rows_to_decide(cell: dict[str, Any], margin: float = MARGIN, tests: int = 1)
     """For an undecided cell: the total rows (both regimes) at which an interval of the observed width, shrinking
     as 1/sqrt(n), would pass the bar that Holm sets for its effect among ``tests`` tests (Bonferroni's, the
     strictest step) or fit inside the margin, whichever needs fewer."""
-    from statistics import NormalDist
 
     if not cell.get("tested") or cell.get("verdict") != "undecided":
         return None

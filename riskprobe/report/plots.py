@@ -1,5 +1,8 @@
 """The report's figures (PNG, written atomically): AUROC vs k, reliability, risk-coverage, importance,
-mean trajectories, harvests side by side."""
+mean trajectories, harvests side by side.
+
+matplotlib is imported inside each function, after choosing its file-only backend (``Agg``), so that importing
+riskprobe never loads it or touches a display."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ..evaluation.results import FitMetrics
 from ..evaluation.tables import sweep_series
 from ..fsutil import atomic_savefig
 from ..signatures.features import CI, SI, TI
+from .decide import MARGIN
 
 
 def draw_run(run: str | Path) -> list[str]:
@@ -247,7 +251,6 @@ def plot_side_by_side(hs: list[tuple[str, Any]], path: Path, max_step: int = 16)
 
 def plot_decisions(cells: list[dict], path: Path) -> str:
     """One panel per hypothesis: each tested cell's effect with its 95% interval (and the +-margin band)."""
-    from .decide import MARGIN
 
     plt = _plt()
     hyps = sorted({c["hypothesis"] for c in cells if c.get("tested")})

@@ -7,12 +7,15 @@ at most ``max_wait_ms`` for more), so the model runs one batched generation for 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .scorer import MAX_CHARS, Scorer
+from ..errors import UserError
+from .scorer import MAX_CHARS, Scorer, request_problem, token_problem
 
 MAX_BODY_BYTES = 4 * MAX_CHARS + 1024
 BODY_TIMEOUT_S = 10.0  # a request's whole body must arrive within this many seconds of its headers
@@ -72,7 +75,6 @@ class _BodyLimit:
 
 
 async def _json(send, status: int, obj, *, close: bool = False) -> None:
-    import json
 
     data = json.dumps(obj).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
@@ -89,13 +91,11 @@ def create_app(scorer: Scorer, lm, *, max_batch: int = 16, max_wait_ms: float = 
     and a batch that fails is retried row by row, so one bad request fails only itself. At most
     ``max_queue`` requests wait; beyond that the answer is 503.
     """
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request  # the HTTP stack loads only for `riskprobe serve`
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    from ..errors import UserError
-    from .scorer import request_problem, token_problem
 
     scorer.check_model(lm, allow_model_mismatch=allow_model_mismatch)
 
@@ -194,9 +194,8 @@ def serve(scorer: Scorer, lm, *, host: str = "127.0.0.1", port: int = 8321, **kw
     """Run the service until interrupted. It has no authentication: on an address other than loopback, anyone who
     can reach it can run the model, and a warning says so. Idle connections close after 5 s, bodies that do not
     arrive within :data:`BODY_TIMEOUT_S` get 408, and beyond ``max_queue`` + 64 open connections new ones get 503."""
-    import sys
 
-    import uvicorn
+    import uvicorn  # as above: only for `riskprobe serve`
 
     if host not in LOOPBACK:
         print(f"riskprobe: warning: serving on {host}, not loopback: there is no authentication, so anyone who can "

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..fsutil import iter_jsonl
 from ..models.loader import LoadedModel
+from ..progress import bar as progress_bar
 from .scorer import Scorer, request_problem, token_problem
 
 # ------------------------------------------------------------------------------------- offline JSONL
@@ -93,7 +95,6 @@ def read_requests(path: Path, on_error: str, errors: list[str], *, quiet: bool =
     A malformed line is skipped and recorded in ``errors`` (``on_error="skip"``) or fails the command
     (``"fail"``). Two lines with the same id are always an error naming both lines.
     """
-    from ..fsutil import iter_jsonl
 
     out: list[dict[str, Any]] = []
     first_line: dict[str, int] = {}
@@ -139,7 +140,7 @@ def _lock(fd: int, path: Path) -> None:
     """Hold an exclusive lock on the output while scoring into it: a second run on the same file is refused
     (two runs would score and append every row twice)."""
     try:
-        import fcntl
+        import fcntl  # POSIX only, hence here
     except ImportError:  # pragma: no cover - not on POSIX: no lock
         return
     try:
@@ -180,7 +181,6 @@ def score_file(scorer: Scorer, lm: LoadedModel, input_path: str | Path, output_p
     output must be a new file or one this function wrote for the same input; anything else is refused.
     Returns counts: ``{"scored", "skipped_done", "failed", "errors", "seconds", "tokens"}``.
     """
-    from ..progress import bar as progress_bar
 
     inp, outp = check_paths(input_path, output_path)
     if not isinstance(batch_size, int) or batch_size < 1:

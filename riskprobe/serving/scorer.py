@@ -7,6 +7,7 @@ the response, which runs exactly the computation of a generated answer.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,11 +16,15 @@ import numpy as np
 import torch
 
 from ..errors import UserError, short
+from ..models import context_length, render
+from ..models.generation import forced_ids, generate
 from ..models.loader import LoadedModel, ModelIdentity, same_model, same_shape
-from ..probes.artifact import read_artifact
+from ..probes.artifact import read_artifact, resolve_artifact
 from ..probes.inputs import FeatureSelection, inputs_from_signatures
+from ..probes.modules import ood_distance
 from ..prompts.sets import ANSWER_KINDS
 from ..signatures import Capture, FeatureSpec
+from ..signatures.extract import Extractor
 
 MAX_CHARS = 8000
 
@@ -51,7 +56,6 @@ class Scorer:
         ``given`` is the given-answer head (an artifact trained on answers the model did not write), used
         for rows that come with a response; by default the one the artifact names in ``given_probe``. ``allow_old``
         loads an artifact of an older version (see :func:`~riskprobe.probes.artifact.read_artifact`)."""
-        from ..probes.artifact import resolve_artifact
 
         p = resolve_artifact(path)
         rm, meta = read_artifact(p, allow_old=allow_old)
@@ -196,7 +200,6 @@ class Scorer:
         return risk.T.numpy().astype(np.float64)
 
     def _ood(self, x: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
-        from ..probes.modules import ood_distance
 
         d = ood_distance(self.risk_model, x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
         thr = (self.meta.get("ood") or {}).get("threshold")
@@ -214,9 +217,6 @@ class Scorer:
         model's own confidence carried the risk (:func:`path_of`), ``ood`` whether its signature is farther from the
         training rows than the artifact's threshold (``None`` where the artifact has none).
         """
-        from ..models import render
-        from ..models.generation import forced_ids, generate
-        from ..signatures.extract import Extractor
 
         self.check_model(lm, allow_model_mismatch=allow_model_mismatch)
         responses = list(responses) if responses is not None else [None] * len(prompts)
@@ -286,9 +286,8 @@ def head_name(forced: bool, weight: float | None) -> str:
 
 def onnx_risk(artifact: str | Path, seq, mask, static) -> np.ndarray:
     """Risk from the artifact's ONNX graph (onnxruntime), for runtimes without torch."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # only here: the ONNX path is for runtimes without torch
 
-    from ..probes.artifact import read_artifact, resolve_artifact
 
     read_artifact(artifact)  # checks probe.onnx against the sha256 that probe.json records
     sess = ort.InferenceSession(str(resolve_artifact(artifact) / "probe.onnx"), providers=["CPUExecutionProvider"])
@@ -312,7 +311,6 @@ def _misspelt(key: str) -> str | None:
     """The request field that ``key`` looks like a slip of (``respnse``, ``promt``, ``responses``), or ``None``.
     A caller's own field that merely names one (``question_id``, ``response_text``) or is short (``qid``) is not
     a slip."""
-    import difflib
 
     k = key.lower()
     for f in REQUEST_FIELDS:
@@ -371,7 +369,6 @@ def request_problem(obj: Any) -> str | None:
 def token_problem(lm: LoadedModel, prompt: str, response: str | None, max_new_tokens: int,
                   prompt_style: str = "auto") -> str | None:
     """Why a request does not fit the model's context (prompt + response or answer budget), or ``None``."""
-    from ..models import context_length, render
 
     ctx = context_length(lm)
     if ctx is None:

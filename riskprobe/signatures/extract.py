@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..models.generation import prefix_cache, shared_prefix, tokenize
 from .capture import Capture, _first, capture_sites
 from .spec import FeatureSpec
 
@@ -47,7 +48,6 @@ class Extractor:
         Layout: ``[shared prefix][left padding][rest of the prompt][response, right padded]``. The prompt tokens
         that every row of the batch starts with are run once and reused as a KV cache (positions count attended
         tokens, as in generation, so where padding sits does not change any attended state)."""
-        from ..models.generation import prefix_cache, shared_prefix, tokenize
 
         enc = tokenize(self.lm, prompts)
         ids, att = enc["input_ids"], enc["attention_mask"]

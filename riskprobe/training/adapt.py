@@ -15,8 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.model_selection import GroupKFold
 
 from ..errors import UserError
+from ..evaluation.metrics import auroc
+from ..probes.modules import BlendProbe
 
 LAMBDAS = (0.003, 0.03, 0.3, 3.0)  # penalty toward the prior head, per labelled answer (chosen by grouped CV)
 
@@ -85,9 +88,7 @@ def choose_lambda(x: HeadInputs, y: np.ndarray, groups: Sequence[str], prior: np
                   lambdas: Sequence[float] = LAMBDAS, folds: int = 5) -> tuple[float, dict[str, float]]:
     """The penalty with the best held-out AUROC over folds grouped by question (the prior's own AUROC breaks ties
     toward more penalty)."""
-    from sklearn.model_selection import GroupKFold
 
-    from ..evaluation.metrics import auroc
 
     groups = np.asarray(groups)
     k = min(folds, len(np.unique(groups)))
@@ -109,7 +110,6 @@ def adapt_risk_model(rm, x: HeadInputs, y: np.ndarray, groups: Sequence[str], *,
                      lambdas: Sequence[float] = LAMBDAS) -> dict[str, Any]:
     """Refit the head of the blend inside ``rm`` on labelled rows (in place); the calibration becomes the identity
     (the head is itself a calibrated logistic fit). Returns what was chosen."""
-    from ..probes.modules import BlendProbe
 
     if not isinstance(rm.probe, BlendProbe):
         raise UserError("adapt refits the head of a blend probe (the learned probe blended with the model's own "

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional
+
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from ..errors import UserError, check_version
 from ..evaluation.results import FitMetrics
 from ..evaluation.tables import format_controls, format_sweep, format_table
-from ..fsutil import atomic_write_json, dump_yaml, load_yaml
+from ..fsutil import atomic_write_json, atomic_write_text, dump_yaml, load_yaml, owned_dir, swap_dir
+from ..probes.artifact import check_checkpoint
+from ..resources import resolve_config
 from .data import HarvestDataModule
 from .evaluate import calibrate_and_evaluate, sweep_k
 from .module import ProbeModule, quiet_lightning, save_calibrated
@@ -59,7 +69,6 @@ class RunStage:
 
     @staticmethod
     def _replaceable(path: Path, allowed: set[str]) -> bool:
-        from ..fsutil import owned_dir
 
         ours = owned_dir(lambda n: n in allowed or n.startswith(".") and n.endswith(".tmp"), folders=True)
         return not (path.exists() or path.is_symlink()) or ours(path)
@@ -87,7 +96,6 @@ class RunStage:
         return str(p)
 
     def _swap(self, stage: Path, final: Path) -> None:
-        from ..fsutil import swap_dir
 
         if stage.exists():
             swap_dir(stage, final)
@@ -100,8 +108,6 @@ class RunStage:
         self._swap(self.root, self.final_root)
 
     def discard(self) -> None:
-        import shutil
-        import sys
 
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
@@ -126,7 +132,6 @@ def check_fits(have: dict, got: dict, path) -> None:
 
 def _load_into(module: ProbeModule, path: str | Path) -> None:
     """Load a fit checkpoint into ``module`` through the one checked loader (no pickled objects)."""
-    from ..probes.artifact import check_checkpoint
 
     state = check_checkpoint(path)
     if module.risk_model is None:
@@ -141,9 +146,6 @@ def _load_into(module: ProbeModule, path: str | Path) -> None:
 
 
 def _cli_class():
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-    from lightning.pytorch.loggers import CSVLogger
 
     class RiskprobeCLI(LightningCLI):
         """``riskprobe fit|validate|test --config <name or file>`` (LightningCLI)."""
@@ -258,7 +260,6 @@ def _cli_class():
         def _finish(self, best: str | None) -> None:
             if not self.trainer.is_global_zero:
                 return
-            from ..fsutil import atomic_write_text
 
             cfg = self._cfg()
             module, dm = self.model, self.datamodule
@@ -309,7 +310,6 @@ def _cli_class():
             """A checkpoint fitted on other inputs is refused here, before Lightning loads it."""
             ckpt = self.config_init[self.subcommand].get("ckpt_path")
             if ckpt and ckpt not in ("best", "last"):
-                from ..probes.artifact import check_checkpoint
 
                 self.datamodule.setup("test")
                 check_fits(self.datamodule.spec(), check_checkpoint(ckpt)["riskprobe"], ckpt)
@@ -348,8 +348,6 @@ def check_args(args: list[str]) -> list[str]:
     """What every entry point (the command, the demo, the Python API) checks before LightningCLI parses:
     a shipped config may be named (``--config default``); config files are read safely (no aliases, UTF-8,
     at most 1 MiB, a mapping); a checkpoint is loaded without unpickling anything."""
-    from ..probes.artifact import check_checkpoint
-    from ..resources import resolve_config
 
     args = list(args)
     for i, a in enumerate(args[:-1]):
@@ -378,7 +376,6 @@ def run_cli(args: list[str]) -> Path | None:
     args = check_args(args)
     os.environ.setdefault("WANDB_SILENT", "true")
     cls = _cli_class()
-    import warnings
 
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
@@ -416,7 +413,6 @@ def fit(config: dict[str, Any] | str | Path, *overrides: str) -> Path:
     (``"--data.k", "8"``). Returns the run folder (``metrics.json``, ``config.yaml``; the checkpoints under the
     config's ``checkpoint_dir``). The plots of a run are drawn from its files by
     :func:`riskprobe.report.plots.draw_run`."""
-    import tempfile
 
     if isinstance(config, dict):
         with tempfile.TemporaryDirectory(prefix="riskprobe-fit-") as d:

@@ -13,8 +13,10 @@ import torch
 
 from ..evaluation import metrics as M
 from ..evaluation.baselines import platt, sklearn_baselines, training_free_scores
+from ..evaluation.given import evaluate_groups
 from ..probes.inputs import step_feature_names
 from ..probes.modules import RiskModel, ood_distance
+from ..progress import bar as progress_bar
 from .data import HarvestDataModule
 from .module import ProbeModule, fit_probe
 
@@ -127,7 +129,6 @@ def calibrate_and_evaluate(module: ProbeModule, dm: HarvestDataModule, *, n_boot
     prov = np.asarray(meta["provenance"]) if "provenance" in meta else np.asarray(["own"] * len(meta["id"]))
     out["answer_provenance"] = sorted(set(prov[idx["train"]].tolist()))
     if set(prov.tolist()) != {"own"}:  # given answers in the data: the risk by provenance and by source
-        from ..evaluation.given import evaluate_groups
 
         src = np.asarray(meta["source"])[idx["test"]]
         pt, st = prov[idx["test"]], np.asarray(meta["set"])[idx["test"]]
@@ -276,7 +277,6 @@ def sweep_k(dm: HarvestDataModule, module_kwargs: dict[str, Any], ks: list[int],
     K = dm.harvests.schema["K"]
     table = []
     cache: dict = {}
-    from ..progress import bar as progress_bar
 
     ks = sorted({min(int(k), K) for k in ks})
     bar = progress_bar(len(ks), "AUROC vs k", "k", enabled=progress)

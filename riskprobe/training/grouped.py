@@ -7,11 +7,16 @@ rows (:class:`Blend`, :func:`fit_blend`). Used by :mod:`riskprobe.training.loso`
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold
 
 from ..errors import UserError
 from ..probes.logistic import TRANSFER_CS
@@ -77,7 +82,6 @@ def ood_distance(Z: np.ndarray) -> np.ndarray:
 
 
 def logreg(C: float, warm: bool = False):
-    from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=C, max_iter=3000, tol=1e-4, warm_start=warm)
 
@@ -87,11 +91,7 @@ def cv_by_source(X: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray
     """Cross-validation grouped by source over ``Cs``: the mean held-out AUROC per C (within each held-out source, to
     read transfer rather than which source is hard: the mean of the per-source AUROCs), and every row's out-of-source
     logit, fold and standardised distance from the fold's training rows (measured on ``X_dist`` when given)."""
-    import warnings
 
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold
 
     n_src = len(np.unique(groups))
     if n_src < 2:

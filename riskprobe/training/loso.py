@@ -21,11 +21,17 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
 
 from ..errors import UserError
 from ..evaluation.baselines import training_free_scores
+from ..evaluation.metrics import auroc
 from ..evaluation.versus import at_k, cells, versus_training_free
-from ..probes.inputs import FeatureSelection, inputs_from_signatures
+from ..harvest.store import load_harvests
+from ..probes.inputs import STEP_FAMILIES, FeatureSelection, inputs_from_signatures
+from ..probes.modules import BlendProbe
+from ..progress import bar as progress_bar
+from ..prompts.answers import writer_of
 from .grouped import CS, Blend, Scaler, confidence_scores, cv_by_source, fit_blend, logreg, ood_distance, sample_weights
 
 MIN_PER_CLASS = 20  # a source is held out (reported) when it has at least this many right and wrong answers
@@ -105,7 +111,6 @@ def probe_columns(t: dict[str, torch.Tensor], recipe: TransferRecipe) -> tuple[n
     """``(columns, per-step columns among them)``: which columns of :func:`design` the logistic probe reads when
     ``recipe.probe_families`` names fewer families than ``recipe.families`` (every step's valid-step indicator is
     always read); ``None`` when it reads them all."""
-    from ..probes.inputs import STEP_FAMILIES
 
     fams = recipe.probe_families
     if not fams or set(fams) >= set(recipe.families):
@@ -147,11 +152,9 @@ class SourceView:
     def load(cls, paths: Sequence[str], group: str = "set") -> "SourceView":
         """Rows of harvests, each source a prompt set (``group="set"``) or, for given answers, whoever wrote the
         answer (``group="writer"``: :func:`~riskprobe.prompts.answers.writer_of`)."""
-        from ..harvest.store import load_harvests
 
         h = load_harvests(list(paths))
         if group == "writer":
-            from ..prompts.answers import writer_of
 
             src = np.asarray([writer_of(s, p) for s, p in zip(h.meta["source"], h.meta["provenance"])])
         elif group == "set":
@@ -183,7 +186,6 @@ class Projection:
         # fewer training rows than components: the rows span at most n - 1 directions, so keep those
         dims = min(raw_dims, len(X) - 1) if raw_dims else 0
         if dims >= 1 and X.shape[1] - n_step > dims:
-            from sklearn.decomposition import PCA
 
             rows = np.random.default_rng(seed).permutation(len(X))[:max_rows]  # the components of a subsample
             Z = self.scaler(X[np.sort(rows)])
@@ -274,7 +276,6 @@ def loso(paths: Sequence[str], recipe: TransferRecipe, *, sources: Sequence[str]
     only), test on all of its rows beside the best training-free scores. Returns ``{"recipe", "rows": [...],
     "summary"}``; each row has the held-out source's n, n_wrong, the probe's AUROC (``probe``: the probe alone;
     ``auroc``: the shipped risk, blended where the recipe blends), the best training-free scores and the margins."""
-    from ..progress import bar as progress_bar
 
     view = view or SourceView.load(paths, group)
     held = list(sources) if sources else view.sources(min_per_class)
@@ -296,7 +297,6 @@ def loso(paths: Sequence[str], recipe: TransferRecipe, *, sources: Sequence[str]
         yt = view.y[test]
         tf_t = {n: v[test] for n, v in tf.items()}
         res = versus_training_free(yt, pred["risk"], tf_t, n_boot=n_boot)
-        from ..evaluation.metrics import auroc
 
         res.update(source=s, probe_alone=auroc(yt, pred["probe"]), C=fit["C"], cv_auroc=fit["cv_auroc"],
                    backed_off=float(np.mean(pred["weight"] < 0.5)), mean_weight=float(np.mean(pred["weight"])),
@@ -362,7 +362,6 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
     ``dm``: C by CV grouped by source, the logistic probe on every training row, the blend on the out-of-source rows.
     With ``blend=False`` the head keeps the probe alone (weight 1 everywhere, no confidence). Returns what was chosen
     (C, CV AUROC by C, the blend)."""
-    from ..probes.modules import BlendProbe
 
     if not isinstance(rm.probe, BlendProbe):
         raise TypeError("a blend fit needs a BlendProbe")
@@ -372,7 +371,6 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
                         "data.families", field="data.families")
     h = dm.harvests
     if group == "writer":
-        from ..prompts.answers import writer_of
 
         src = np.asarray([writer_of(s, p) for s, p in zip(h.meta["source"], h.meta["provenance"])])
     else:

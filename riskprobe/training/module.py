@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from ..errors import UserError
 from ..evaluation import metrics as M
-from ..probes.modules import RiskModel, build_probe
+from ..probes.logistic import fit_logreg, fit_stacked
+from ..probes.modules import PROBES, RiskModel, build_probe
 from .data import HarvestDataModule
+from .loso import fit_into_blend
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +51,8 @@ class ProbeModule(L.LightningModule):
                  weight_decay: float = 1e-2, C: float = 0.01, balance: str = "source", group: str = "set",
                  blend: bool = True, probe_families: Optional[list[str]] = None):
         super().__init__()
-        from ..probes.modules import PROBES
 
         if probe not in PROBES:
-            from ..errors import UserError
 
             raise UserError(f"unknown probe '{probe}' (known: {', '.join(PROBES)})", field="model.probe")
         self.save_hyperparameters()
@@ -86,14 +89,12 @@ class ProbeModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.hparams.probe in EXACT:  # the one exact fit; the epoch that follows only validates it
-            from ..probes.logistic import fit_logreg, fit_stacked
 
             dm = self.trainer.datamodule
             seq, mask, static, y = dm.split_inputs("train")
             if self.hparams.probe == "logreg":
                 fit_logreg(self.risk_model, seq, mask, static, y, C=self.hparams.C)
             elif self.hparams.probe == "blend":
-                from .loso import fit_into_blend
 
                 self.blend_info = fit_into_blend(self.risk_model, dm, balance=self.hparams.balance,
                                                  group=self.hparams.group, blend=self.hparams.blend,
@@ -101,7 +102,6 @@ class ProbeModule(L.LightningModule):
             else:
                 sch, sel = dm.harvests.schema, dm.selection
                 if "raw" not in sel.families:
-                    from ..errors import UserError
 
                     raise UserError("the stacked probe combines per-layer probes of raw states: add 'raw' to the "
                                     "families", field="data.families")
@@ -177,9 +177,7 @@ def quiet_lightning() -> None:
 def fit_probe(dm: HarvestDataModule, module_kwargs: dict[str, Any], *, max_epochs: int = 60, patience: int = 8,
               seed: int = 0, workdir: str | Path | None = None) -> ProbeModule:
     """Train one probe quietly (no loggers) with early stopping on validation AUROC; return the best."""
-    import tempfile
 
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     quiet_lightning()  # no per-probe banners in sweeps
     L.seed_everything(seed, verbose=False)

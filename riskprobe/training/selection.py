@@ -26,8 +26,14 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..evaluation.baselines import BASELINE_CS
+from ..evaluation.metrics import auroc
 from ..probes.inputs import ALL_FAMILIES, RAW_POOLS, STEP_FAMILIES, FeatureSelection
-from ..probes.logistic import SELECTION_CS, cv_logreg, group_folds, standardised_design
+from ..probes.logistic import SELECTION_CS, cv_logreg, group_folds, stack_score, standardised_design
+from ..probes.modules import PROBES
+from ..progress import bar as progress_bar
+from ..signatures.spec import MONITOR_COST
+from .module import fit_probe
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,6 @@ class SelectionGrid:
     baselines: bool = True
 
     def validate(self) -> None:
-        from ..probes.modules import PROBES
 
         for p in self.probes:
             if p not in PROBES:
@@ -154,7 +159,6 @@ class SelectionGrid:
 
 def monitor_cost(families) -> float:
     """What monitoring a recipe's feature families costs per step (:data:`~riskprobe.signatures.spec.MONITOR_COST`)."""
-    from ..signatures.spec import MONITOR_COST
 
     return float(sum(MONITOR_COST[f] for f in families))
 
@@ -201,8 +205,6 @@ def _design(dm, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _cv_trained(dm, recipe: Recipe, folds, tr: np.ndarray, grid: SelectionGrid, module_kwargs: dict[str, Any],
                 seed: int) -> list[float]:
     """Per-fold held-out AUROC of a gradient-trained probe (early stopping on that fold's held-out part)."""
-    from ..evaluation.metrics import auroc
-    from .module import fit_probe
 
     out = []
     for f_tr, f_va in folds:
@@ -223,7 +225,6 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
                   progress: bool = True) -> SelectionResult:
     """Score every candidate of ``grid`` by grouped cross-validation on ``dm``'s training split and return
     the best (highest mean AUROC over folds) with the whole table. ``dm`` is left on its own selection."""
-    from ..progress import bar as progress_bar
 
     grid.validate()
     tr = np.asarray(dm.idx["train"])
@@ -236,7 +237,6 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
     original = dm.selection
     Cs = list(grid.Cs)
     if grid.baselines and "logreg" in grid.probes:  # the baselines' recipes compete too
-        from ..evaluation.baselines import BASELINE_CS
 
         cols = dm.harvests.schema["columns"]
         extra = [Recipe("", ["commitment"])] if "commitment" in cols else []
@@ -265,7 +265,6 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
                               "cv_sd": sd, "folds": per})
                 bar.update(1)
         if "stacked" in grid.probes:
-            from ..probes.logistic import stack_score
 
             y = dm.inputs["label"][torch.as_tensor(tr)].numpy().astype(int)
             for (fams, pool), by_layer in oofs.items():

@@ -107,14 +107,13 @@ def test_a_scoring_run_that_fails_before_any_row_leaves_no_output_file(tmp_path,
 
 # ---------------------------------------------------------------------------------------------------- export
 def test_export_on_a_full_disk_is_a_user_error_and_leaves_nothing(tmp_path, artifact, monkeypatch):
-    import safetensors.torch
-
+    from riskprobe.probes import artifact as A
     from riskprobe.probes.artifact import export_checkpoint
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(A, "save_file", full)  # the weights' write is the first to hit the full disk
     with pytest.raises(UserError, match="could not write the artifact .*is the disk full"):
         export_checkpoint(Path(artifact).parent / "final.ckpt", tmp_path / "art")
     assert [p.name for p in tmp_path.iterdir()] == ["made"]  # the fixture's; nothing of the export

@@ -357,13 +357,13 @@ def test_fit_into_a_user_folder_is_refused_before_training(tmp_path, monkeypatch
 
 def test_harvest_failing_after_model_load_leaves_nothing(tmp_path, llama_lm, mini_prompts, monkeypatch):
     import riskprobe.harvest.extract as X
+    import riskprobe.harvest.generations as G
     import riskprobe.harvest.run as H
-    import riskprobe.models.generation as MG
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(MG, "generate", boom)  # fails while generating: nothing was finished
+    monkeypatch.setattr(G, "generate", boom)  # fails while generating: nothing was finished
     cfg = H.HarvestConfig(prompts=str(mini_prompts), out=str(tmp_path / "h"), max_new_tokens=3, batch_size=4,
                           shard_size=8, features={"K": 2, "lens_steps": 1, "raw_steps": 1})
     with pytest.raises(RuntimeError):
