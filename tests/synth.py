@@ -8,11 +8,12 @@ from riskprobe.fsutil import atomic_write_json
 from riskprobe.harvest.store import (
     MANIFEST,
     dataset_features,
+    harvest_row,
     hf_features,
     merge_shards,
+    new_manifest,
     write_rows,
 )
-from riskprobe.prompts.sets import split_of
 from riskprobe.signatures import FeatureSpec
 
 K = 4
@@ -38,10 +39,9 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
             r[name][length:] = 0
         iid = ids[i] if ids is not None else f"{set_name}-{i:05d}"
         label = int(y[i])
-        rows.append({"index": i, "id": iid, "set": set_name, "category": "factual", "prompt": f"q{i}?", "input_text": f"q{i}?",
-                     "answers": ["a"], "answer_kind": "alias", "response": "r", "correct": not label, "label": label,
-                     "echo_discounted": False, "n_tokens": length, "finish": "eos", "split": split_of(iid), "sample": 0,
-                     **r})
+        rows.append({**harvest_row(index=i, id=iid, set=set_name, category="factual", prompt=f"q{i}?",
+                                   input_text=f"q{i}?", answers=["a"], answer_kind="alias", response="r", label=label,
+                                   n_tokens=length, finish="eos", sample=0), **r})
     if shuffle_labels:
         labels = [r["label"] for r in rows]
         rng.shuffle(labels)
@@ -49,8 +49,9 @@ def make_harvest(path, n=300, *, signal=1.5, seed=0, set_name="synth", shuffle_l
             r["label"], r["correct"] = lab, not lab
     model = {"name": model_name, "source": "memory", "fingerprint": model_fp, "architecture": "llama", "n_layers": n_layers,
              "hidden_size": 8, "vocab_size": 10, "has_chat_template": True}
-    atomic_write_json(path / MANIFEST, {"kind": "harvest", "model": model, "feature_schema": spec.schema(),
-                                        "prompts": set_name, "status": "running", "compat": {}})
+    atomic_write_json(path / MANIFEST, {**new_manifest(model=model, feature_schema=spec.schema(), prompts=set_name,
+                                                       n_items=n, items_fingerprint="synthetic", versions={}),
+                                        "status": "running", "compat": {}})
     write_rows(path / "shards" / "shard-00000", rows, dataset_features(hf_features(spec)))
     merge_shards(path, 1)
     return path

@@ -21,7 +21,6 @@ from ..models import load_model
 from ..models.generation import batch_order
 from ..models.loader import resolve_batch_size, same_model, set_threads
 from ..prompts import sets as P
-from ..prompts.sets import split_of
 from ..signatures import FeatureSpec
 from ..signatures.extract import Extractor
 from .config import HarvestConfig
@@ -37,7 +36,7 @@ from .shards import (
     wait_for,
     wait_until,
 )
-from .store import HARVEST_VERSION, MANIFEST, dataset_features, hf_features, merge_shards, write_rows
+from .store import MANIFEST, dataset_features, harvest_row, hf_features, merge_shards, new_manifest, write_rows
 
 
 def corpus_config(m: dict[str, Any], **over):
@@ -158,13 +157,10 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
 
 def harvest_manifest(m: dict[str, Any], lm, spec, cfg) -> dict[str, Any]:
     """The manifest of a harvest of the corpus with manifest ``m`` (``cfg`` from :func:`corpus_config`)."""
-    return {
-        "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(), "prompts": m["prompts"],
-        "n_items": m["n_items"], "compat": cfg.compat(), "config": asdict(cfg), "feature_schema": spec.schema(),
-        "versions": package_versions(), "items_fingerprint": m["items_fingerprint"],
-        "truncated_prompts": m.get("truncated_prompts", []),
-        "generations": {"timing": m.get("timing")},
-    }
+    return new_manifest(model=lm.identity.to_dict(), feature_schema=spec.schema(), prompts=m["prompts"],
+                        n_items=m["n_items"], items_fingerprint=m["items_fingerprint"], versions=package_versions(),
+                        compat=cfg.compat(), config=asdict(cfg), truncated_prompts=m.get("truncated_prompts", []),
+                        generations={"timing": m.get("timing")})
 
 
 def open_harvest(out: Path, manifest: dict[str, Any], rank: int) -> None:
@@ -177,8 +173,7 @@ def write_harvest_shard(path: Path, items, rendered, rows: list[dict[str, Any]],
     """One harvest shard: corpus rows (item order) with their signature arrays."""
     out_rows = []
     for r, sig in zip(rows, sigs):
-        row = harvest_row(items[r["i"]], r, rendered[r["i"]].text)
-        row["index"] = r["i"] * samples + r["sample"]
+        row = corpus_row_of(items[r["i"]], r, rendered[r["i"]].text, r["i"] * samples + r["sample"])
         row.update(sig)
         out_rows.append(row)
     out_rows.sort(key=lambda x: x["index"])
@@ -204,14 +199,13 @@ def _wait_complete(generations: Path) -> None:
     wait_until(complete, f"{generations} to complete")
 
 
-def harvest_row(item, corpus_row: dict[str, Any], rendered_text: str) -> dict[str, Any]:
-    """A harvest dataset row (without signature columns) for one corpus answer."""
-
-    return {"id": item.id, "set": item.set, "category": item.category, "prompt": item.prompt, "input_text": rendered_text,
-            "answers": list(item.answers), "answer_kind": item.answer_kind, "response": corpus_row["text"],
-            "correct": bool(corpus_row["correct"]), "label": int(not corpus_row["correct"]),
-            "echo_discounted": bool(corpus_row["echo"]), "n_tokens": len(corpus_row["tokens"]),
-            "finish": corpus_row["finish"], "split": split_of(item.id), "sample": int(corpus_row["sample"])}
+def corpus_row_of(item, corpus_row: dict[str, Any], rendered_text: str, index: int) -> dict[str, Any]:
+    """The harvest row (without signature columns) of one corpus answer."""
+    return harvest_row(index=index, id=item.id, set=item.set, category=item.category, prompt=item.prompt,
+                       input_text=rendered_text, answers=list(item.answers), answer_kind=item.answer_kind,
+                       response=corpus_row["text"], label=int(not corpus_row["correct"]),
+                       echo_discounted=bool(corpus_row["echo"]), n_tokens=len(corpus_row["tokens"]),
+                       finish=corpus_row["finish"], sample=int(corpus_row["sample"]))
 
 
 def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int, world: int, progress: bool,

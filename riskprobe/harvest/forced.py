@@ -29,7 +29,7 @@ from ..signatures.extract import Extractor
 from .extract import corpus_items, open_harvest
 from .generations import read_corpus, read_corpus_manifest
 from .shards import package_versions, shard_loop
-from .store import HARVEST_VERSION, dataset_features, hf_features, merge_shards, read_manifest, write_rows
+from .store import dataset_features, harvest_row, hf_features, merge_shards, new_manifest, read_manifest, write_rows
 
 
 def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: int | None = None,
@@ -108,13 +108,11 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
         raise UserError("no given answers to extract", field="answers")
     spec = FeatureSpec.from_dict(dict(features or {})).resolve(lm)
     fp = stable_hash("\n".join(f"{a.id}\t{a.source}\t{a.label}\t{a.answer}" for a in answers))
-    manifest = {
-        "kind": "harvest", "version": HARVEST_VERSION, "model": lm.identity.to_dict(), "prompts": description,
-        "n_items": len({a.id for a in answers}), "feature_schema": spec.schema(), "versions": package_versions(),
-        "items_fingerprint": fp, "given": {"n_rows": len(answers), "prompt_style": prompt_style,
-                                           "by_source": count_by(answers, "source"),
-                                           "by_provenance": count_by(answers, "provenance")},
-    }
+    manifest = new_manifest(model=lm.identity.to_dict(), feature_schema=spec.schema(), prompts=description,
+                            n_items=len({a.id for a in answers}), items_fingerprint=fp, versions=package_versions(),
+                            given={"n_rows": len(answers), "prompt_style": prompt_style,
+                                   "by_source": count_by(answers, "source"),
+                                   "by_provenance": count_by(answers, "provenance")})
     out.mkdir(parents=True, exist_ok=True)
     open_harvest(out, manifest, 0)  # the one compatibility rule: same model, rows and features, or refused
     if read_manifest(out).get("status") == "complete":
@@ -145,11 +143,10 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
                              [tokens[j] for j in idx])
             for n, j in enumerate(idx):
                 a = answers[j]
-                row = {"index": j, "id": a.id, "set": a.set, "category": a.category, "prompt": a.question,
-                       "input_text": rendered[(a.question, a.answer_kind)].text, "answers": list(a.answers),
-                       "answer_kind": a.answer_kind, "response": a.answer, "correct": a.label == 0,
-                       "label": a.label, "echo_discounted": False, "n_tokens": len(tokens[j]), "finish": "given",
-                       "split": split_of(a.id), "sample": sample[j], "provenance": a.provenance, "source": a.source}
+                row = harvest_row(index=j, id=a.id, set=a.set, category=a.category, prompt=a.question,
+                                  input_text=rendered[(a.question, a.answer_kind)].text, answers=list(a.answers),
+                                  answer_kind=a.answer_kind, response=a.answer, label=a.label, n_tokens=len(tokens[j]),
+                                  finish="given", sample=sample[j], provenance=a.provenance, source=a.source)
                 row.update({k: v[n] for k, v in sig.items()})
                 rows.append(row)
             n_tok += sum(min(len(tokens[j]), spec.steps) for j in idx)

@@ -30,12 +30,33 @@ import torch
 from ..errors import UserError, check_version
 from ..fsutil import atomic_dir, atomic_write_json, read_text, stable_hash
 from ..models.loader import same_model
+from ..prompts.sets import split_of
 from ..signatures.spec import FAMILIES, normalise_schema
 
 MANIFEST = "riskprobe.json"
 
 
 HARVEST_VERSION = 1
+
+
+def new_manifest(*, model: dict[str, Any], feature_schema: dict[str, Any], prompts: str, n_items: int,
+                 items_fingerprint: str, versions: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """A harvest's manifest (``riskprobe.json``): what every harvest records (the model's identity, the feature
+    schema, the prompts and a fingerprint of their items, the package versions), and the sections of one kind of
+    harvest in ``extra`` (a generation harvest's config, a given-answer harvest's counts)."""
+    return {"kind": "harvest", "version": HARVEST_VERSION, "model": model, "prompts": prompts, "n_items": n_items,
+            "feature_schema": feature_schema, "versions": versions, "items_fingerprint": items_fingerprint, **extra}
+
+
+def harvest_row(*, index: int, id: str, set: str, category: str, prompt: str, input_text: str, answers: list[str],
+                answer_kind: str, response: str, label: int, n_tokens: int, finish: str, sample: int,
+                echo_discounted: bool = False, **extra: Any) -> dict[str, Any]:
+    """One harvest row without its signature columns (:func:`dataset_features` is its schema): ``correct`` and the
+    question's ``split`` follow from the label and the id; ``extra`` holds the columns of one kind of harvest."""
+    return {"index": int(index), "id": id, "set": set, "category": category, "prompt": prompt, "input_text": input_text,
+            "answers": list(answers), "answer_kind": answer_kind, "response": response, "correct": not label,
+            "label": int(label), "echo_discounted": bool(echo_discounted), "n_tokens": int(n_tokens), "finish": finish,
+            "split": split_of(id), "sample": int(sample), **extra}
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]], features) -> None:
