@@ -53,10 +53,6 @@ def run_lightning(argv: list[str]) -> int:
         return 0
     except SystemExit as e:  # jsonargparse's --help / --print_config, or its own error exit
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except Exception as e:  # argument errors from jsonargparse
-        if type(e).__name__ in ("ArgumentError", "NSKeyError") or "jsonargparse" in type(e).__module__:
-            raise UserError(" ".join(str(e).split())[:500]) from None
-        raise
 
 
 def run_guarded(fn, *args, verbose: bool = False) -> int:
