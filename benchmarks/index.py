@@ -65,7 +65,8 @@ def render() -> str:
         fs = files_of(e)
         files = ", ".join(f"`{p}`" for p in e["files"])
         cites = ", ".join(f"[{c}](../../{c})" for c in cited_by(e)) or "-"
-        lines.append(f"| `{e['folder']}/` | {files} | {e['question']} | {e['command']} | {commit(fs)} | {machine(fs)} | "
+        question = e["question"] + (f" (**superseded**: {e['superseded_by']})" if e.get("superseded_by") else "")
+        lines.append(f"| `{e['folder']}/` | {files} | {question} | {e['command']} | {commit(fs)} | {machine(fs)} | "
                      f"{cites} |")
     return "\n".join(lines) + "\n"
 
