@@ -65,7 +65,6 @@ def write_result_json(path: str | Path, obj: dict, kind: str, *, option: str = "
 
 def check_result_path(path: str | Path, kind: str, *, option: str = "json") -> Path:
     """Refuse (before any work) a result path that holds anything but a riskprobe result file of ``kind``."""
-
     path = Path(path)
     if path.exists() or path.is_symlink():
         ours = False
@@ -214,7 +213,6 @@ class _NoAliasLoader(__import__("yaml").SafeLoader):
     """PyYAML's safe loader, refusing anchors and aliases (a few hundred bytes of aliases expand to GBs)."""
 
     def compose_node(self, parent, index):
-
         if self.check_event(yaml.AliasEvent):
             ev = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in riskprobe files",
@@ -222,8 +220,6 @@ class _NoAliasLoader(__import__("yaml").SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
-
-
         seen: dict = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges a mapping; PyYAML handles it
@@ -246,13 +242,11 @@ def key_lines(text: str) -> dict[str, int]:
     >>> key_lines("version: 1\nfeatures:\n  K: 4\n")
     {'version': 1, 'features': 2, 'features.K': 3}
     """
-
     return _node_lines(yaml.compose(text, Loader=_NoAliasLoader))
 
 
 def _node_lines(root) -> dict[str, int]:
     """:func:`key_lines` of an already composed YAML node."""
-
     lines: dict[str, int] = {}
 
     def walk(node, prefix: str) -> None:
@@ -273,8 +267,6 @@ MAX_CONFIG_BYTES = 1 << 20
 def load_yaml(path: str | Path, text: str | None = None, *, with_lines: bool = False):
     """Parse a small YAML file safely: at most 1 MiB, no aliases, no duplicate keys; a bad file is a one-line
     UserError naming its line. With ``with_lines``, return ``(data, key_lines(text))``."""
-
-
     p = Path(path)
     if text is None:
         if not p.is_file():
@@ -301,13 +293,11 @@ def load_yaml(path: str | Path, text: str | None = None, *, with_lines: bool = F
 
 def dump_yaml(data) -> str:
     """``data`` as block-style YAML that :func:`load_yaml` reads back (keys in the order given)."""
-
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file's content; a file that is not UTF-8 (or unreadable) is a one-line UserError."""
-
     p = Path(path)
     try:
         return p.read_text(encoding="utf-8")
@@ -327,7 +317,6 @@ def iter_jsonl(path: str | Path, *, max_line_bytes: int = MAX_JSONL_LINE_BYTES) 
     (a JSON object) and a short reason otherwise (not UTF-8, malformed, nested too deeply, too long, not an
     object), so that each caller decides whether a bad line fails or is skipped. Blank lines are skipped.
     A missing or unreadable file is a one-line UserError."""
-
     p = Path(path)
     try:
         f = open(p, "rb")

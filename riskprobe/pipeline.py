@@ -78,7 +78,6 @@ def public_sets_available() -> bool:
 def shipped_recipe(name: str = "default") -> dict[str, Any]:
     """The recipe a shipped probe was fitted with (its ``probe.json``: probe kind, ``C``, feature families, k,
     raw layers and pooling) and the harvest features it reads, so that a new fit can repeat it exactly."""
-
     meta = json.loads((shipped_probe(name) / "probe.json").read_text())
     cfg = load_yaml(Path("probe.json"), meta["training"]["config"]) or {}
     sch = meta["feature_spec"]["feature_schema"]
@@ -129,7 +128,6 @@ def _verdict(rows: dict[str, dict[str, Any]], k: int) -> str:
 
 def _sample_file(harvest_dir: Path, path: Path, *, given: bool, n: int = 12) -> Path:
     """A small scoring input: held-out questions to generate and, with ``given``, right and wrong given answers."""
-
     ds = datasets.load_from_disk(str(harvest_dir))
     test = ds.select([i for i, s in enumerate(ds["split"]) if s == "test"][:n])
     lines = []
@@ -146,7 +144,6 @@ def _sample_file(harvest_dir: Path, path: Path, *, given: bool, n: int = 12) -> 
 def _versus_rows(art: Path, parts: dict[str, tuple[Path, np.ndarray | None]], *, n_boot: int) -> dict[str, dict]:
     """The exported probe's risk on harvested rows (no model run: the signatures are on disk) beside the training-
     free scores of the same rows, per named group: ``{name: (harvest folder, row indices or None for all)}``."""
-
     sc = Scorer.load(art)
     out = {}
     for name, (path, rows) in parts.items():
@@ -174,7 +171,6 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
         progress: progress bars on stderr.
         log: where the demo's own lines go (default: stdout).
     """
-
     say = log or (lambda s: print(s, flush=True))
     if size not in SIZES:
         raise UserError(f"must be one of {', '.join(SIZES)}, got {size!r}", field="size")
@@ -246,7 +242,6 @@ def demo(out: str | Path = "runs/demo", *, model: str = "smollm2-135m", size: st
 
 
 def _splits(h) -> list[str]:
-
     return [split_of(q) for q in h.meta["id"]]
 
 
@@ -265,8 +260,6 @@ def adapt(probe: str | Path, out: str | Path, *, prompts: str | None = None, har
     spec or a JSONL of ``{id, question, answers}``; or give a ready ``harvest_dir`` of the probe's model and
     features), refit the probe's head with the probe as the prior (:mod:`riskprobe.training.adapt`), and export the
     adapted probe to ``out``. Returns what was chosen and where things went."""
-
-
     if (prompts is None) == (harvest_dir is None):
         raise UserError("give the labelled questions (--prompts) or a harvest of them (--harvest), one of the two",
                         field="prompts")
@@ -308,7 +301,6 @@ def compare(models: list[str], out: str | Path = "runs/compare", *, prompts: str
 
     Optional bundled models that are not installed are skipped with a note. ``out`` must be new or an earlier
     comparison's folder (one harvest per model and ``report``)."""
-
     out = Path(out)
     mine = owned_dir(lambda n: n in set(models) | {"report"}, folders=True)
     if (out.exists() or out.is_symlink()) and not mine(out):

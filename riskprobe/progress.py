@@ -10,7 +10,5 @@ from tqdm.auto import tqdm
 
 def bar(total: int, desc: str, unit: str, *, enabled: bool = True):
     """A tqdm bar over ``total`` items (disabled when ``enabled`` is false or ``total`` is 0)."""
-
-
     return tqdm(total=int(total), desc=desc, unit=unit, disable=not enabled or not total, file=sys.stderr,
                 dynamic_ncols=True)

@@ -45,13 +45,11 @@ def training_free_scores(tensors: dict[str, torch.Tensor], k: int) -> dict[str, 
 
 def platt(train_scores: np.ndarray, y: np.ndarray):
     """A function mapping scores to probabilities, by the probes' own Platt scaling fitted on (score, label)."""
-
     a, b = fit_platt(train_scores, y)
     return lambda s: 1.0 / (1.0 + np.exp(-(a * np.asarray(s, dtype=np.float64) + b)))
 
 
 def _flat(inputs: dict[str, torch.Tensor]) -> np.ndarray:
-
     seq, mask = inputs["seq"], inputs["mask"]
     return flat_design(seq * mask.unsqueeze(-1), mask, inputs["static"]).numpy().astype(np.float64)
 
@@ -65,8 +63,6 @@ def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
 
     Returns ``(fitted pipeline, chosen C, validation AUROC)``.
     """
-
-
     best = None
     for C in Cs:
         pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, class_weight="balanced"))

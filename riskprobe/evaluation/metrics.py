@@ -22,7 +22,6 @@ def _check(y, s):
 
 def auroc(y, s) -> float:
     """Area under the ROC curve (scikit-learn's; ties count one half); NaN with a single class."""
-
     y, s = _check(y, s)
     if y.min() == y.max():
         return float("nan")
@@ -31,7 +30,6 @@ def auroc(y, s) -> float:
 
 def auprc(y, s) -> float:
     """Average precision (scikit-learn's) with the wrong answers (label 1) as the positive class."""
-
     y, s = _check(y, s)
     if y.sum() == 0:
         return float("nan")
@@ -143,7 +141,6 @@ def stratified_auroc(y, s, strata) -> float:
     """AUROC counted only over (wrong, right) pairs within the same stratum: how well ``s`` ranks answers that
     a stratifying score (output confidence, answer length, source set) cannot tell apart. Equals the plain
     AUROC with one stratum; NaN when no stratum holds both classes."""
-
     y, s = _check(y, s)
     strata = np.asarray(strata).ravel()
     wins, pairs = 0.0, 0.0

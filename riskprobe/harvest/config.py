@@ -110,7 +110,6 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
     A bad value is reported where it came from: the file and line of a key in the file, or the command-line
     option of an override (``--max-new-tokens``, ``--K``)."""
-
     data: dict[str, Any] = {}
     src, lines = None, {}
     if path is not None:

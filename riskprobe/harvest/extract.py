@@ -41,7 +41,6 @@ from .store import MANIFEST, dataset_features, harvest_row, hf_features, merge_s
 
 def corpus_config(m: dict[str, Any], **over):
     """The :class:`HarvestConfig` a corpus was generated with (for re-rendering its prompts)."""
-
     g = m["generation"]
     cfg = HarvestConfig(model=m["model"]["name"], prompts=m["prompts"], limit=m.get("limit"),
                         max_new_tokens=g["max_new_tokens"], do_sample=g["do_sample"], samples=g["samples"],
@@ -57,7 +56,6 @@ def corpus_config(m: dict[str, Any], **over):
 
 def corpus_items(m: dict[str, Any], path: Path):
     """The corpus's items, re-loaded from their sets and checked against the recorded fingerprint."""
-
     items = P.load_items(m["prompts"], limit=m.get("limit"), seed=m["generation"]["seed"])
     if len(items) != m["n_items"] or stable_hash("\n".join(it.id for it in items)) != m["items_fingerprint"]:
         raise UserError(f"the prompt sets '{m['prompts']}' no longer give the questions this corpus was made from "
@@ -90,7 +88,6 @@ def extract_corpus(generations: str | Path, out: str | Path, *, features: dict[s
             (``{folder: features}``; say the same features with another ``normalisation``): one model pass
             serves them all, so each arm costs only its feature reduction.
     """
-
     generations, out = Path(generations), Path(out)
     rank, world = dist_rank()
     if rank != 0:
@@ -183,7 +180,6 @@ def write_harvest_shard(path: Path, items, rendered, rows: list[dict[str, Any]],
 def clear_stale_shards(shard_dir: Path, shards) -> None:
     """Remove a killed run's temporary folders of the harvest shards numbered ``shards`` (never renamed into
     place, so never finished)."""
-
     for s in shards:
         for stale in shard_dir.glob(f".shard-{s:05d}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -212,7 +208,6 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
                     merge: bool) -> None:
     """Extract the rows shard by shard; ``targets`` = ``[(harvest folder, spec), ...]``, all from the same forward
     passes. A shard is computed while any target lacks it and written to those that lack it."""
-
     dirs = [out / "shards" for out, _ in targets]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)

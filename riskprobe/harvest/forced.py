@@ -62,7 +62,6 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
     real QA systems to that many EfficientQA test questions (:func:`efficientqa_answers`). Every row keeps its
     question's split.
     """
-
     rows: list[GivenAnswer] = []
     if halueval:
         rows += from_items(pick(load_items("halueval_qa"), halueval))
@@ -166,7 +165,6 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
 
 
 def _str():
-
     return hd.Value("string")
 
 

@@ -206,7 +206,6 @@ def reusable_rows(source: str | Path, manifest: dict[str, Any]) -> dict[tuple[st
     again, keyed by ``(id, sample)``: the same model (fingerprint) and the same generation settings are
     required (a corpus of ``--limit 3000`` grows into one of ``--limit 8000``). Each row's prompt hash is
     checked again when it is taken."""
-
     src = Path(source)
     if not (src / CORPUS_MANIFEST).is_file():
         raise UserError("is not a riskprobe corpus (no corpus.json)", file=src, field="reuse")
@@ -237,7 +236,6 @@ def generate_corpus(cfg, lm, items, rendered, lengths, out: str | Path, *, progr
     answers found there under the same id, sample and prompt hash are taken over (and graded again) instead
     of generated; the manifest records how many.
     """
-
     out = Path(out)
     manifest = corpus_manifest(cfg, lm, items, versions=versions, truncated=truncated)
     n_shards = manifest["n_shards"]
@@ -332,7 +330,6 @@ def finish_corpus(out: Path) -> dict[str, Any]:
 def check_corpus_out(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse, before anything is written, a corpus folder ``out`` that holds something else (a user's files) or
     a corpus made for other items or with other settings than ``manifest``; an empty or missing folder passes."""
-
     if not (out / CORPUS_MANIFEST).is_file():
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError("exists and is not a riskprobe corpus; choose another --out", file=out, field="out")

@@ -52,7 +52,6 @@ def shard_loop(n_shards: int, *, done: Callable[[int], bool], size: Callable[[in
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages whose behaviour shapes a harvest."""
-
     out = {"python": platform.python_version()}
     for p in ("riskprobe", "torch", "transformers", "datasets", "gguf", "numpy"):
         try:

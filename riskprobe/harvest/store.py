@@ -61,7 +61,6 @@ def harvest_row(*, index: int, id: str, set: str, category: str, prompt: str, in
 
 def write_rows(path: Path, rows: list[dict[str, Any]], features) -> None:
     """Write rows (signature columns as numpy arrays) as one shard, a `datasets` dataset folder."""
-
     schema = features.arrow_schema
     table = pa.Table.from_arrays([_arrow_column([r[f.name] for r in rows], f.type) for f in schema], schema=schema)
     with atomic_dir(path, replace=True) as tmp:
@@ -72,7 +71,6 @@ def _arrow_column(values: list, typ) -> "Any":
     """An arrow column of ``typ`` from one value per row. Arrays (a fixed-shape signature column) are stacked
     and handed to arrow as one buffer: no Python object per number, so a shard costs about its own size in
     memory (building it through ``Dataset.from_list`` took seven times that)."""
-
     if not values or not isinstance(values[0], np.ndarray):
         return pa.array(values, type=typ)
     arr = np.ascontiguousarray(np.stack(values))
@@ -91,7 +89,6 @@ def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 64 << 20) -> 
     ``batch_bytes`` (a small harvest is one batch, which the reader maps without copying), so writing holds
     about two such batches in memory whatever the dataset's size (``save_to_disk`` holds several copies of
     all it writes). The two small files come from ``save_to_disk`` of the first row."""
-
     datasets.disable_progress_bars()
     folder = Path(folder)
     pending: list = []
@@ -117,7 +114,6 @@ def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 64 << 20) -> 
 def hf_features(spec) -> dict[str, Any]:
     """``datasets`` feature types for a resolved :class:`~riskprobe.signatures.FeatureSpec`'s signature
     columns (fixed-shape arrays)."""
-
     out: dict[str, Any] = {}
     for name, (shape, dtype, _) in spec.shapes().items():
         if len(shape) == 1:
@@ -133,7 +129,6 @@ def dataset_features(extra=None):
     """The `datasets` schema of a harvest's rows: the row columns every harvest holds (id, set, prompt, response,
     label, split, ...) and, from ``extra`` (:func:`hf_features` of a feature spec, and columns of one harvest kind such
     as the given-answer harvest's ``provenance`` and ``source``), the signature columns."""
-
     f = {
         "index": hd.Value("int64"), "id": hd.Value("string"), "set": hd.Value("string"),
         "category": hd.Value("string"), "prompt": hd.Value("string"), "input_text": hd.Value("string"),
@@ -149,7 +144,6 @@ def dataset_features(extra=None):
 # -------------------------------------------------------------------------------------------- manifest
 def read_manifest(out: str | Path) -> dict[str, Any]:
     """The manifest of a harvest directory (raises a UserError when there is none)."""
-
     p = Path(out) / MANIFEST
     if not p.is_file():
         raise UserError(f"not a riskprobe harvest (no {MANIFEST})", file=out)
@@ -168,7 +162,6 @@ def read_manifest(out: str | Path) -> dict[str, Any]:
 
 def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
     """Merge the finished shards of ``out`` into one dataset, ordered by item index, and finish the manifest."""
-
     datasets.disable_progress_bars()
     out = Path(out)
     manifest = read_manifest(out)
@@ -211,7 +204,6 @@ def merge_shards(out: str | Path, n_shards: int | None = None) -> "Any":
 
 def _read_shard_table(folder: Path, schema) -> "Any":
     """A finished shard's rows as one arrow table in memory (its files are read, not mapped)."""
-
     state = json.loads((folder / "state.json").read_text())
     tables = []
     for f in state["_data_files"]:
@@ -222,7 +214,6 @@ def _read_shard_table(folder: Path, schema) -> "Any":
 
 def _leaf_values(arr):
     """The flat primitive values of a (nested, fixed-shape) arrow array, without copying."""
-
     if isinstance(arr.type, pa.ExtensionType):
         arr = arr.storage
     while not pa.types.is_primitive(arr.type) and not pa.types.is_boolean(arr.type):
@@ -238,8 +229,6 @@ def signature_tensors(ds, columns: list[str] | None = None) -> dict[str, "Any"]:
     tensor shares memory with the file mapping, read-only) when the dataset is one contiguous chunk;
     otherwise the chunks are concatenated once.
     """
-
-
     columns = columns or [c for c in (*FAMILIES, "step_mask") if c in ds.column_names]
     out = {}
     table = ds.with_format(None).data
@@ -290,15 +279,12 @@ class Harvests:
         return len(self.meta["id"])
 
     def fingerprint(self) -> str:
-
         return stable_hash(json.dumps({"ids": sorted(self.meta["id"]), "model": self.model.get("fingerprint"),
                                        "schema": self.schema}, sort_keys=True, default=str))
 
 
 def load_harvests(paths: list[str | Path]) -> Harvests:
     """Load and concatenate harvests; refuse ones whose models or feature schemas differ."""
-
-
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:

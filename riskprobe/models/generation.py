@@ -47,7 +47,6 @@ _STOP_CACHE: dict[tuple[int, tuple[str, ...]], object] = {}
 
 
 def _stop_criteria(tokenizer, stops: tuple[str, ...]):
-
     key = (id(tokenizer), stops)
     if key not in _STOP_CACHE:
         _STOP_CACHE[key] = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stops))
@@ -84,7 +83,6 @@ COMPACT_EVERY = 4
 
 
 def _forward_params(model) -> set[str]:
-
     return set(inspect.signature(model.forward).parameters)
 
 
@@ -121,7 +119,6 @@ def prefix_cache(lm: LoadedModel, prefix: Sequence[int], batch: int) -> dict:
     small LRU); callers get a copy. It runs through the decoder without the output head, so hooks that count
     steps at the head (signature capture) do not see it, and the states it leaves at the layers' hooks are
     overwritten by the batch's own pass."""
-
     key, cache = tuple(prefix), lm.prefix_cache
     if key in cache:
         cache[key] = cache.pop(key)  # most recent last
@@ -249,7 +246,6 @@ class RowSampler:
 
 def sample_seed(seed: int, item_id: str, sample: int) -> int:
     """The seed of one sampled answer: a hash of the run's seed, the question's id and the sample index."""
-
     return int(hashlib.sha256(f"{seed}:{item_id}:{sample}".encode()).hexdigest()[:15], 16)
 
 

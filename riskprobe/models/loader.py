@@ -143,7 +143,6 @@ def wrap_model(model, tokenizer, *, name: str = "in-memory", source: str = "memo
 
 
 def _load_dir(path: Path, dtype, device):
-
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     return model, tok
@@ -151,7 +150,6 @@ def _load_dir(path: Path, dtype, device):
 
 def _load_gguf_file(gguf: Path):
     """Dequantise a GGUF file into a float32 model and its tokenizer (slow: 20-60 s)."""
-
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     return model, tok
@@ -159,7 +157,6 @@ def _load_gguf_file(gguf: Path):
 
 def _load_gguf(gguf: Path, sha: str, dtype, device):
     """Load a GGUF file, through the float safetensors cache keyed by the file's sha256."""
-
     cdir = cache_root() / "models" / f"{sha[:24]}-v{CACHE_VERSION}"
     if (cdir / "riskprobe-cache.json").is_file():
         return _load_dir(cdir, dtype, device)
@@ -185,7 +182,6 @@ def _load_gguf(gguf: Path, sha: str, dtype, device):
 
 
 def _resolve_dtype(dtype):
-
     if dtype is None or dtype == "auto":
         return None
     if isinstance(dtype, torch.dtype):
@@ -210,13 +206,11 @@ def context_length(lm: "LoadedModel") -> int | None:
 
 def valid_device_name(device: str) -> bool:
     """Whether ``device`` is a device name riskprobe takes (``cpu``, ``mps``, ``cuda``, ``cuda:N``), present or not."""
-
     return re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(device)) is not None
 
 
 def check_device(device: str) -> str:
     """``device`` if this machine has it; a UserError naming the option otherwise."""
-
     d = str(device)
     if not valid_device_name(d):
         raise UserError(f"unknown device {d[:40]!r} (cpu, cuda, cuda:N or mps)", field="device")
@@ -236,7 +230,6 @@ def check_device(device: str) -> str:
 def set_threads(threads: int | None) -> None:
     """Intra-op threads of this process: ``threads`` if given; under torchrun, the cores shared out among
     the ranks of this machine (processes that each take every core slow each other down many times)."""
-
     if threads:
         torch.set_num_threads(int(threads))
         return
@@ -301,14 +294,12 @@ def resolve_batch_size(batch_size: "int | str", lm: "LoadedModel", **kw) -> int:
 
 
 def default_device() -> str:
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _hub_reachable() -> bool:
     """Whether to try the Hugging Face hub: ``HF_HUB_OFFLINE`` is not set, and its host resolves (or a proxy is
     set, which resolves it)."""
-
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
@@ -334,7 +325,6 @@ def load_model(spec: str, *, device: str | None = None, dtype=None, revision: st
     Raises:
         UserError: unknown name, missing file, checksum mismatch, unreachable hub.
     """
-
     device = check_device(device or default_device())
     tdtype = _resolve_dtype(dtype)
     if tdtype is None:

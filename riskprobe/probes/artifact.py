@@ -63,7 +63,6 @@ def _example_inputs(meta: dict[str, Any], n: int = 2):
 
 
 def export_onnx(rm: RiskModel, meta: dict[str, Any], path: Path) -> None:
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(rm.eval(), _example_inputs(meta), str(path), input_names=["seq", "mask", "static"],
@@ -93,21 +92,18 @@ def check_checkpoint(path: str | Path, field: str = "ckpt_path") -> dict:
 
 def artifact_digest(meta: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``meta`` without its ``json_sha256`` field."""
-
     body = {k: v for k, v in meta.items() if k != "json_sha256"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _is_artifact_dir(path: Path) -> bool:
-
     return owned_dir(lambda name: name in ARTIFACT_FILES)(path)
 
 
 def prepare_out(out: str | Path, *, force: bool = False) -> Path | None:
     """Check that ``out`` may be written: new, or a folder holding only ``probe.*`` files (replaced).
     With ``force`` anything else there is renamed aside (never deleted); returns that new name."""
-
     out = Path(out)
     if not (out.exists() or out.is_symlink()) or _is_artifact_dir(out):
         return None
@@ -147,8 +143,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: FitMetrics 
     with ``force`` whatever else is there is renamed to ``out.bak-N`` first. ``metrics`` (a run's
     ``metrics.json``) is looked up beside the run when not given.
     """
-
-
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise UserError("checkpoint not found" if not ckpt.exists() else "is not a file", file=ckpt, field="ckpt")
@@ -204,8 +198,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, metrics: FitMetrics 
 def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, force: bool = False) -> Path:
     """Write ``probe.safetensors``, ``probe.onnx`` and ``probe.json`` (with every hash) into ``out``
     (see :func:`prepare_out` for when an existing ``out`` may be replaced)."""
-
-
     meta = dict(meta, version=ARTIFACT_VERSION)
     meta.pop("artifact_version", None)
     moved = prepare_out(out, force=force)
@@ -235,7 +227,6 @@ def write_artifact(rm: RiskModel, meta: dict[str, Any], out: str | Path, *, forc
 def _disk_error(e: BaseException) -> bool:
     """Whether a failure to write looks like a full disk or a file size limit (ENOSPC, EFBIG, EDQUOT, or a library's
     message saying so)."""
-
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return True
     text = str(e).lower()
@@ -264,8 +255,6 @@ def _need(cond: bool, msg: str, file: Path, field: str) -> None:
 def validate_meta(meta: Any, file: Path) -> None:
     """Check the fields a probe's metadata must have, with their types and ranges (a UserError naming the
     field otherwise)."""
-
-
     _need(isinstance(meta, dict), "expected a JSON object", file, "probe.json")
 
     def get(path: str, typ, *, where=meta):
@@ -327,8 +316,6 @@ def read_artifact(path: str | Path, *, allow_old: bool = False) -> tuple[RiskMod
     ``probe.json``) is refused unless ``allow_old``: renaming the key or dropping the digest must not turn the
     tamper check off. The digests check integrity (nothing changed since export), not authenticity: anyone
     who can write the files can also recompute them."""
-
-
     p = resolve_artifact(path)
     jf = p / "probe.json"
     if jf.stat().st_size > 16 << 20:

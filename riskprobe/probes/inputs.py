@@ -82,7 +82,6 @@ class FeatureSelection:
 def depth_bins(n_layers: int, bins: int) -> list[list[int]]:
     """Positions ``0..n_layers-1`` split into ``bins`` consecutive groups of relative depth (fewer when there
     are fewer layers than bins)."""
-
     return [g.tolist() for g in np.array_split(np.arange(n_layers), min(bins, n_layers)) if len(g)]
 
 

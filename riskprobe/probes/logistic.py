@@ -29,7 +29,6 @@ BASELINE_CS = (0.001, 0.01, 0.1, 1.0)  # the scikit-learn baselines (evaluation.
 
 
 def _logreg(C: float, **kw):
-
     return LogisticRegression(C=C, class_weight="balanced", max_iter=kw.pop("max_iter", 5000), **kw)
 
 
@@ -50,7 +49,6 @@ def standardised_design(inputs: dict[str, torch.Tensor], standardizer, idx=None)
 
 def group_folds(ids: list[str], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n`` folds of row positions, grouped by question id (scikit-learn's ``GroupKFold``)."""
-
     ids = np.asarray(ids)
     n_groups = len(set(ids.tolist()))
     if n_groups < n:
@@ -65,7 +63,6 @@ def cv_logreg(X: np.ndarray, y: np.ndarray, folds, Cs=CS, *, oof: bool = False) 
 
     Returns ``{"C", "auroc", "sd", "folds"}`` at the best ``C`` (highest mean held-out AUROC) and, with
     ``oof``, ``"oof"``: every row's held-out decision value at that ``C``."""
-
     Cs = sorted(float(c) for c in Cs)
     scores = np.full((len(folds), len(Cs)), np.nan)
     held = np.zeros((len(Cs), len(y))) if oof else None
@@ -151,7 +148,6 @@ def fit_stacked(rm: RiskModel, seq, mask, static, labels, groups, *, n_layers: i
 def stack_score(oofs: list[np.ndarray], y: np.ndarray, folds) -> tuple[float, float, list[float]]:
     """Held-out AUROC of a logistic meta-learner over members' out-of-fold logits, on the same folds (the
     members' ``C`` were chosen on all folds: a slightly optimistic estimate, not a nested one)."""
-
     Z = np.column_stack(oofs)
     per = []
     for a, b in folds:

@@ -119,7 +119,6 @@ def _norm_question(q: str) -> str:
 @register("freebaseqa", "FreebaseQA eval v1.1 (4,000 trivia questions), less the ones TriviaQA also holds when "
                         "its local copy is there")
 def freebaseqa() -> Iterator[Item]:
-
     p = _public_file("freebaseqa", "freebaseqa/freebaseqa_eval_v1.1.jsonl")
     try:  # FreebaseQA draws on TriviaQA: a question of both would be one source's and another's at once
         trivia = {_norm_question(it.prompt) for it in triviaqa()}

@@ -92,7 +92,6 @@ def register(name: str, description: str):
 
 def _public_file(set_name: str, rel: str, hub: tuple[str, ...] | None = None) -> Path | None:
     """The local file of a public set, or None when the hub should be used; else a UserError."""
-
     root = datasets_root()
     looked = []
     if root is not None:
@@ -110,13 +109,11 @@ def _public_file(set_name: str, rel: str, hub: tuple[str, ...] | None = None) ->
 
 
 def _hub_rows(hub: tuple[str, ...]) -> Iterator[dict]:
-
     name, config, split = hub
     yield from datasets.load_dataset(name, config, split=split)
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-
     for n, obj, problem in iter_jsonl(path):
         if problem:
             raise UserError(problem, file=path, line=n)
@@ -147,7 +144,6 @@ def question_id(set_name: str, question: str) -> str:
 # ------------------------------------------------------------------------------------------- built-in
 @register("builtin-factual", "riskprobe's own factual questions with aliases (shipped in the package)")
 def builtin_factual() -> Iterator[Item]:
-
     path = builtin_dir() / "factual.jsonl"
     for _, obj in _read_jsonl(path):
         yield Item(id=obj["id"], set="builtin", category="factual", prompt=obj["question"],

@@ -46,7 +46,6 @@ def _metrics_table(m: dict) -> str:
 
 
 def sweep_table(sweep: dict) -> str:
-
     rows = sweep["rows"]
     out = ["| score | " + " | ".join(f"k={r['k']}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
     for name, ms in sweep_series(sweep).items():
@@ -56,7 +55,6 @@ def sweep_table(sweep: dict) -> str:
 
 
 def fit_section(d: Path, out: Path, tag: str) -> list[str]:
-
     fm = FitMetrics.read(d / "metrics.json")
     m, p = fm.to_dict(), fm.probe
     md = [f"## Fit run `{d}`", "", f"Test split: {p['n']} answers, {p['n_incorrect']} wrong (base error rate "
@@ -91,7 +89,6 @@ def fit_section(d: Path, out: Path, tag: str) -> list[str]:
 
 def profile_harvest(h, k: int = 8, layers=None) -> dict[str, Any]:
     """Thresholds (fitted on the train split), regimes, per-category table and H1/H2 for one harvest."""
-
     s = PF.early_summary(h.tensors, k, layers)
     split = np.asarray([split_of(i) for i in h.meta["id"]])
     th = PF.Thresholds.fit(s, split == "train", k)
@@ -117,7 +114,6 @@ def hypothesis_grid(harvests, k: int = 8, n_boot: int = 1000) -> tuple[list[dict
     its training split; the cells use the validation and test rows; the control stratifies by answer length and
     mean entropy of steps 0..k (quintiles each). ``harvests``: ``(folder, harvest, info)`` with the harvest
     section's profile in ``info["prof"]`` (its all-layer regimes are reused, not computed again)."""
-
     cells: list[dict[str, Any]] = []
     for d, h, info in harvests:
         model, norm = info["meta"]["model"]["name"], h.schema["normalisation"]
@@ -228,7 +224,6 @@ REPORT_FILE = lambda name: name.endswith((".md", ".json", ".png"))  # noqa: E731
 def headline(runs: list[str | Path]) -> list[str]:
     """The report's opening lines: what the first fit run's probe does against the best training-free score on its
     test split, and the size and right rate of each harvest."""
-
     lines = []
     for r in runs:
         d = Path(r)
@@ -259,7 +254,6 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8, extra: 
 
     The folder is written whole or not at all; an existing ``out`` is replaced only if it holds nothing but
     report files."""
-
     out = Path(out)
     mine = owned_dir(REPORT_FILE)
     if (out.exists() or out.is_symlink()) and not mine(out):
@@ -271,7 +265,6 @@ def write_report(runs: list[str | Path], out: str | Path, *, k: int = 8, extra: 
 
 
 def _write_report_into(runs: list[str | Path], out: Path, k: int, extra: list[str]) -> None:
-
     md = ["# riskprobe report", "", *headline(runs), *extra]
     js: dict[str, Any] = {"fits": [], "harvests": []}
     harvests = []

@@ -100,7 +100,6 @@ def cell_effect(y: Sequence[float], a: Sequence[bool], b: Sequence[bool], cluste
 def _p_normal(effect: float, boots: np.ndarray) -> float:
     """Two-sided p of ``effect`` against 0 with the bootstrap's standard error (normal approximation: unlike
     counting bootstrap signs, it does not bottom out at 1 / n_boot, which Holm would multiply)."""
-
     se = float(np.std(boots, ddof=1)) if len(boots) > 1 else float("nan")
     if not np.isfinite(se) or se == 0:
         return 0.0 if effect != 0 else 1.0
@@ -132,7 +131,6 @@ def rows_to_decide(cell: dict[str, Any], margin: float = MARGIN, tests: int = 1)
     """For an undecided cell: the total rows (both regimes) at which an interval of the observed width, shrinking
     as 1/sqrt(n), would pass the bar that Holm sets for its effect among ``tests`` tests (Bonferroni's, the
     strictest step) or fit inside the margin, whichever needs fewer."""
-
     if not cell.get("tested") or cell.get("verdict") != "undecided":
         return None
     n = cell["n_a"] + cell["n_b"]

@@ -251,7 +251,6 @@ def plot_side_by_side(hs: list[tuple[str, Any]], path: Path, max_step: int = 16)
 
 def plot_decisions(cells: list[dict], path: Path) -> str:
     """One panel per hypothesis: each tested cell's effect with its 95% interval (and the +-margin band)."""
-
     plt = _plt()
     hyps = sorted({c["hypothesis"] for c in cells if c.get("tested")})
     rows = {h: [c for c in cells if c["hypothesis"] == h and c.get("tested")] for h in hyps}

@@ -75,7 +75,6 @@ class _BodyLimit:
 
 
 async def _json(send, status: int, obj, *, close: bool = False) -> None:
-
     data = json.dumps(obj).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status,
@@ -194,7 +193,6 @@ def serve(scorer: Scorer, lm, *, host: str = "127.0.0.1", port: int = 8321, **kw
     """Run the service until interrupted. It has no authentication: on an address other than loopback, anyone who
     can reach it can run the model, and a warning says so. Idle connections close after 5 s, bodies that do not
     arrive within :data:`BODY_TIMEOUT_S` get 408, and beyond ``max_queue`` + 64 open connections new ones get 503."""
-
     import uvicorn  # as above: only for `riskprobe serve`
 
     if host not in LOOPBACK:

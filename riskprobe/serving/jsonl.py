@@ -95,7 +95,6 @@ def read_requests(path: Path, on_error: str, errors: list[str], *, quiet: bool =
     A malformed line is skipped and recorded in ``errors`` (``on_error="skip"``) or fails the command
     (``"fail"``). Two lines with the same id are always an error naming both lines.
     """
-
     out: list[dict[str, Any]] = []
     first_line: dict[str, int] = {}
     for n, obj, problem in iter_jsonl(path):
@@ -181,7 +180,6 @@ def score_file(scorer: Scorer, lm: LoadedModel, input_path: str | Path, output_p
     output must be a new file or one this function wrote for the same input; anything else is refused.
     Returns counts: ``{"scored", "skipped_done", "failed", "errors", "seconds", "tokens"}``.
     """
-
     inp, outp = check_paths(input_path, output_path)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError("must be a positive integer", field="batch_size")

@@ -56,7 +56,6 @@ class Scorer:
         ``given`` is the given-answer head (an artifact trained on answers the model did not write), used
         for rows that come with a response; by default the one the artifact names in ``given_probe``. ``allow_old``
         loads an artifact of an older version (see :func:`~riskprobe.probes.artifact.read_artifact`)."""
-
         p = resolve_artifact(path)
         rm, meta = read_artifact(p, allow_old=allow_old)
         head = None
@@ -200,7 +199,6 @@ class Scorer:
         return risk.T.numpy().astype(np.float64)
 
     def _ood(self, x: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
-
         d = ood_distance(self.risk_model, x["seq"], x["mask"], x["static"]).numpy().astype(np.float64)
         thr = (self.meta.get("ood") or {}).get("threshold")
         return d, (d > thr) if thr is not None else None
@@ -217,7 +215,6 @@ class Scorer:
         model's own confidence carried the risk (:func:`path_of`), ``ood`` whether its signature is farther from the
         training rows than the artifact's threshold (``None`` where the artifact has none).
         """
-
         self.check_model(lm, allow_model_mismatch=allow_model_mismatch)
         responses = list(responses) if responses is not None else [None] * len(prompts)
         kinds = list(answer_kinds) if answer_kinds is not None else ["alias"] * len(prompts)
@@ -311,7 +308,6 @@ def _misspelt(key: str) -> str | None:
     """The request field that ``key`` looks like a slip of (``respnse``, ``promt``, ``responses``), or ``None``.
     A caller's own field that merely names one (``question_id``, ``response_text``) or is short (``qid``) is not
     a slip."""
-
     k = key.lower()
     for f in REQUEST_FIELDS:
         if k == f + "s":
@@ -369,7 +365,6 @@ def request_problem(obj: Any) -> str | None:
 def token_problem(lm: LoadedModel, prompt: str, response: str | None, max_new_tokens: int,
                   prompt_style: str = "auto") -> str | None:
     """Why a request does not fit the model's context (prompt + response or answer budget), or ``None``."""
-
     ctx = context_length(lm)
     if ctx is None:
         return None

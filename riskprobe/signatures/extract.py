@@ -48,7 +48,6 @@ class Extractor:
         Layout: ``[shared prefix][left padding][rest of the prompt][response, right padded]``. The prompt tokens
         that every row of the batch starts with are run once and reused as a KV cache (positions count attended
         tokens, as in generation, so where padding sits does not change any attended state)."""
-
         enc = tokenize(self.lm, prompts)
         ids, att = enc["input_ids"], enc["attention_mask"]
         B, P = ids.shape

@@ -88,8 +88,6 @@ def choose_lambda(x: HeadInputs, y: np.ndarray, groups: Sequence[str], prior: np
                   lambdas: Sequence[float] = LAMBDAS, folds: int = 5) -> tuple[float, dict[str, float]]:
     """The penalty with the best held-out AUROC over folds grouped by question (the prior's own AUROC breaks ties
     toward more penalty)."""
-
-
     groups = np.asarray(groups)
     k = min(folds, len(np.unique(groups)))
     scores = {}
@@ -110,7 +108,6 @@ def adapt_risk_model(rm, x: HeadInputs, y: np.ndarray, groups: Sequence[str], *,
                      lambdas: Sequence[float] = LAMBDAS) -> dict[str, Any]:
     """Refit the head of the blend inside ``rm`` on labelled rows (in place); the calibration becomes the identity
     (the head is itself a calibrated logistic fit). Returns what was chosen."""
-
     if not isinstance(rm.probe, BlendProbe):
         raise UserError("adapt refits the head of a blend probe (the learned probe blended with the model's own "
                         "confidence); this probe is not one. Fit one with --model.probe blend", field="probe")

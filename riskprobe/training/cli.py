@@ -70,7 +70,6 @@ class RunStage:
 
     @staticmethod
     def _replaceable(path: Path, allowed: set[str]) -> bool:
-
         ours = owned_dir(lambda n: n in allowed or n.startswith(".") and n.endswith(".tmp"), folders=True)
         return not (path.exists() or path.is_symlink()) or ours(path)
 
@@ -97,7 +96,6 @@ class RunStage:
         return str(p)
 
     def _swap(self, stage: Path, final: Path) -> None:
-
         if stage.exists():
             swap_dir(stage, final)
 
@@ -109,7 +107,6 @@ class RunStage:
         self._swap(self.root, self.final_root)
 
     def discard(self) -> None:
-
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
             wandb.finish(exit_code=1)  # its writer threads would recreate the folder after removal
@@ -133,7 +130,6 @@ def check_fits(have: dict, got: dict, path) -> None:
 
 def _load_into(module: ProbeModule, path: str | Path) -> None:
     """Load a fit checkpoint into ``module`` through the one checked loader (no pickled objects)."""
-
     state = check_checkpoint(path)
     if module.risk_model is None:
         module.build(state["riskprobe"])
@@ -349,7 +345,6 @@ def check_args(args: list[str]) -> list[str]:
     """What every entry point (the command, the demo, the Python API) checks before LightningCLI parses:
     a shipped config may be named (``--config default``); config files are read safely (no aliases, UTF-8,
     at most 1 MiB, a mapping); a checkpoint is loaded without unpickling anything."""
-
     args = list(args)
     for i, a in enumerate(args[:-1]):
         if a in ("--config", "-c"):
@@ -420,7 +415,6 @@ def fit(config: dict[str, Any] | str | Path, *overrides: str) -> Path:
     (``"--data.k", "8"``). Returns the run folder (``metrics.json``, ``config.yaml``; the checkpoints under the
     config's ``checkpoint_dir``). The plots of a run are drawn from its files by
     :func:`riskprobe.report.plots.draw_run`."""
-
     if isinstance(config, dict):
         with tempfile.TemporaryDirectory(prefix="riskprobe-fit-") as d:
             path = Path(d) / "config.yaml"

@@ -82,7 +82,6 @@ def ood_distance(Z: np.ndarray) -> np.ndarray:
 
 
 def logreg(C: float, warm: bool = False):
-
     return LogisticRegression(C=C, max_iter=3000, tol=1e-4, warm_start=warm)
 
 
@@ -91,8 +90,6 @@ def cv_by_source(X: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray
     """Cross-validation grouped by source over ``Cs``: the mean held-out AUROC per C (within each held-out source, to
     read transfer rather than which source is hard: the mean of the per-source AUROCs), and every row's out-of-source
     logit, fold and standardised distance from the fold's training rows (measured on ``X_dist`` when given)."""
-
-
     n_src = len(np.unique(groups))
     if n_src < 2:
         raise UserError("selection by source needs at least two training sources", field="sources")

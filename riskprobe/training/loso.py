@@ -111,7 +111,6 @@ def probe_columns(t: dict[str, torch.Tensor], recipe: TransferRecipe) -> tuple[n
     """``(columns, per-step columns among them)``: which columns of :func:`design` the logistic probe reads when
     ``recipe.probe_families`` names fewer families than ``recipe.families`` (every step's valid-step indicator is
     always read); ``None`` when it reads them all."""
-
     fams = recipe.probe_families
     if not fams or set(fams) >= set(recipe.families):
         return None
@@ -152,7 +151,6 @@ class SourceView:
     def load(cls, paths: Sequence[str], group: str = "set") -> "SourceView":
         """Rows of harvests, each source a prompt set (``group="set"``) or, for given answers, whoever wrote the
         answer (``group="writer"``: :func:`~riskprobe.prompts.answers.writer_of`)."""
-
         h = load_harvests(list(paths))
         if group == "writer":
 
@@ -276,7 +274,6 @@ def loso(paths: Sequence[str], recipe: TransferRecipe, *, sources: Sequence[str]
     only), test on all of its rows beside the best training-free scores. Returns ``{"recipe", "rows": [...],
     "summary"}``; each row has the held-out source's n, n_wrong, the probe's AUROC (``probe``: the probe alone;
     ``auroc``: the shipped risk, blended where the recipe blends), the best training-free scores and the margins."""
-
     view = view or SourceView.load(paths, group)
     held = list(sources) if sources else view.sources(min_per_class)
     unknown = [s for s in held if s not in set(view.source.tolist())]
@@ -362,7 +359,6 @@ def fit_into_blend(rm, dm, *, balance: str = "source", folds: int = 5, raw_dims:
     ``dm``: C by CV grouped by source, the logistic probe on every training row, the blend on the out-of-source rows.
     With ``blend=False`` the head keeps the probe alone (weight 1 everywhere, no confidence). Returns what was chosen
     (C, CV AUROC by C, the blend)."""
-
     if not isinstance(rm.probe, BlendProbe):
         raise TypeError("a blend fit needs a BlendProbe")
     sel = dm.selection

@@ -177,8 +177,6 @@ def quiet_lightning() -> None:
 def fit_probe(dm: HarvestDataModule, module_kwargs: dict[str, Any], *, max_epochs: int = 60, patience: int = 8,
               seed: int = 0, workdir: str | Path | None = None) -> ProbeModule:
     """Train one probe quietly (no loggers) with early stopping on validation AUROC; return the best."""
-
-
     quiet_lightning()  # no per-probe banners in sweeps
     L.seed_everything(seed, verbose=False)
     module = ProbeModule(**module_kwargs)

@@ -105,7 +105,6 @@ class SelectionGrid:
     baselines: bool = True
 
     def validate(self) -> None:
-
         for p in self.probes:
             if p not in PROBES:
                 raise UserError(f"unknown probe '{p}' (known: {', '.join(PROBES)})", field="selection.probes")
@@ -159,7 +158,6 @@ class SelectionGrid:
 
 def monitor_cost(families) -> float:
     """What monitoring a recipe's feature families costs per step (:data:`~riskprobe.signatures.spec.MONITOR_COST`)."""
-
     return float(sum(MONITOR_COST[f] for f in families))
 
 
@@ -205,7 +203,6 @@ def _design(dm, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _cv_trained(dm, recipe: Recipe, folds, tr: np.ndarray, grid: SelectionGrid, module_kwargs: dict[str, Any],
                 seed: int) -> list[float]:
     """Per-fold held-out AUROC of a gradient-trained probe (early stopping on that fold's held-out part)."""
-
     out = []
     for f_tr, f_va in folds:
         d = copy.copy(dm)
@@ -225,7 +222,6 @@ def select_recipe(dm, grid: SelectionGrid, *, module_kwargs: dict[str, Any] | No
                   progress: bool = True) -> SelectionResult:
     """Score every candidate of ``grid`` by grouped cross-validation on ``dm``'s training split and return
     the best (highest mean AUROC over folds) with the whole table. ``dm`` is left on its own selection."""
-
     grid.validate()
     tr = np.asarray(dm.idx["train"])
     ids = [dm.harvests.meta["id"][i] for i in tr]

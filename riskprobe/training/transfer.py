@@ -38,7 +38,6 @@ def _model_view(path: str, sel: FeatureSelection) -> dict[str, Any]:
 
 
 def _fit(X, y, ids, folds: int = 5):
-
     cv = cv_logreg(X, y, group_folds(list(ids), folds), CS)
     return LogisticRegression(C=cv["C"], class_weight="balanced", max_iter=5000).fit(X, y), cv["C"], cv["auroc"]
 
