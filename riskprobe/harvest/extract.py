@@ -36,7 +36,18 @@ from .shards import (
     wait_for,
     wait_until,
 )
-from .store import MANIFEST, dataset_features, harvest_row, hf_features, merge_shards, new_manifest, write_rows
+from .store import (
+    MANIFEST,
+    dataset_features,
+    harvest_row,
+    hf_features,
+    merge_shards,
+    new_manifest,
+    shard_finished,
+    shard_folder,
+    stale_shards,
+    write_rows,
+)
 
 
 def corpus_config(m: dict[str, Any], **over):
@@ -181,7 +192,7 @@ def clear_stale_shards(shard_dir: Path, shards) -> None:
     """Remove a killed run's temporary folders of the harvest shards numbered ``shards`` (never renamed into
     place, so never finished)."""
     for s in shards:
-        for stale in shard_dir.glob(f".shard-{s:05d}.*.tmp"):
+        for stale in stale_shards(shard_dir, s):
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -214,7 +225,7 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
     size = cfg.shard_size
     samples = cfg.answers_per_question
     n_shards = (len(rows) + size - 1) // size
-    missing = {s: [d for d in dirs if not (d / f"shard-{s:05d}" / "state.json").is_file()] for s in range(n_shards)}
+    missing = {s: [d for d in dirs if not shard_finished(d, s)] for s in range(n_shards)}
     features = [dataset_features(hf_features(sp)) for _, sp in targets]
     spec = targets[0][1]
     steps = max(sp.steps for _, sp in targets)
@@ -238,12 +249,12 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
             bar.update(len(idx))
         for d, acc, feats in zip(dirs, done_sigs, features):
             if d in missing[s]:
-                write_harvest_shard(d / f"shard-{s:05d}", items, rendered, done_rows, acc, samples, feats)
+                write_harvest_shard(shard_folder(d, s), items, rendered, done_rows, acc, samples, feats)
         return n_tok
 
     n_tok, elapsed = shard_loop(
         n_shards, rank=rank, world=world, done=lambda s: not missing[s], work=work,
-        stale=lambda s: [p for d in dirs for p in d.glob(f".shard-{s:05d}.*.tmp")],  # a killed run's temporaries
+        stale=lambda s: [p for d in dirs for p in stale_shards(d, s)],
         size=lambda s: len(rows[s * size:(s + 1) * size]), progress=progress,
         label=f"extract {lm.identity.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
         + (f" ({len(targets)} arms)" if len(targets) > 1 else ""))
@@ -253,6 +264,6 @@ def _extract_shards(cfg, lm, targets, items, rendered, lengths, rows, rank: int,
     if merge and rank == 0:
         if world > 1:
             for d in dirs:
-                wait_for(*[d / f"shard-{s:05d}" / "state.json" for s in range(n_shards)])
+                wait_for(*[shard_folder(d, s) / "state.json" for s in range(n_shards)])
         for out, _ in targets:
             merge_shards(out, n_shards)

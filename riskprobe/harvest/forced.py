@@ -29,7 +29,18 @@ from ..signatures.extract import Extractor
 from .extract import corpus_items, open_harvest
 from .generations import read_corpus, read_corpus_manifest
 from .shards import package_versions, shard_loop
-from .store import dataset_features, harvest_row, hf_features, merge_shards, new_manifest, read_manifest, write_rows
+from .store import (
+    dataset_features,
+    harvest_row,
+    hf_features,
+    merge_shards,
+    new_manifest,
+    read_manifest,
+    shard_finished,
+    shard_folder,
+    stale_shards,
+    write_rows,
+)
 
 
 def corpus_answers(corpus: str | Path, *, ids: set[str] | None = None, limit: int | None = None,
@@ -125,7 +136,7 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = (len(answers) + shard_size - 1) // shard_size
-    feats = dataset_features({**hf_features(spec), "provenance": _str(), "source": _str()})
+    feats = dataset_features({**hf_features(spec), "provenance": hd.Value("string"), "source": hd.Value("string")})
     ex = Extractor(lm, spec)
     sample = _sample_index(answers)
 
@@ -151,21 +162,17 @@ def build_given_harvest(lm, answers: Sequence[GivenAnswer], out: str | Path, *, 
             n_tok += sum(min(len(tokens[j]), spec.steps) for j in idx)
             bar.update(len(idx))
         rows.sort(key=lambda r: r["index"])
-        write_rows(shard_dir / f"shard-{s:05d}", rows, feats)
+        write_rows(shard_folder(shard_dir, s), rows, feats)
         return n_tok
 
     n_tok, elapsed = shard_loop(
-        n_shards, done=lambda s: (shard_dir / f"shard-{s:05d}" / "state.json").is_file(), work=work,
-        stale=lambda s: list(shard_dir.glob(f".shard-{s:05d}.*.tmp")),  # a killed run's temporaries
+        n_shards, done=lambda s: shard_finished(shard_dir, s), work=work, stale=lambda s: stale_shards(shard_dir, s),
         size=lambda s: min(shard_size, len(answers) - s * shard_size), label=f"given answers {lm.identity.name}",
         progress=progress)
     atomic_write_json(shard_dir / "timing-rank0.json", {"tokens": n_tok, "seconds": round(elapsed, 3), "phase": "given"})
     merge_shards(out, n_shards)
     return out
 
-
-def _str():
-    return hd.Value("string")
 
 
 def _sample_index(answers: Sequence[GivenAnswer]) -> list[int]:

@@ -39,7 +39,7 @@ from .extract import (
 )
 from .generations import check_corpus_out, corpus_manifest, generate_corpus, read_corpus_manifest
 from .shards import GENERATIONS, abandon, dist_rank, package_versions, render_items
-from .store import MANIFEST, dataset_features, hf_features, read_manifest
+from .store import MANIFEST, dataset_features, hf_features, read_manifest, shard_folder
 
 __all__ = ["harvest", "generate", "dist_rank", "set_threads", "render_items"]
 
@@ -87,7 +87,7 @@ def harvest(cfg: HarvestConfig, *, lm=None, progress: bool = True, merge: bool =
     clear_stale_shards(out / "shards", [s for s in range(cm["n_shards"]) if s % world == rank])
 
     def on_shard(s, rows, sigs):  # the first extraction, captured while generating
-        write_harvest_shard(out / "shards" / f"shard-{s:05d}", items, rendered, rows, sigs, samples, features)
+        write_harvest_shard(shard_folder(out / "shards", s), items, rendered, rows, sigs, samples, features)
 
     try:
         generate_corpus(gen_cfg, lm, items, rendered, lengths, gen_dir, progress=progress, rank=rank, world=world,

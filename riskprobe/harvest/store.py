@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import datasets as hd
 import numpy as np
 import pyarrow as pa
 import torch
@@ -57,6 +56,20 @@ def harvest_row(*, index: int, id: str, set: str, category: str, prompt: str, in
             "answers": list(answers), "answer_kind": answer_kind, "response": response, "correct": not label,
             "label": int(label), "echo_discounted": bool(echo_discounted), "n_tokens": int(n_tokens), "finish": finish,
             "split": split_of(id), "sample": int(sample), **extra}
+
+
+def shard_folder(shards: Path, s: int) -> Path:
+    """Shard ``s`` of a harvest's ``shards`` folder: a `datasets` dataset, renamed into place once complete."""
+    return shards / f"shard-{s:05d}"
+
+
+def shard_finished(shards: Path, s: int) -> bool:
+    return (shard_folder(shards, s) / "state.json").is_file()
+
+
+def stale_shards(shards: Path, s: int) -> list[Path]:
+    """The temporary folders of shard ``s`` that a killed run left (never renamed into place, so never finished)."""
+    return list(shards.glob(f".{shard_folder(shards, s).name}.*.tmp"))
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]], features) -> None:
@@ -117,11 +130,11 @@ def hf_features(spec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (shape, dtype, _) in spec.shapes().items():
         if len(shape) == 1:
-            out[name] = hd.Sequence(hd.Value(dtype), length=shape[0])
+            out[name] = datasets.Sequence(datasets.Value(dtype), length=shape[0])
         elif len(shape) == 2:
-            out[name] = hd.Array2D(shape=shape, dtype=dtype)
+            out[name] = datasets.Array2D(shape=shape, dtype=dtype)
         else:
-            out[name] = hd.Array3D(shape=shape, dtype=dtype)
+            out[name] = datasets.Array3D(shape=shape, dtype=dtype)
     return out
 
 
@@ -130,15 +143,15 @@ def dataset_features(extra=None):
     label, split, ...) and, from ``extra`` (:func:`hf_features` of a feature spec, and columns of one harvest kind such
     as the given-answer harvest's ``provenance`` and ``source``), the signature columns."""
     f = {
-        "index": hd.Value("int64"), "id": hd.Value("string"), "set": hd.Value("string"),
-        "category": hd.Value("string"), "prompt": hd.Value("string"), "input_text": hd.Value("string"),
-        "answers": hd.Sequence(hd.Value("string")), "answer_kind": hd.Value("string"),
-        "response": hd.Value("string"), "correct": hd.Value("bool"), "label": hd.Value("int8"),
-        "echo_discounted": hd.Value("bool"), "n_tokens": hd.Value("int32"), "finish": hd.Value("string"),
-        "split": hd.Value("string"), "sample": hd.Value("int32"),
+        "index": datasets.Value("int64"), "id": datasets.Value("string"), "set": datasets.Value("string"),
+        "category": datasets.Value("string"), "prompt": datasets.Value("string"), "input_text": datasets.Value("string"),
+        "answers": datasets.Sequence(datasets.Value("string")), "answer_kind": datasets.Value("string"),
+        "response": datasets.Value("string"), "correct": datasets.Value("bool"), "label": datasets.Value("int8"),
+        "echo_discounted": datasets.Value("bool"), "n_tokens": datasets.Value("int32"), "finish": datasets.Value("string"),
+        "split": datasets.Value("string"), "sample": datasets.Value("int32"),
     }
     f.update(extra or {})
-    return hd.Features(f)
+    return datasets.Features(f)
 
 
 # -------------------------------------------------------------------------------------------- manifest
