@@ -80,7 +80,6 @@ def cmd_cross_model(args) -> int:
 
 def cmd_transfer(args) -> int:
     from ..fsutil import check_result_path
-    from ..training.grouped import CS
     from ..training.loso import TransferRecipe, format_loso, loso
 
     if args.json:
@@ -90,7 +89,7 @@ def cmd_transfer(args) -> int:
             raise UserError("harvest directory not found", file=h, field="harvest")
     check_positive(args.n_boot, "n-boot", 100000)
     recipe = TransferRecipe(families=comma_list(args.families) or [], k=args.k, raw_pool=args.raw_pool,
-                            layer_bins=args.layer_bins, balance=args.balance, blend=not args.no_blend, Cs=CS,
+                            layer_bins=args.layer_bins, balance=args.balance, blend=not args.no_blend,
                             probe_families=comma_list(args.probe_families))
     res = loso(args.harvest, recipe, sources=comma_list(args.sources), n_boot=args.n_boot,
                progress=not args.no_progress, group=args.group)

@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..probes.inputs import FeatureSelection, inputs_from_signatures
-from ..probes.logistic import BASELINE_CS as _BASELINE_CS
+from ..probes.logistic import BASELINE_CS
 from ..probes.modules import fit_platt, flat_design
 from ..signatures.features import CI, masked_step_mean
 from .metrics import auroc
@@ -54,7 +54,6 @@ def _flat(inputs: dict[str, torch.Tensor]) -> np.ndarray:
     return flat_design(seq * mask.unsqueeze(-1), mask, inputs["static"]).numpy().astype(np.float64)
 
 
-BASELINE_CS = _BASELINE_CS  # the inverse L2 strengths the scikit-learn baselines choose among
 
 
 def sklearn_logreg(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,

@@ -24,8 +24,9 @@ from .modules import LinearProbe, RiskModel, flat_design
 # The inverse L2 strengths riskprobe's logistic regressions choose among, one place for all of them:
 CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # a probe's own CV (cv_logreg)
 SELECTION_CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)  # recipe selection's default grid (training.selection)
-TRANSFER_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # CV grouped by source (training.grouped, training.loso)
+TRANSFER_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # CV grouped by source (training.loso)
 BASELINE_CS = (0.001, 0.01, 0.1, 1.0)  # the scikit-learn baselines (evaluation.baselines)
+CROSS_MODEL_CS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)  # one dynamics probe across models (training.transfer)
 
 
 def _logreg(C: float, **kw):

@@ -393,13 +393,10 @@ def run_cli(args: list[str]) -> Path | None:
                                    # riskprobe's own bars (selection, sweep) have totals. --trainer.enable_progress_bar
                                    # true brings it back.
                                    "enable_progress_bar": False})
-    except (argparse.ArgumentError, KeyError) as e:
-        if cli is None:  # raised while the config and the command line were parsed: the user's to fix
+    except BaseException as e:
+        if cli is None and isinstance(e, (argparse.ArgumentError, KeyError)):
+            # raised while the config and the command line were parsed: the user's to fix
             raise UserError(" ".join(str(e).split())[:500]) from None
-        if getattr(cli, "stage", None) is not None and _is_main_process():
-            cli.stage.discard()
-        raise
-    except BaseException:
         if cli is not None and getattr(cli, "stage", None) is not None and _is_main_process():
             cli.stage.discard()
         raise

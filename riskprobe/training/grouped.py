@@ -19,10 +19,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
 from ..errors import UserError
-from ..probes.logistic import TRANSFER_CS
 from ..signatures.features import CI, masked_step_mean
-
-CS = TRANSFER_CS
 
 
 def confidence_scores(t: dict[str, torch.Tensor], k: int) -> np.ndarray:

@@ -29,10 +29,11 @@ from ..evaluation.metrics import auroc
 from ..evaluation.versus import at_k, cells, versus_training_free
 from ..harvest.store import load_harvests
 from ..probes.inputs import STEP_FAMILIES, FeatureSelection, inputs_from_signatures
+from ..probes.logistic import TRANSFER_CS
 from ..probes.modules import BlendProbe
 from ..progress import bar as progress_bar
 from ..prompts.answers import writer_of
-from .grouped import CS, Blend, Scaler, confidence_scores, cv_by_source, fit_blend, logreg, ood_distance, sample_weights
+from .grouped import Blend, Scaler, confidence_scores, cv_by_source, fit_blend, logreg, ood_distance, sample_weights
 
 MIN_PER_CLASS = 20  # a source is held out (reported) when it has at least this many right and wrong answers
 
@@ -71,7 +72,7 @@ class TransferRecipe:
     blend: bool = True
     raw_dims: int | None = 256
     probe_families: list[str] | None = None
-    Cs: Sequence[float] = CS
+    Cs: Sequence[float] = TRANSFER_CS
     name: str = ""
 
     def selection(self) -> FeatureSelection:

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..evaluation.baselines import BASELINE_CS
 from ..evaluation.metrics import auroc
 from ..probes.inputs import ALL_FAMILIES, RAW_POOLS, STEP_FAMILIES, FeatureSelection
-from ..probes.logistic import SELECTION_CS, cv_logreg, group_folds, stack_score, standardised_design
+from ..probes.logistic import BASELINE_CS, SELECTION_CS, cv_logreg, group_folds, stack_score, standardised_design
 from ..probes.modules import PROBES
 from ..progress import bar as progress_bar
 from ..signatures.spec import MONITOR_COST

@@ -21,11 +21,9 @@ from ..evaluation import metrics as M
 from ..evaluation.baselines import training_free_scores
 from ..harvest.store import load_harvests
 from ..probes.inputs import FeatureSelection, Standardizer
-from ..probes.logistic import cv_logreg, group_folds, standardised_design
+from ..probes.logistic import CROSS_MODEL_CS, cv_logreg, group_folds, standardised_design
 from .data import build_inputs, split_indices
 from .selection import DYNAMICS
-
-CS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
 
 
 def _model_view(path: str, sel: FeatureSelection) -> dict[str, Any]:
@@ -38,7 +36,7 @@ def _model_view(path: str, sel: FeatureSelection) -> dict[str, Any]:
 
 
 def _fit(X, y, ids, folds: int = 5):
-    cv = cv_logreg(X, y, group_folds(list(ids), folds), CS)
+    cv = cv_logreg(X, y, group_folds(list(ids), folds), CROSS_MODEL_CS)
     return LogisticRegression(C=cv["C"], class_weight="balanced", max_iter=5000).fit(X, y), cv["C"], cv["auroc"]
 
 
