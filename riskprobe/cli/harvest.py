@@ -166,8 +166,8 @@ def cmd_merge(args) -> int:
     return 0
 
 
-def register(sub) -> dict:
-    """Add this group's subcommands to ``sub``; returns their handlers by name."""
+def register(sub) -> None:
+    """Add this group's subcommands (:data:`COMMANDS`) to ``sub``."""
     add_harvest_parser(sub)
     add_harvest_parser(sub, "generate")
     x = sub.add_parser("extract", help="signatures for a corpus's answers by teacher forcing (no generation)",
@@ -226,5 +226,7 @@ def register(sub) -> dict:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     m = sub.add_parser("merge", help="merge a harvest's finished shards (after a multi-process run)")
     m.add_argument("--out", required=True)
-    return {"harvest": cmd_harvest, "generate": cmd_generate, "extract": cmd_extract, "given-harvest": cmd_given_harvest,
+
+
+COMMANDS = {"harvest": cmd_harvest, "generate": cmd_generate, "extract": cmd_extract, "given-harvest": cmd_given_harvest,
             "merge": cmd_merge}

@@ -16,7 +16,7 @@ from ..errors import UserError
 from . import harvest, scoring, study
 from .common import Parser, one_line
 
-COMMANDS: dict = {}
+COMMANDS = {**harvest.COMMANDS, **study.COMMANDS, **scoring.COMMANDS}  # subcommand -> handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"riskprobe {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    COMMANDS.update(harvest.register(sub))
-    COMMANDS.update(study.register_jobs(sub))
-    COMMANDS.update(scoring.register(sub))
-    COMMANDS.update(study.register(sub))
+    harvest.register(sub)
+    study.register_jobs(sub)
+    scoring.register(sub)
+    study.register(sub)
     return p
 
 

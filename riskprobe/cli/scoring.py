@@ -126,8 +126,8 @@ def cmd_eval_given(args) -> int:
     return 0
 
 
-def register(sub) -> dict:
-    """Add this group's subcommands to ``sub``; returns their handlers by name."""
+def register(sub) -> None:
+    """Add this group's subcommands (:data:`COMMANDS`) to ``sub``."""
     e = sub.add_parser("export", help="export a trained probe checkpoint as a self-contained artifact")
     e.add_argument("--ckpt", required=True, help="checkpoint of a fit run (checkpoints/<run>/final.ckpt)")
     e.add_argument("--out", required=True, help="artifact directory to write (new, or an earlier artifact: replaced)")
@@ -163,4 +163,6 @@ def register(sub) -> dict:
     eg.add_argument("--limit", type=int, default=200, help="questions to use")
     eg.add_argument("--json", help="write the result here")
     eg.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return {"export": cmd_export, "score": cmd_score, "serve": cmd_serve, "eval-given": cmd_eval_given}
+
+
+COMMANDS = {"export": cmd_export, "score": cmd_score, "serve": cmd_serve, "eval-given": cmd_eval_given}

@@ -160,8 +160,8 @@ def cmd_sets(args) -> int:
     return 0
 
 
-def register_jobs(sub) -> dict:
-    """Add ``demo`` (and the LightningCLI commands' entries in the help) to ``sub``; returns the demo's handler."""
+def register_jobs(sub) -> None:
+    """Add ``demo`` (and the LightningCLI commands' entries in the help) to ``sub``."""
     d = sub.add_parser("demo", help="the whole job on the bundled default (smollm2-135m): harvest, fit the shipped "
                        "recipe, export, score, report, and the early risk against the model's own confidence")
     d.add_argument("--out", default="runs/demo")
@@ -174,11 +174,10 @@ def register_jobs(sub) -> dict:
                        ("validate", "run validation of a trained probe (LightningCLI)"),
                        ("test", "evaluate a trained probe on the test split (LightningCLI)")):
         sub.add_parser(name, help=text, add_help=False)
-    return {"demo": cmd_demo}
 
 
-def register(sub) -> dict:
-    """Add this group's studies and listings to ``sub``; returns their handlers by name."""
+def register(sub) -> None:
+    """Add this group's studies and listings to ``sub``."""
     rp = sub.add_parser("report", help="plots and a Markdown report from fit runs and harvests")
     rp.add_argument("--run", nargs="+", required=True, help="fit run directories (metrics.json) and/or harvests")
     rp.add_argument("--out", default="runs/report")
@@ -245,5 +244,7 @@ def register(sub) -> dict:
     ad.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("models", help="list bundled models and whether they are installed")
     sub.add_parser("sets", help="list prompt sets")
-    return {"report": cmd_report, "compare": cmd_compare, "cross-model": cmd_cross_model,
+
+
+COMMANDS = {"demo": cmd_demo, "report": cmd_report, "compare": cmd_compare, "cross-model": cmd_cross_model,
             "transfer": cmd_transfer, "adapt": cmd_adapt, "models": cmd_models, "sets": cmd_sets}

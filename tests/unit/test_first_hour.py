@@ -277,3 +277,14 @@ def test_serving_beyond_loopback_warns(monkeypatch, capsys):
     assert "no authentication" in capsys.readouterr().err and got["timeout_keep_alive"] == 5
     http.serve(None, None, host="127.0.0.1", port=1)
     assert capsys.readouterr().err == ""
+
+
+def test_every_subcommand_has_its_handler():
+    """The parser's subcommands and the handlers the CLI dispatches to are the same set (LightningCLI's three
+    go to training)."""
+    import re
+
+    from riskprobe.cli import COMMANDS, LIGHTNING_COMMANDS, build_parser
+
+    choices = re.search(r"\{([^}]*)\}", build_parser().format_usage()).group(1).split(",")
+    assert set(choices) == set(COMMANDS) | set(LIGHTNING_COMMANDS) and len(choices) == 20
