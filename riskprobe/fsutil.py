@@ -200,7 +200,7 @@ def hash_order(items, key, seed=None) -> list:
     >>> hash_order(["q1", "q2", "q3"], str, seed=0) != hash_order(["q1", "q2", "q3"], str, seed=1)
     True
     """
-    tag = (lambda x: key(x)) if seed is None else (lambda x: f"{seed}:{key(x)}")
+    tag = key if seed is None else (lambda x: f"{seed}:{key(x)}")
     return sorted(items, key=lambda x: hashlib.sha256(tag(x).encode("utf-8")).hexdigest())
 
 
