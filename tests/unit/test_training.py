@@ -233,3 +233,43 @@ def test_metrics_files_are_typed_and_a_broken_one_is_named(tmp_path):
         p.write_text(json.dumps(broken))
         with pytest.raises(UserError, match=f"metrics.json: field '{field}'"):
             FitMetrics.read(p)
+
+
+def test_callbacks_and_loggers_are_declared_in_the_config(tmp_path, monkeypatch):
+    """The checkpoint, early stopping and the loggers come from the YAML defaults, and a fit config (or the command
+    line) changes them like any other key; the config reaches the loggers and config.yaml names no staging folder."""
+    from riskprobe.fsutil import load_yaml
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    h = make_harvest(tmp_path / "h", n=200)
+    base = ("--sweep_ks", "null", "--selection", "null", "--model.probe", "linear", "--trainer.max_epochs", "3",
+            "--data.families", "[commitment]", "--wandb", "disabled")
+    assert main(fit_args(tmp_path, h, *base, "--checkpoint.filename", "top")) == 0
+    run = tmp_path / "run"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["checkpoint"] == str(tmp_path / "ck" / "top.ckpt")
+    cfg = load_yaml(run / "config.yaml")
+    assert cfg["checkpoint"]["monitor"] == cfg["early_stopping"]["monitor"] == "val_auroc"
+    assert cfg["checkpoint"]["dirpath"] is None and ".partial" not in (run / "config.yaml").read_text()
+    assert [lg["init_args"]["save_dir"] for lg in cfg["trainer"]["logger"]] == [None, None]
+    logged = load_yaml(run / "csv" / "version_0" / "hparams.yaml")["config"]
+    assert "val_auroc" in logged and "top" in logged
+    assert not (run / "wandb").exists()  # disabled: the wandb logger is dropped, not started
+
+    assert main(fit_args(tmp_path, h, *base, "--trainer.logger", "false")) == 0
+    assert not (run / "csv").exists() and (run / "metrics.json").is_file()
+
+
+def test_evaluate_run_scores_a_run_again_without_changing_it(tmp_path, monkeypatch):
+    from riskprobe.training import evaluate_run
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    h = make_harvest(tmp_path / "h", n=200, signal=2.0)
+    assert main(fit_args(tmp_path, h, "--sweep_ks", "null", "--selection", "null", "--model.probe", "logreg",
+                         "--data.families", "[commitment]")) == 0
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    tm = evaluate_run(tmp_path / "run")
+    assert tm["probe"]["auroc"] == json.loads(before)["probe"]["auroc"] > 0.7
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
