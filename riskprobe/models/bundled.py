@@ -40,6 +40,18 @@ class BundledModel:
     def distributions(self) -> list[str]:
         return list(dict.fromkeys(d for d, _ in self.parts))
 
+    def install_state(self) -> str:
+        """``installed``, ``partly installed`` or ``not installed``: whether its wheels are (their files are not
+        read; loading checks them)."""
+        have = []
+        for d in self.distributions:
+            try:
+                md.distribution(d)
+                have.append(True)
+            except md.PackageNotFoundError:
+                have.append(False)
+        return "installed" if all(have) else "partly installed" if any(have) else "not installed"
+
 
 BUNDLED: dict[str, BundledModel] = {
     m.name: m

