@@ -21,7 +21,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,8 @@ from ..evaluation.results import FitMetrics
 from ..fsutil import atomic_dir, move_aside, owned_dir, read_text, sha256_files
 from ..resources import shipped_probe
 from ..signatures.spec import normalise_schema
-from .modules import PROBES, RiskModel, build_probe
+from .modules import RiskModel, build_probe
+from .schema import TRANSFER_KEYS, ProbeMeta
 
 ARTIFACT_VERSION = 3  # 3: the key is "version" (1 and 2 wrote "artifact_version"; 1 had no json_sha256)
 
@@ -112,9 +112,6 @@ def prepare_out(out: str | Path, *, force: bool = False) -> Path | None:
         raise UserError(f"exists and is {what}, not a probe artifact; choose another --out, or pass --force to "
                         "keep it under a new name (PATH.bak-N) and write the artifact here", file=out, field="out")
     return move_aside(out)
-
-
-TRANSFER_KEYS = ("source", "n", "n_wrong", "auroc", "best_training_free", "margin")
 
 
 def transfer_table(res: dict[str, Any], meta: dict[str, Any], file) -> dict[str, Any]:
@@ -252,60 +249,10 @@ def _need(cond: bool, msg: str, file: Path, field: str) -> None:
         raise UserError(msg, file=file, field=field)
 
 
-def validate_meta(meta: Any, file: Path) -> None:
-    """Check the fields a probe's metadata must have, with their types and ranges (a UserError naming the
-    field otherwise)."""
-    _need(isinstance(meta, dict), "expected a JSON object", file, "probe.json")
-
-    def get(path: str, typ, *, where=meta):
-        cur = where
-        for part in path.split("."):
-            _need(isinstance(cur, dict) and part in cur, "missing", file, path)
-            cur = cur[part]
-        ok = isinstance(cur, typ) and not (isinstance(cur, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)))
-        _need(ok, f"expected {getattr(typ, '__name__', typ)}, got {type(cur).__name__}", file, path)
-        return cur
-
-    ident = get("model_identity", dict)
-    for k, t in (("name", str), ("fingerprint", str), ("architecture", str), ("n_layers", int), ("hidden_size", int)):
-        get(f"model_identity.{k}", t)
-    _need(ident["n_layers"] > 0 and ident["hidden_size"] > 0, "must be positive", file, "model_identity.n_layers")
-    dims = get("feature_spec.dims", dict)
-    for k in ("n_steps", "n_feat", "n_static"):
-        v = get(f"feature_spec.dims.{k}", int)
-        _need(0 <= v <= 10_000_000 and (k != "n_steps" or v >= 1), "out of range", file, f"feature_spec.dims.{k}")
-    k = get("feature_spec.selection.k", int)
-    fams = get("feature_spec.selection.families", list)
-    _need(all(isinstance(f, str) for f in fams), "expected a list of names", file, "feature_spec.selection.families")
-    _need(dims["n_steps"] == k + 1, f"n_steps {dims['n_steps']} does not match k = {k}", file, "feature_spec.dims.n_steps")
-    get("feature_spec.feature_schema", dict)
-    kind = get("probe.kind", str)
-    _need(kind in PROBES, f"unknown probe kind {kind[:40]!r} (known: {', '.join(PROBES)})", file, "probe.kind")
-    hp = get("probe.hparams", dict)
-    _need(isinstance(hp.get("hidden", 64), int) and 1 <= hp.get("hidden", 64) <= 65536, "must be a positive integer",
-          file, "probe.hparams.hidden")
-    for c in ("a", "b"):
-        v = get(f"calibration.{c}", (int, float))
-        _need(math.isfinite(v), "must be a finite number", file, f"calibration.{c}")
-    if "threshold" in meta:
-        t = get("threshold", (int, float))
-        _need(0.0 <= t <= 1.0, f"must be a risk in [0, 1], got {t!r}", file, "threshold")
-    if "ood" in meta:
-        t = get("ood.threshold", (int, float))
-        _need(math.isfinite(t) and t > 0, f"must be a positive distance, got {t!r}", file, "ood.threshold")
-    if "answer_provenance" in meta:
-        prov = get("answer_provenance", list)
-        _need(all(p in ("own", "other", "reference") for p in prov), "expected own, other or reference", file,
-              "answer_provenance")
-    if "given_probe" in meta:
-        get("given_probe", str)
-    if "transfer" in meta:
-        rows = get("transfer.rows", list)
-        for i, row in enumerate(rows):
-            _need(isinstance(row, dict) and all(k in row for k in TRANSFER_KEYS), f"row {i} lacks one of "
-                  f"{', '.join(TRANSFER_KEYS)}", file, "transfer.rows")
-            _need(isinstance(row["source"], str) and isinstance(row["n"], int) and isinstance(row["n_wrong"], int),
-                  f"row {i}: source, n and n_wrong must be a name and counts", file, "transfer.rows")
+def validate_meta(meta: Any, file: Path) -> ProbeMeta:
+    """Check a probe's metadata against the ``probe.json`` schema (:class:`~riskprobe.probes.schema.ProbeMeta`):
+    the fields it must have, their types and ranges; a UserError naming the field otherwise."""
+    return ProbeMeta.from_dict(meta, file=file)
 
 
 def read_artifact(path: str | Path, *, allow_old: bool = False) -> tuple[RiskModel, dict[str, Any]]:

@@ -264,7 +264,7 @@ CASES = [
      "field 'json_sha256'"),
     ("probe keys missing (v1, loaded as old)", lambda c: c.score("--allow-old-artifact", probe=c.probe_copy(
         lambda m: (m.pop("version"), m.update(artifact_version=1), m.pop("json_sha256"), m.pop("feature_spec")))),
-     "field 'feature_spec.dims': missing"),
+     "field 'feature_spec': missing"),
     # the tamper check is not turned off by dressing a probe as an old version
     ("probe renamed to v1, digest dropped", lambda c: c.score(probe=c.probe_copy(
         lambda m: (m.pop("version"), m.update(artifact_version=1, threshold=0.01), m.pop("json_sha256")))),

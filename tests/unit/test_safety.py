@@ -447,3 +447,35 @@ def test_files_from_a_newer_riskprobe_are_refused_and_older_names_read(tmp_path)
     (h / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(UserError, match="feature schema version 5"):
         read_manifest(h)
+
+
+def test_probe_json_schema_round_trips_and_names_the_bad_field():
+    """probe.json is read through a typed schema: the shipped one comes back unchanged (its digest still holds), and
+    a mistyped, missing or out-of-range field is refused with its dotted path."""
+    import copy
+
+    from riskprobe.probes.schema import ProbeMeta
+    from riskprobe.resources import shipped_probe
+
+    meta = json.loads((shipped_probe("default") / "probe.json").read_text())
+    typed = ProbeMeta.from_dict(meta)
+    assert typed.to_dict() == meta
+    assert typed.feature_spec.dims.n_steps == typed.feature_spec.selection.k + 1 == 5
+    assert typed.model_identity.name == "smollm2-135m" and typed.transfer is not None and len(typed.transfer.rows) == 15
+    for path, value, want in [("feature_spec.dims.n_feat", "12", "expected int, got str"),
+                              ("feature_spec.dims.n_static", True, "expected int, got bool"),
+                              ("calibration.a", None, "missing"),
+                              ("feature_spec.dims.n_steps", 3, "does not match k = 4"),
+                              ("threshold", 1.5, "must be a risk in [0, 1]"),
+                              ("probe.kind", "forest", "unknown probe kind"),
+                              ("model_identity", [], "expected an object")]:
+        bad = copy.deepcopy(meta)
+        *parents, last = path.split(".")
+        cur = bad
+        for p in parents:
+            cur = cur[p]
+        cur[last] = value
+        with pytest.raises(UserError) as e:
+            ProbeMeta.from_dict(bad, file="probe.json")
+        assert want in str(e.value), str(e.value)
+        assert f"field '{path}'" in str(e.value)
