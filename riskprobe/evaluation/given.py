@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -27,12 +26,10 @@ import torch
 from ..errors import UserError
 from ..harvest.store import load_harvests
 from ..models import render
-from ..models.generation import forced_ids
 from ..models.loader import LoadedModel, same_model
 from ..progress import bar as progress_bar
 from ..prompts.answers import GivenAnswer, given_rows
 from ..prompts.sets import split_of
-from ..signatures.extract import Extractor
 from . import metrics as M
 from .baselines import training_free_scores
 
@@ -131,20 +128,16 @@ def format_groups(res: Mapping[str, Mapping[str, Any]]) -> str:
 
 # ------------------------------------------------------------------ a probe on given answers (eval-given)
 def _signatures(head: Scorer, lm: LoadedModel, rows: Sequence[GivenAnswer], batch_size: int, progress: bool):
-    """Teacher-forced signatures of the rows (the head's features, plus the output confidence that the
-    training-free scores read), as in :meth:`Scorer.score`."""
-    spec = head.feature_spec()
-    if "commitment" not in spec.families:
-        spec = replace(spec, families=["commitment", *spec.families])
-    ex = Extractor(lm, spec)
+    """Teacher-forced signatures of the rows, as :meth:`Scorer.score` takes them (plus the output confidence that the
+    training-free scores read), in batches of similar length, back in the rows' order."""
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i].question) + 4 * len(rows[i].answer), i))
     parts: dict[str, list] = {}
     bar = progress_bar(len(rows), "given answers", "answer", enabled=progress)
     n_tok = [0] * len(rows)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
-        ids = forced_ids(lm, [rows[i].answer for i in idx])
-        sig = ex.extract([render(lm.tokenizer, rows[i].question, rows[i].answer_kind) for i in idx], ids)
+        sig, ids = head.forced_signatures(lm, [render(lm.tokenizer, rows[i].question, rows[i].answer_kind) for i in idx],
+                                          [rows[i].answer for i in idx], confidence=True)
         for k, v in sig.items():
             parts.setdefault(k, []).append(v)
         for i, t in zip(idx, ids):

@@ -204,6 +204,17 @@ class Scorer:
         return d, (d > thr) if thr is not None else None
 
     # ------------------------------------------------------------------ with a model
+    def forced_signatures(self, lm: LoadedModel, rendered: Sequence[Any], responses: Sequence[str], *,
+                          confidence: bool = False) -> tuple[dict[str, Any], list[list[int]]]:
+        """Signatures of given answers in one teacher-forced pass (each answer followed by EOS): the features this
+        probe reads, and the output confidence too where ``confidence`` (what the training-free scores read).
+        Returns the signatures and the forced token ids."""
+        spec = self.feature_spec()
+        if confidence and "commitment" not in spec.families:
+            spec = replace(spec, families=["commitment", *spec.families])
+        ids = forced_ids(lm, list(responses))
+        return Extractor(lm, spec).extract(list(rendered), ids), ids
+
     def score(self, lm: LoadedModel, prompts: Sequence[str], responses: Sequence[str | None] | None = None,
               *, answer_kinds: Sequence[str] | None = None, max_new_tokens: int = 33, prompt_style: str = "auto",
               allow_model_mismatch: bool = False) -> list[dict[str, Any]]:
@@ -232,12 +243,11 @@ class Scorer:
             if head is not self:
                 head.check_model(lm, allow_model_mismatch=allow_model_mismatch)
             rps = [render(lm.tokenizer, prompts[i], kinds[i], prompt_style) for i in rows]
-            if forced_mode:  # a given answer: one teacher-forced pass, the answer followed by EOS
-                token_ids = forced_ids(lm, [responses[i] for i in rows])
-                if any(len(t) == 1 for t in token_ids):
-                    raise UserError("a given response is empty", field="response")
-                sig = Extractor(lm, head.feature_spec()).extract(rps, token_ids)
+            if forced_mode:
                 texts = [responses[i] for i in rows]
+                if any(len(t) == 1 for t in forced_ids(lm, texts)):
+                    raise UserError("a given response is empty", field="response")
+                sig, token_ids = head.forced_signatures(lm, rps, texts)
             else:
                 cap = Capture(lm, spec)
                 with cap:
