@@ -96,9 +96,6 @@ def cmd_given_harvest(args) -> int:
     from ..harvest.forced import build_given_harvest, standard_answers
     from ..prompts.answers import describe
 
-    for f in ("halueval", "per_question", "gold", "other_rows", "own", "efficientqa"):
-        if getattr(args, f) < 0:
-            raise UserError(f"must be 0 or more, got {getattr(args, f)}", field=f.replace("_", "-"))
     check_positive(args.batch_size, "batch-size", 4096)
     extra = []
     if args.input:

@@ -73,6 +73,10 @@ def standard_answers(*, corpus: str | Path | None = None, others: Sequence[str |
     real QA systems to that many EfficientQA test questions (:func:`efficientqa_answers`). Every row keeps its
     question's split.
     """
+    for name, v in (("halueval", halueval), ("per_question", per_question), ("gold", gold),
+                    ("other_rows", other_rows), ("own", own), ("efficientqa", efficientqa)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise UserError(f"must be 0 or more, got {v!r}", field=name.replace("_", "-"))
     rows: list[GivenAnswer] = []
     if halueval:
         rows += from_items(pick(load_items("halueval_qa"), halueval))

@@ -193,3 +193,12 @@ def test_efficientqa_rated_system_answers_become_given_answers(tmp_path, monkeyp
     assert r.id == question_id("nq_open", "who played grand moff tarkin in rogue one") and r.set == "nq_open"
     assert r.question == "Who played grand moff tarkin in rogue one?" and r.provenance == "other"
     assert writer_of(r.source, r.provenance) == "efficientqa" and writer_of("corpus:smollm2-135m", "own") == "own"
+
+
+@pytest.mark.parametrize("field", ["halueval", "per_question", "gold", "other_rows", "own", "efficientqa"])
+def test_given_answer_counts_are_checked_by_the_stage(field):
+    """The Python API refuses a negative count as the command does (the check is the stage's, not the CLI's)."""
+    from riskprobe.harvest.forced import standard_answers
+
+    with pytest.raises(UserError, match=f"field '{field.replace('_', '-')}': must be 0 or more, got -1"):
+        standard_answers(**{field: -1})
