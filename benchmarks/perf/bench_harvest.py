@@ -8,6 +8,7 @@ memory of a plain-generation process and of harvest processes over N1 and N2 pro
     python benchmarks/perf/bench_harvest.py --memory --mem-prompts 200 2000
     python benchmarks/perf/bench_harvest.py --settings --n 128 --batch-size 64 --rounds 2
     python benchmarks/perf/bench_harvest.py --device cuda --dtype bfloat16 --n 1024 --batch-sizes 16 64 256 1024
+    python benchmarks/perf/bench_harvest.py --decode --model qwen2.5-1.5b --n 128 --batch-sizes 32 64 --rounds 2
 """
 
 from __future__ import annotations
@@ -197,6 +198,57 @@ def settings(args):
     return rate
 
 
+def decode_table(args):
+    """Per batch size: Hugging Face ``generate`` as it is (every row decoded until the batch ends) against riskprobe's
+    decode loops (shared prompt prefix once; ended rows leave the batch and the cache every few tokens,
+    ``stretch``, or at the step they end, ``step``) and a harvest (signature capture) on each loop; the same
+    prompts bucketed as the harvest does, interleaved rounds; tokens/s and ratios."""
+    import torch
+
+    import riskprobe.models.generation as G
+    from riskprobe.models import load_model
+    from riskprobe.prompts.sets import load_items
+    from riskprobe.signatures import FeatureSpec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    items = load_items(args.prompts, limit=args.n)
+    spec = FeatureSpec().resolve(lm)
+    arms = {"hf generate": (None, False, None)}
+    for mode in args.decode_modes:
+        arms[f"loop {mode}"] = (None, True, mode)
+        arms[f"harvest {mode}"] = (spec, True, mode)
+
+    def run(arm, prompts, bs, max_new):
+        sp, new, mode = arms[arm]
+        G.DECODE = mode or G.DECODE
+        return _gen_rate(lm, prompts, sp, bs, max_new, share=new, bucket=True)
+
+    print(f"model {lm.identity.name} on {_device_name(lm)} ({next(lm.model.parameters()).dtype}), {len(items)} "
+          f"prompts of {args.prompts} x {args.rounds} rounds, max_new_tokens {args.max_new_tokens}, threads "
+          f"{torch.get_num_threads()}; tokens/s")
+    print(f"{'batch':>6}" + "".join(f"{a:>17}" for a in arms))
+    rows = []
+    for bs in args.batch_sizes:
+        for a in arms:  # warm-up at this size
+            run(a, items[:bs], bs, 4)
+        acc = {a: [0, 0.0] for a in arms}
+        for r in range(args.rounds):
+            for a in (list(arms) if r % 2 == 0 else list(arms)[::-1]):  # drift hits every arm alike
+                n, sec = run(a, items, bs, args.max_new_tokens)
+                acc[a][0] += n
+                acc[a][1] += sec
+        rate = {a: n / sec for a, (n, sec) in acc.items()}
+        rows.append((bs, rate))
+        print(f"{bs:>6}" + "".join(f"{rate[a]:>17.1f}" for a in arms), flush=True)
+        for mode in args.decode_modes:
+            print(f"{'':>6}{mode}: loop / hf generate {rate[f'loop {mode}'] / rate['hf generate']:.2f}x, harvest / "
+                  f"loop {rate[f'harvest {mode}'] / rate[f'loop {mode}']:.3f}, harvest / hf generate "
+                  f"{rate[f'harvest {mode}'] / rate['hf generate']:.2f}x", flush=True)
+    return rows
+
+
 def _peak_rss_of(cmd: list[str]) -> tuple[float, float, float]:
     """Run a child; its peak RSS (MB), its peak anonymous RSS (MB; nan where /proc is missing) and seconds."""
     t0 = time.perf_counter()
@@ -285,6 +337,9 @@ def main():
     ap.add_argument("--settings", action="store_true",
                     help="old settings (--old-batch, file order, whole prompts) vs new (--batch-size, bucketed, "
                          "shared prefix), side by side")
+    ap.add_argument("--decode", action="store_true",
+                    help="HF generate vs riskprobe's decode loops and a harvest on each, at each of --batch-sizes")
+    ap.add_argument("--decode-modes", nargs="+", default=["stretch", "step"], choices=["stretch", "step"])
     ap.add_argument("--old-batch", type=int, default=16)
     ap.add_argument("--warmup-rounds", type=int, default=0,
                     help="--settings: untimed full rounds of every arm first (on a GPU the first round is slow)")
@@ -306,6 +361,8 @@ def main():
         memory(args)
     elif args.settings:
         settings(args)
+    elif args.decode:
+        decode_table(args)
     elif args.batch_sizes:
         batch_table(args)
     else:

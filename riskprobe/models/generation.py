@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList, StopStringCriteria
+from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria
 
 from .loader import LoadedModel
 from .prompting import RenderedPrompt
@@ -80,6 +80,9 @@ MIN_SHARED_PREFIX = 4
 _PREFIX_CACHE_SIZE = 8
 #: every this many new tokens, the rows that ended leave the batch (see :func:`generate`)
 COMPACT_EVERY = 4
+#: how ended rows leave: ``stretch`` (``model.generate`` in stretches of COMPACT_EVERY tokens) or ``step`` (a loop
+#: that calls the model one token at a time and drops a row at the step it ends)
+DECODE = "stretch"
 
 
 def _forward_params(model) -> set[str]:
@@ -317,7 +320,8 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
     if compact is None:
         compact = compacts_by_default(lm.device)
     if compact and not forced and not stopping_criteria and (not do_sample or sampler is not None):
-        return _generate_compacting(lm, enc, kwargs, criteria, stops, max_new_tokens, sampler)
+        loop = _generate_stepwise if DECODE == "step" else _generate_compacting
+        return loop(lm, enc, kwargs, criteria, stops, max_new_tokens, sampler)
     seqs = lm.model.generate(**enc, **kwargs, stopping_criteria=criteria)
     return finish_rows(lm, seqs[:, enc["input_ids"].shape[1]:], stops)
 
@@ -386,6 +390,73 @@ def _generate_compacting(lm: LoadedModel, enc: dict, kwargs: dict, criteria, sto
             cache.batch_select_indices(idx)
             seqs, att = seqs[idx], att[idx]
             alive = [alive[j] for j in keep]
+
+
+def _generate_stepwise(lm: LoadedModel, enc: dict, kwargs: dict, criteria, stops: tuple[str, ...],
+                       max_new_tokens: int, sampler: RowSampler | None) -> list[Generation]:
+    """:func:`generate`'s loop one token at a time, the model called directly: a row leaves the batch and the cache
+    at the step it ends, and no call re-enters ``model.generate``. The inputs of each call are those
+    ``model.generate`` builds (positions from the attention mask, the cache position, the last position's logits
+    only, in float32), so greedy and row-seeded answers are the same (a test checks it)."""
+    model, ids, att = lm.model, enc["input_ids"], enc["attention_mask"]
+    params = _forward_params(model)
+    key = next((k for k in ("cache", "past_key_values") if k in enc), None)
+    cache = enc.get(key) if key else None
+    key = key or ("cache" if "cache" in params else "past_key_values")
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    past, P = cache.get_seq_length(), ids.shape[1]
+    processors = kwargs.get("logits_processor") or []
+    ends = torch.tensor(sorted(eos_ids(lm)), device=ids.device)
+    alive = list(range(ids.shape[0]))
+    done: list[Generation | None] = [None] * len(alive)
+    seqs, step_ids = ids, ids[:, past:]
+    for made in range(1, max_new_tokens + 1):
+        pos = (att.long().cumsum(-1) - 1).masked_fill(att == 0, 1)[:, -step_ids.shape[1]:]
+        inputs = {"input_ids": step_ids, "attention_mask": att, key: cache, "use_cache": True}
+        if "position_ids" in params:
+            inputs["position_ids"] = pos
+        if "cache_position" in params:
+            inputs["cache_position"] = torch.arange(seqs.shape[1] - step_ids.shape[1], seqs.shape[1],
+                                                    device=ids.device)
+        if "logits_to_keep" in params:
+            inputs["logits_to_keep"] = 1
+        out = model(**inputs)
+        scores = out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+        for proc in processors:
+            scores = proc(seqs, scores)
+        nxt = scores.argmax(-1)
+        seqs = torch.cat([seqs, nxt[:, None]], 1)
+        att = torch.cat([att, att.new_ones((att.shape[0], 1))], 1)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        if made == max_new_tokens:
+            break
+        hit = torch.isin(nxt, ends)
+        if criteria:
+            hit |= criteria(seqs, scores)
+        if not bool(hit.any()):
+            step_ids = nxt[:, None]
+            continue
+        maybe = torch.nonzero(hit).flatten().tolist()
+        ended = {j: g for j, g in zip(maybe, finish_rows(lm, seqs[maybe, P:], stops)) if g.finish != "length"}
+        for j, g in ended.items():
+            done[alive[j]] = g
+        keep = [j for j in range(len(alive)) if j not in ended]
+        if not keep:
+            return done
+        if len(keep) < len(alive):
+            idx = torch.tensor(keep, device=seqs.device)
+            for w in lm.watchers:
+                w.select_rows(idx, seqs[:, -1])
+            if sampler is not None:
+                sampler.select_rows(keep)
+            cache.batch_select_indices(idx)
+            seqs, att, nxt = seqs[idx], att[idx], nxt[idx]
+            alive = [alive[j] for j in keep]
+        step_ids = nxt[:, None]
+    for j, g in enumerate(finish_rows(lm, seqs[:, P:], stops)):
+        done[alive[j]] = g
+    return done
 
 
 class _LeadingSafeStop:
