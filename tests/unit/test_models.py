@@ -129,6 +129,15 @@ def test_ended_rows_leave_the_batch_same_answers(tiny_lm, monkeypatch, decode):
         if decode == "stretch":
             assert calls[1] == 4 and min(calls) < 4  # rows left
         assert "eos" in {g.finish for g in a}
+    if decode == "step":  # a row leaves at the step it ends: the model runs exactly the row-steps answers need
+        rows = []
+        hook = tiny_lm.model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]),
+                                                       with_kwargs=True)
+        try:
+            gens = generate(tiny_lm, rps, max_new_tokens=10)
+        finally:
+            hook.remove()
+        assert sum(rows) == sum(len(g.token_ids) for g in gens) and min(rows) < 4
 
 
 @pytest.mark.parametrize("decode", ["stretch", "step"])
