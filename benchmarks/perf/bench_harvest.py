@@ -200,12 +200,12 @@ def settings(args):
 
 def decode_table(args):
     """Per batch size: Hugging Face ``generate`` as it is (every row decoded until the batch ends) against riskprobe's
-    decode loops (shared prompt prefix once; ended rows leave the batch and the cache every few tokens,
-    ``stretch``, or at the step they end, ``step``) and a harvest (signature capture) on each loop; the same
-    prompts bucketed as the harvest does, interleaved rounds; tokens/s and ratios."""
+    decode loop (shared prompt prefix once; a row leaves the batch and the cache at the step it ends) and a harvest
+    (signature capture) on that loop; the same prompts bucketed as the harvest does, interleaved rounds; tokens/s
+    and ratios. (The 2026-12-06 files also time the earlier loop that restarted ``model.generate`` every four tokens,
+    ``stretch``, since removed.)"""
     import torch
 
-    import riskprobe.models.generation as G
     from riskprobe.models import load_model
     from riskprobe.prompts.sets import load_items
     from riskprobe.signatures import FeatureSpec
@@ -215,37 +215,25 @@ def decode_table(args):
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     items = load_items(args.prompts, limit=args.n)
     spec = FeatureSpec().resolve(lm)
-    arms = {"hf generate": (None, False, None)}
-    for mode in args.decode_modes:
-        arms[f"loop {mode}"] = (None, True, mode)
-        arms[f"harvest {mode}"] = (spec, True, mode)
-
-    def run(arm, prompts, bs, max_new):
-        sp, new, mode = arms[arm]
-        G.DECODE = mode or G.DECODE
-        return _gen_rate(lm, prompts, sp, bs, max_new, share=new, bucket=True)
-
+    arms = {"hf generate": (None, False), "loop": (None, True), "harvest": (spec, True)}
     print(f"model {lm.identity.name} on {_device_name(lm)} ({next(lm.model.parameters()).dtype}), {len(items)} "
           f"prompts of {args.prompts} x {args.rounds} rounds, max_new_tokens {args.max_new_tokens}, threads "
           f"{torch.get_num_threads()}; tokens/s")
-    print(f"{'batch':>6}" + "".join(f"{a:>17}" for a in arms))
+    print(f"{'batch':>6}" + "".join(f"{a:>14}" for a in arms) + f"{'loop/hf':>10}{'harvest/loop':>14}")
     rows = []
     for bs in args.batch_sizes:
-        for a in arms:  # warm-up at this size
-            run(a, items[:bs], bs, 4)
+        for sp, new in arms.values():  # warm-up at this size
+            _gen_rate(lm, items[:bs], sp, bs, 4, share=new, bucket=True)
         acc = {a: [0, 0.0] for a in arms}
         for r in range(args.rounds):
             for a in (list(arms) if r % 2 == 0 else list(arms)[::-1]):  # drift hits every arm alike
-                n, sec = run(a, items, bs, args.max_new_tokens)
+                sp, new = arms[a]
+                n, sec = _gen_rate(lm, items, sp, bs, args.max_new_tokens, share=new, bucket=True)
                 acc[a][0] += n
                 acc[a][1] += sec
-        rate = {a: n / sec for a, (n, sec) in acc.items()}
-        rows.append((bs, rate))
-        print(f"{bs:>6}" + "".join(f"{rate[a]:>17.1f}" for a in arms), flush=True)
-        for mode in args.decode_modes:
-            print(f"{'':>6}{mode}: loop / hf generate {rate[f'loop {mode}'] / rate['hf generate']:.2f}x, harvest / "
-                  f"loop {rate[f'harvest {mode}'] / rate[f'loop {mode}']:.3f}, harvest / hf generate "
-                  f"{rate[f'harvest {mode}'] / rate['hf generate']:.2f}x", flush=True)
+        hf, loop, harv = (n / sec for n, sec in acc.values())
+        rows.append((bs, hf, loop, harv))
+        print(f"{bs:>6}{hf:>14.1f}{loop:>14.1f}{harv:>14.1f}{loop / hf:>10.2f}{harv / loop:>14.3f}", flush=True)
     return rows
 
 
@@ -338,8 +326,7 @@ def main():
                     help="old settings (--old-batch, file order, whole prompts) vs new (--batch-size, bucketed, "
                          "shared prefix), side by side")
     ap.add_argument("--decode", action="store_true",
-                    help="HF generate vs riskprobe's decode loops and a harvest on each, at each of --batch-sizes")
-    ap.add_argument("--decode-modes", nargs="+", default=["stretch", "step"], choices=["stretch", "step"])
+                    help="HF generate vs riskprobe's decode loop and a harvest on it, at each of --batch-sizes")
     ap.add_argument("--old-batch", type=int, default=16)
     ap.add_argument("--warmup-rounds", type=int, default=0,
                     help="--settings: untimed full rounds of every arm first (on a GPU the first round is slow)")

@@ -5,8 +5,8 @@ stop string, the generated token ids, and how many of them belong to the answer 
 the token that ended it). Anything that wants to watch the generation (signature capture, live
 monitoring) passes ``stopping_criteria`` or registers hooks around this call. Two things keep the model from
 computing what nobody reads: a prompt prefix that the batch shares is computed once (:func:`encode`), and on a
-CPU rows that have ended leave the batch every :data:`COMPACT_EVERY` tokens (hooks that keep per-row state
-register in ``LoadedModel.watchers`` and are told which rows go on; see :func:`compacts_by_default`).
+CPU a row that has ended leaves the batch at that step (hooks that keep per-row state register in
+``LoadedModel.watchers`` and are told which rows go on; see :func:`compacts_by_default`).
 """
 
 from __future__ import annotations
@@ -78,11 +78,6 @@ def tokenize(lm: LoadedModel, prompts: Sequence[RenderedPrompt]) -> dict[str, to
 #: the fewest tokens a batch's prompts must share before their keys and values are computed once (see :func:`encode`)
 MIN_SHARED_PREFIX = 4
 _PREFIX_CACHE_SIZE = 8
-#: every this many new tokens, the rows that ended leave the batch (see :func:`generate`)
-COMPACT_EVERY = 4
-#: how ended rows leave: ``stretch`` (``model.generate`` in stretches of COMPACT_EVERY tokens) or ``step`` (a loop
-#: that calls the model one token at a time and drops a row at the step it ends)
-DECODE = "stretch"
 
 
 def _forward_params(model) -> set[str]:
@@ -279,10 +274,11 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
     its own generator seeded ``row_seeds[i]`` (see :class:`RowSampler`): reproducible whatever the batch.
     A prompt prefix the batch shares is computed once (:func:`encode`; ``share_prefix=False`` turns it off).
 
-    Rows that end leave the batch (``compact``): the batch is generated :data:`COMPACT_EVERY` tokens at a time,
-    and after each stretch the rows that ended are dropped from the inputs and the key/value cache, so the
-    model no longer computes steps nobody reads (on two CPU cores about a third of a batch's row-steps
-    belonged to ended rows). The answers are those of one uninterrupted ``generate`` (a test checks it). It
+    Rows that end leave the batch (``compact``): a decode loop calls the model one token at a time and drops a row
+    from the inputs and the key/value cache at the step it ends, so the model computes exactly the row-steps the
+    answers need (with ``model.generate`` about a third of a batch's row-steps belonged to rows that had ended, on
+    two CPU cores). The answers are those of one uninterrupted ``generate`` (tests check it on five architectures
+    and on SmolLM2). It
     applies to greedy and row-seeded sampling; not to teacher forcing, to sampling from torch's global
     generator, or when the caller passes ``stopping_criteria`` (which may expect the batch to keep its
     rows). Signature captures attached to the model (:attr:`LoadedModel.watchers`) are told which rows go on.
@@ -320,18 +316,17 @@ def generate(lm: LoadedModel, prompts: Sequence[RenderedPrompt], *, max_new_toke
     if compact is None:
         compact = compacts_by_default(lm.device)
     if compact and not forced and not stopping_criteria and (not do_sample or sampler is not None):
-        loop = _generate_stepwise if DECODE == "step" else _generate_compacting
-        return loop(lm, enc, kwargs, criteria, stops, max_new_tokens, sampler)
+        return _generate_stepwise(lm, enc, kwargs, criteria, stops, max_new_tokens, sampler)
     seqs = lm.model.generate(**enc, **kwargs, stopping_criteria=criteria)
     return finish_rows(lm, seqs[:, enc["input_ids"].shape[1]:], stops)
 
 
 def compacts_by_default(device) -> bool:
     """Whether rows that ended leave the batch unless told otherwise: not on a CUDA GPU, where a step's time
-    hardly depends on the row count and each compaction restarts ``model.generate`` after a host
-    synchronisation (an H100 at batch 512: 1.51 s with compaction against 1.18 s without, 2.76 against 2.07
-    in a second round, ``benchmarks/results/2026-11-26/h100_generate_profile.txt``); on a CPU a third of a
-    batch's row-steps belonged to ended rows and dropping them pays.
+    hardly depends on the row count (an H100 at batch 512, with an earlier loop that restarted ``model.generate``
+    every four tokens: 1.51 s with compaction against 1.18 s without, 2.76 against 2.07 in a second round,
+    ``benchmarks/results/2026-11-26/h100_generate_profile.txt``; the step loop is not measured on a GPU); on a CPU a
+    third of a batch's row-steps belonged to ended rows and dropping them pays.
 
     >>> compacts_by_default("cpu"), compacts_by_default("cuda:0")
     (True, False)
@@ -339,63 +334,10 @@ def compacts_by_default(device) -> bool:
     return torch.device(device).type != "cuda"
 
 
-def _generate_compacting(lm: LoadedModel, enc: dict, kwargs: dict, criteria, stops: tuple[str, ...],
-                         max_new_tokens: int, sampler: RowSampler | None) -> list[Generation]:
-    """:func:`generate`'s loop in stretches of :data:`COMPACT_EVERY` tokens; the rows that ended after a stretch
-    leave the batch and its cache (each stretch continues from the cache, so no token is computed twice)."""
-    ids, att = enc["input_ids"], enc["attention_mask"]
-    key = next((k for k in ("cache", "past_key_values") if k in enc), None)
-    cache = enc.get(key) if key else None
-    if key is None:
-        key = "cache" if "cache" in _forward_params(lm.model) else "past_key_values"
-    P = ids.shape[1]
-    ends = eos_ids(lm)
-    alive = list(range(ids.shape[0]))
-    done: list[Generation | None] = [None] * len(alive)
-    seqs, made = ids, 0
-    while True:
-        n = min(COMPACT_EVERY, max_new_tokens - made)
-        out = lm.model.generate(input_ids=seqs, attention_mask=att, **({key: cache} if cache is not None else {}),
-                                **dict(kwargs, max_new_tokens=n), stopping_criteria=criteria,
-                                return_dict_in_generate=True)
-        stretch = out.sequences.shape[1] - seqs.shape[1]
-        seqs = out.sequences
-        cache = getattr(out, "cache", None) or out.past_key_values
-        made = seqs.shape[1] - P
-        new = seqs[:, P:]
-        if made >= max_new_tokens or stretch < n:  # the end, or every row ended inside the stretch
-            for j, g in enumerate(finish_rows(lm, new, stops)):
-                done[alive[j]] = g
-            return done
-        # one decode per row finds the candidates; finish_rows (the rule the answers are cut by) decides
-        rows = new.tolist()
-        maybe = [j for j, r in enumerate(rows)
-                 if ends & set(r) or (stops and any(x in lm.tokenizer.decode(r, skip_special_tokens=True).lstrip()
-                                                    for x in stops))]
-        ended = {}
-        if maybe:
-            ended = {j: g for j, g in zip(maybe, finish_rows(lm, new[maybe], stops)) if g.finish != "length"}
-        for j, g in ended.items():
-            done[alive[j]] = g
-        keep = [j for j in range(len(alive)) if j not in ended]
-        if not keep:
-            return done
-        att = torch.cat([att, torch.ones((len(alive), made - (att.shape[1] - P)), dtype=att.dtype, device=att.device)], 1)
-        if len(keep) < len(alive) and hasattr(cache, "batch_select_indices"):  # (no cache: ended rows stay, cut later)
-            idx = torch.tensor(keep, device=seqs.device)
-            for w in lm.watchers:
-                w.select_rows(idx, seqs[:, -1])
-            if sampler is not None:
-                sampler.select_rows(keep)
-            cache.batch_select_indices(idx)
-            seqs, att = seqs[idx], att[idx]
-            alive = [alive[j] for j in keep]
-
-
 def _generate_stepwise(lm: LoadedModel, enc: dict, kwargs: dict, criteria, stops: tuple[str, ...],
                        max_new_tokens: int, sampler: RowSampler | None) -> list[Generation]:
-    """:func:`generate`'s loop one token at a time, the model called directly: a row leaves the batch and the cache
-    at the step it ends, and no call re-enters ``model.generate``. The inputs of each call are those
+    """:func:`generate`'s decode loop, one token at a time, the model called directly: a row leaves the batch and the
+    cache at the step it ends. The inputs of each call are those
     ``model.generate`` builds (positions from the attention mask, the cache position, the last position's logits
     only, in float32), so greedy and row-seeded answers are the same (a test checks it)."""
     model, ids, att = lm.model, enc["input_ids"], enc["attention_mask"]

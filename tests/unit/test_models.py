@@ -91,75 +91,60 @@ def test_shared_prefix_keeps_the_signature(make, llama_lm):
 
 def _rows_end_early(lm, rps, monkeypatch):
     """Make an end token of the token whose first appearance differs most between rows (a tiny model's tokens
-    are random), so that rows end at different steps; count the batch sizes ``model.generate`` is called with."""
+    are random), so that rows end at different steps; return the batch size of every call of the model."""
     rows = [g.token_ids for g in generate(lm, rps, max_new_tokens=10, compact=False)]
     at = {t: [r.index(t) if t in r else len(r) for r in rows] for r in rows for t in r}
     end = max(at, key=lambda t: (max(at[t]) - min(at[t]), -t))
-    assert max(at[end]) - min(at[end]) >= 3  # one row ends at least a stretch before another
+    assert max(at[end]) - min(at[end]) >= 3  # one row ends steps before another
     gc = lm.model.generation_config
     eos = gc.eos_token_id if isinstance(gc.eos_token_id, list) else [gc.eos_token_id]
     monkeypatch.setattr(gc, "eos_token_id", [*eos, end])
-    calls = []
-    real = lm.model.generate
-
-    def counted(*a, **k):
-        calls.append(int(k["input_ids"].shape[0]))
-        return real(*a, **k)
-
-    monkeypatch.setattr(lm.model, "generate", counted)
-    monkeypatch.setattr("riskprobe.models.generation.COMPACT_EVERY", 2)
-    return calls
+    calls: list[int] = []
+    hook = lm.model.register_forward_pre_hook(lambda m, a, kw: calls.append(int(kw["input_ids"].shape[0])),
+                                              with_kwargs=True)
+    return calls, hook
 
 
-@pytest.mark.parametrize("decode", ["stretch", "step"])
-def test_ended_rows_leave_the_batch_same_answers(tiny_lm, monkeypatch, decode):
-    """Generating in stretches (or token by token) and dropping the rows that ended (and their cache) gives the
-    answers of one uninterrupted generate: greedy and row-seeded sampling, with and without a shared prefix."""
+def test_ended_rows_leave_the_batch_same_answers(tiny_lm, monkeypatch):
+    """The decode loop that drops a row (and its cache) at the step it ends gives the answers of one uninterrupted
+    ``model.generate``: greedy and row-seeded sampling, with and without a shared prefix; and the model computes
+    exactly the row-steps the answers need."""
     rps = [render(tiny_lm.tokenizer, q) for q in QUESTIONS]
-    calls = _rows_end_early(tiny_lm, rps, monkeypatch)
-    monkeypatch.setattr("riskprobe.models.generation.DECODE", decode)
-    for kw in ({}, {"do_sample": True, "row_seeds": [1, 2, 3, 4]}, {"share_prefix": False}):
-        calls.clear()
-        a = generate(tiny_lm, rps, max_new_tokens=10, compact=False, **kw)
-        assert calls == [4]
-        b = generate(tiny_lm, rps, max_new_tokens=10, **kw)
-        assert [(g.token_ids, g.text, g.finish) for g in a] == [(g.token_ids, g.text, g.finish) for g in b]
-        if kw.get("do_sample"):
-            continue  # sampled rows end where they end
-        if decode == "stretch":
-            assert calls[1] == 4 and min(calls) < 4  # rows left
-        assert "eos" in {g.finish for g in a}
-    if decode == "step":  # a row leaves at the step it ends: the model runs exactly the row-steps answers need
-        rows = []
-        hook = tiny_lm.model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]),
-                                                       with_kwargs=True)
-        try:
-            gens = generate(tiny_lm, rps, max_new_tokens=10)
-        finally:
-            hook.remove()
-        assert sum(rows) == sum(len(g.token_ids) for g in gens) and min(rows) < 4
+    calls, hook = _rows_end_early(tiny_lm, rps, monkeypatch)
+    try:
+        for kw in ({}, {"do_sample": True, "row_seeds": [1, 2, 3, 4]}, {"share_prefix": False}):
+            a = generate(tiny_lm, rps, max_new_tokens=10, compact=False, **kw)
+            calls.clear()
+            b = generate(tiny_lm, rps, max_new_tokens=10, **kw)
+            assert [(g.token_ids, g.text, g.finish) for g in a] == [(g.token_ids, g.text, g.finish) for g in b]
+            assert sum(calls) == sum(len(g.token_ids) for g in b)  # no step for a row that ended
+            if not kw.get("do_sample"):  # sampled rows end where they end
+                assert "eos" in {g.finish for g in a} and min(calls) < 4
+    finally:
+        hook.remove()
 
 
-@pytest.mark.parametrize("decode", ["stretch", "step"])
-def test_ended_rows_leave_the_batch_signature_kept(llama_lm, monkeypatch, decode):
+def test_ended_rows_leave_the_batch_signature_kept(llama_lm, monkeypatch):
     """A capture is told which rows go on: every feature equals the one captured without leaving (rounding),
     the ended rows' included."""
     from riskprobe.signatures import Capture, FeatureSpec
 
     rps = [render(llama_lm.tokenizer, q) for q in QUESTIONS]
-    calls = _rows_end_early(llama_lm, rps, monkeypatch)
-    monkeypatch.setattr("riskprobe.models.generation.DECODE", decode)
+    calls, hook = _rows_end_early(llama_lm, rps, monkeypatch)
     spec = FeatureSpec(K=6, layers="all", lens_layers="all", raw_layers="all").resolve(llama_lm)
     sigs = []
-    for compact in (False, True):
-        calls.clear()
-        cap = Capture(llama_lm, spec)
-        with cap:
-            gens = generate(llama_lm, rps, max_new_tokens=8, compact=compact)
-            assert llama_lm.watchers == [cap]
-        assert not llama_lm.watchers
-        sigs.append((cap.finish([g.token_ids for g in gens]), [g.token_ids for g in gens]))
-    assert (min(calls) < 4 if decode == "stretch" else calls == []) and sigs[0][1] == sigs[1][1]
+    try:
+        for compact in (False, True):
+            calls.clear()
+            cap = Capture(llama_lm, spec)
+            with cap:
+                gens = generate(llama_lm, rps, max_new_tokens=8, compact=compact)
+                assert llama_lm.watchers == [cap]
+            assert not llama_lm.watchers
+            sigs.append((cap.finish([g.token_ids for g in gens]), [g.token_ids for g in gens]))
+    finally:
+        hook.remove()
+    assert min(calls) < 4 and sigs[0][1] == sigs[1][1]
     (a, _), (b, _) = sigs
     for k in a:
         assert np.allclose(a[k].astype(np.float32), b[k].astype(np.float32), atol=2e-3 if k == "raw" else 1e-4), k
