@@ -354,10 +354,9 @@ def _generate_stepwise(lm: LoadedModel, enc: dict, kwargs: dict, criteria, stops
     done: list[Generation | None] = [None] * len(alive)
     seqs, step_ids = ids, ids[:, past:]
     for made in range(1, max_new_tokens + 1):
-        pos = (att.long().cumsum(-1) - 1).masked_fill(att == 0, 1)[:, -step_ids.shape[1]:]
         inputs = {"input_ids": step_ids, "attention_mask": att, key: cache, "use_cache": True}
         if "position_ids" in params:
-            inputs["position_ids"] = pos
+            inputs["position_ids"] = (att.long().cumsum(-1) - 1).masked_fill(att == 0, 1)[:, -step_ids.shape[1]:]
         if "cache_position" in params:
             inputs["cache_position"] = torch.arange(seqs.shape[1] - step_ids.shape[1], seqs.shape[1],
                                                     device=ids.device)
