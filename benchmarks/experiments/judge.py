@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from riskprobe.evaluation.baselines import training_free_scores
+from riskprobe.evaluation.given import forced_in_batches
 from riskprobe.evaluation.metrics import auroc, bootstrap_ci
-from riskprobe.models import load_model, render, set_threads
+from riskprobe.models import load_model, set_threads
 from riskprobe.models.generation import forced_ids
-from riskprobe.progress import bar
 from riskprobe.prompts.answers import efficientqa_answers
 from riskprobe.signatures import FeatureSpec
 from riskprobe.signatures.extract import Extractor
@@ -31,20 +31,14 @@ def judge(name: str, rows, batch_size: int) -> dict:
     lm = load_model(name, device="cpu")
     spec = FeatureSpec(K=K, families=["commitment", "lens"], lens_steps=0, raw_steps=0).resolve(lm)
     ex = Extractor(lm, spec)
-    order = sorted(range(len(rows)), key=lambda i: (len(rows[i].question) + 4 * len(rows[i].answer), i))
-    parts: dict[str, list] = {}
     t0 = time.perf_counter()
-    b = bar(len(rows), f"judge {name}", "answer")
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        sig = ex.extract([render(lm.tokenizer, rows[i].question, rows[i].answer_kind) for i in idx],
-                         forced_ids(lm, [rows[i].answer for i in idx]))
-        for key in ("commitment", "step_mask"):
-            parts.setdefault(key, []).append(sig[key])
-        b.update(len(idx))
-    b.close()
-    inv = np.argsort(np.asarray(order))
-    t = {k: torch.as_tensor(np.concatenate(v)[inv]) for k, v in parts.items()}
+
+    def forced(rendered, answers):
+        ids = forced_ids(lm, answers)
+        return ex.extract(rendered, ids), ids
+
+    sig, _ = forced_in_batches(lm, rows, forced, batch_size=batch_size, label=f"judge {name}")
+    t = {k: torch.as_tensor(sig[k]) for k in ("commitment", "step_mask")}
     y = np.asarray([r.label for r in rows])
     out = {}
     for score, v in training_free_scores(t, K).items():

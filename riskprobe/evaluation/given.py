@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -127,17 +127,21 @@ def format_groups(res: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------ a probe on given answers (eval-given)
-def _signatures(head: Scorer, lm: LoadedModel, rows: Sequence[GivenAnswer], batch_size: int, progress: bool):
-    """Teacher-forced signatures of the rows, as :meth:`Scorer.score` takes them (plus the output confidence that the
-    training-free scores read), in batches of similar length, back in the rows' order."""
+def forced_in_batches(lm: LoadedModel, rows: Sequence[GivenAnswer], forced: Callable[[list, list[str]], tuple[dict, list]],
+                      *, batch_size: int, progress: bool = True, label: str = "given answers"):
+    """Teacher-forced signatures of given answers, in batches of similar length, back in the rows' order.
+
+    ``forced(rendered_prompts, answers)`` returns one batch's signatures and forced token ids (a probe's
+    :meth:`Scorer.forced_signatures`, or an :class:`~riskprobe.signatures.extract.Extractor` with a spec of one's
+    own). Returns the signatures (arrays over the rows) and each row's number of forced tokens."""
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i].question) + 4 * len(rows[i].answer), i))
     parts: dict[str, list] = {}
-    bar = progress_bar(len(rows), "given answers", "answer", enabled=progress)
+    bar = progress_bar(len(rows), label, "answer", enabled=progress)
     n_tok = [0] * len(rows)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
-        sig, ids = head.forced_signatures(lm, [render(lm.tokenizer, rows[i].question, rows[i].answer_kind) for i in idx],
-                                          [rows[i].answer for i in idx], confidence=True)
+        sig, ids = forced([render(lm.tokenizer, rows[i].question, rows[i].answer_kind) for i in idx],
+                          [rows[i].answer for i in idx])
         for k, v in sig.items():
             parts.setdefault(k, []).append(v)
         for i, t in zip(idx, ids):
@@ -146,6 +150,13 @@ def _signatures(head: Scorer, lm: LoadedModel, rows: Sequence[GivenAnswer], batc
     bar.close()
     inv = np.argsort(np.asarray(order))
     return {k: np.concatenate(v)[inv] for k, v in parts.items()}, np.asarray(n_tok)
+
+
+def _signatures(head: Scorer, lm: LoadedModel, rows: Sequence[GivenAnswer], batch_size: int, progress: bool):
+    """Teacher-forced signatures of the rows, as :meth:`Scorer.score` takes them, plus the output confidence that the
+    training-free scores read."""
+    return forced_in_batches(lm, rows, lambda rp, ans: head.forced_signatures(lm, rp, ans, confidence=True),
+                             batch_size=batch_size, progress=progress)
 
 
 def evaluate_rows(head: Scorer, sig: dict[str, Any], rows: Sequence[GivenAnswer], n_tokens: np.ndarray,

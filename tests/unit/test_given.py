@@ -202,3 +202,28 @@ def test_given_answer_counts_are_checked_by_the_stage(field):
 
     with pytest.raises(UserError, match=f"field '{field.replace('_', '-')}': must be 0 or more, got -1"):
         standard_answers(**{field: -1})
+
+
+def test_forced_batches_come_back_in_the_rows_order_and_equal_one_row_at_a_time(dir_lm):
+    """Rows are forced in batches sorted by length; every row's signature and token count are its own."""
+    from riskprobe.evaluation.given import forced_in_batches
+    from riskprobe.models import render
+    from riskprobe.models.generation import forced_ids
+    from riskprobe.signatures import FeatureSpec
+    from riskprobe.signatures.extract import Extractor
+
+    ex = Extractor(dir_lm, FeatureSpec(K=6, families=["commitment"]).resolve(dir_lm))
+
+    def forced(rendered, answers):
+        ids = forced_ids(dir_lm, answers)
+        return ex.extract(rendered, ids), ids
+
+    answers = ["a much longer answer than the rest", "b", "cc", "a middling answer", "dd d"]
+    rows = [GivenAnswer(id=f"q{i}", set="mine", category="factual", question=f"Question {'x' * (5 - i)}?", answer=a,
+                        label=i % 2, provenance="other", source="mine") for i, a in enumerate(answers)]
+    sig, n_tok = forced_in_batches(dir_lm, rows, forced, batch_size=2, progress=False)
+    for i, r in enumerate(rows):
+        one, ids = forced([render(dir_lm.tokenizer, r.question, r.answer_kind)], [r.answer])
+        assert n_tok[i] == len(ids[0])
+        np.testing.assert_allclose(sig["commitment"][i], one["commitment"][0], rtol=1e-5, atol=1e-5)
+    assert n_tok.tolist() == [len(t) for t in forced_ids(dir_lm, answers)]
