@@ -10,6 +10,7 @@ from riskprobe.models import render
 from riskprobe.models.generation import generate
 from riskprobe.signatures import Capture, FeatureSpec, resolve_layers
 from riskprobe.signatures import features as F
+from riskprobe.signatures.capture import capture_sites
 
 
 def test_commitment_by_hand():
@@ -186,3 +187,27 @@ def test_normalisation_changes_update_norm_not_cosines(llama_lm):
         sigs[how] = cap.finish([x.token_ids for x in g])
     np.testing.assert_allclose(sigs["raw"]["sync"][..., 0], sigs["unit"]["sync"][..., 0], atol=1e-4)
     assert not np.allclose(sigs["raw"]["sync"][..., 1], sigs["unit"]["sync"][..., 1])
+
+
+def test_a_prefill_keeps_only_the_last_position_of_each_layer(llama_lm):
+    """Over a prompt of many positions the capture holds each layer's last row, not the layer's whole output
+    (a view would keep every layer's ``[B, T, H]`` alive until the step is reduced)."""
+    lm = llama_lm
+    cap = Capture(lm, FeatureSpec(K=2).resolve(lm))
+    held = []
+    sites = capture_sites(lm.model)
+
+    def before_head(_mod, _args, _out):  # the last layer has run; the step is not reduced yet
+        held.append([s.untyped_storage().nbytes() for s in cap._states if s is not None])
+
+    h = sites["final_norm"].register_forward_hook(before_head)
+    try:
+        with cap:
+            prompts = [render(lm.tokenizer, q) for q in ("What is the largest planet in our solar system?", "Why?")]
+            generate(lm, prompts, max_new_tokens=2)
+    finally:
+        h.remove()
+    B, H = 2, lm.identity.hidden_size
+    assert all(len(p) == lm.identity.n_layers + 1 for p in held)
+    # every pass (the shared prefix's, the prefill's, each step's) holds one float32 row per layer and batch row
+    assert max(max(p) for p in held) == B * H * 4
