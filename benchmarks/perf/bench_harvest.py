@@ -6,6 +6,7 @@ memory of a plain-generation process and of harvest processes over N1 and N2 pro
 
     python benchmarks/perf/bench_harvest.py --model smollm2-135m --n 64 --rounds 3
     python benchmarks/perf/bench_harvest.py --memory --mem-prompts 200 2000
+    python benchmarks/perf/bench_harvest.py --memory --mem-prompts 256 2560 --mem-repeat
     python benchmarks/perf/bench_harvest.py --settings --n 128 --batch-size 64 --rounds 2
     python benchmarks/perf/bench_harvest.py --device cuda --dtype bfloat16 --n 1024 --batch-sizes 16 64 256 1024
     python benchmarks/perf/bench_harvest.py --decode --model qwen2.5-1.5b --n 128 --batch-sizes 32 64 --rounds 2
@@ -14,6 +15,7 @@ memory of a plain-generation process and of harvest processes over N1 and N2 pro
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -287,17 +289,34 @@ def _child(mode: str, model: str, prompts: str, n: int, out: str, max_new_tokens
     print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, max(peak[0], _anon_mb()))
 
 
+def _repeated_prompts(spec: str, n: int, total: int, folder: str) -> str:
+    """A JSONL file of the first ``n`` questions of ``spec`` repeated to ``total`` rows under fresh ids: every size
+    then has the same prompt lengths, so a peak that grows with the size is memory that accumulates, not a longer
+    prompt in a larger sample."""
+    from riskprobe.prompts.sets import load_items
+
+    items = load_items(spec, limit=n)
+    path = os.path.join(folder, f"repeat-{total}.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for j in range(total):
+            it = items[j % len(items)]
+            f.write(json.dumps({"id": f"{it.id}-r{j // len(items)}", "question": it.prompt, "answers": list(it.answers),
+                                "category": it.category, "answer_kind": it.answer_kind}) + "\n")
+    return path
+
+
 def memory(args):
     me = [sys.executable, __file__]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.mem_prompts:
+            prompts = _repeated_prompts(args.prompts, min(args.mem_prompts), n, tmp) if args.mem_repeat else args.prompts
             plain, plain_anon, tp = _peak_rss_of(me + ["--child", "plain", "--model", args.model, "--prompts",
-                                                       args.prompts, "--n", str(n), "--max-new-tokens",
+                                                       prompts, "--n", str(n), "--max-new-tokens",
                                                        str(args.mem_max_new_tokens)])
             out = os.path.join(tmp, f"h{n}")
             harv, harv_anon, th = _peak_rss_of(me + ["--child", "harvest", "--model", args.model, "--prompts",
-                                                     args.prompts, "--n", str(n), "--out", out, "--max-new-tokens",
+                                                     prompts, "--n", str(n), "--out", out, "--max-new-tokens",
                                                      str(args.mem_max_new_tokens)])
             size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file() and "shards" not in f.parts)
             rows.append((n, plain, harv, harv / plain, plain_anon, harv_anon, harv_anon / plain_anon, size / n, tp, th))
@@ -338,6 +357,8 @@ def main():
     ap.add_argument("--memory", action="store_true", help="measure peak RSS instead of speed")
     ap.add_argument("--mem-prompts", type=int, nargs="+", default=[200, 2000])
     ap.add_argument("--mem-max-new-tokens", type=int, default=8)
+    ap.add_argument("--mem-repeat", action="store_true", help="--memory: every size repeats the smallest size's "
+                    "questions (the same prompt lengths), so that growth is accumulation alone")
     ap.add_argument("--child", choices=["plain", "harvest"])
     ap.add_argument("--out")
     args = ap.parse_args()

@@ -95,29 +95,40 @@ def _arrow_column(values: list, typ) -> "Any":
     return pa.FixedSizeListArray.from_arrays(flat, arr.shape[1]).cast(typ)
 
 
-def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 64 << 20) -> None:
+def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 16 << 20) -> None:
     """Write a `datasets` dataset folder (what ``Dataset.save_to_disk`` writes: one arrow stream file, its
     ``state.json`` and ``dataset_info.json``) from ``parts``, callables that each return an arrow table of
-    ``schema``, read one after another. Consecutive parts are joined into record batches of about
-    ``batch_bytes`` (a small harvest is one batch, which the reader maps without copying), so writing holds
-    about two such batches in memory whatever the dataset's size (``save_to_disk`` holds several copies of
-    all it writes). The two small files come from ``save_to_disk`` of the first row."""
+    ``schema``, read one after another. Consecutive small parts are joined into record batches of up to about
+    ``batch_bytes`` (a small harvest is one batch, which the reader maps without copying); a part that fills a
+    batch alone is written as it is. Writing therefore holds at most one part or about two batches in memory,
+    whatever the dataset's size (``save_to_disk`` holds several copies of all it writes; 64 MB batches here
+    made a 600-answer SmolLM2 harvest's merge hold the whole harvest twice). The two small files come from
+    ``save_to_disk`` of the first row."""
     datasets.disable_progress_bars()
     folder = Path(folder)
     pending: list = []
     size = 0
+
+    def flush(w) -> None:
+        w.write_table(pending[0] if len(pending) == 1 else pa.concat_tables(pending).combine_chunks())
+        pending.clear()
+
     with pa.OSFile(str(folder / ".data.arrow"), "wb") as fh, pa.ipc.new_stream(fh, schema) as w:
         for part in parts:
             table = part()
             if not (folder / "state.json").is_file():
                 datasets.Dataset(table.slice(0, 1)).save_to_disk(str(folder))
+            if pending and size + table.nbytes > batch_bytes:
+                flush(w)
+                size = 0
             pending.append(table)
             size += table.nbytes
+            del table
             if size >= batch_bytes:
-                w.write_table(pa.concat_tables(pending).combine_chunks())
-                pending, size = [], 0
+                flush(w)
+                size = 0
         if pending:
-            w.write_table(pa.concat_tables(pending).combine_chunks())
+            flush(w)
     files = [f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
     if len(files) != 1:  # the layout this relies on; a datasets release that changes it fails here, not silently
         raise RuntimeError(f"datasets wrote {len(files)} data files for one row; expected one")

@@ -217,3 +217,12 @@ def test_merge_streams_shards_in_order_else_sorts(tmp_path, in_order):
     store._write_dataset(batched, feats.arrow_schema, [lambda r=r: datasets.Dataset.from_list(r, features=feats).data.table
                                                        for r in parts], batch_bytes=1)
     assert datasets.load_from_disk(str(batched)).data.column("raw").num_chunks == 3
+    # parts join while they fit: the first two fill a batch, the third would overflow it and starts the next
+    tables = [datasets.Dataset.from_list(r, features=feats).data.table for r in parts]
+    two = tmp_path / "two"
+    two.mkdir()
+    store._write_dataset(two, feats.arrow_schema, [lambda t=t: t for t in tables],
+                         batch_bytes=tables[0].nbytes + tables[1].nbytes)
+    got = datasets.load_from_disk(str(two))
+    assert [len(c) for c in got.data.column("raw").chunks] == [len(parts[0]) + len(parts[1]), len(parts[2])]
+    assert got["index"] == [r["index"] for rows in parts for r in rows]
