@@ -58,8 +58,7 @@ def main() -> None:
     (out / "report.json").write_text(json.dumps({"decisions": {"cells": cells, "rule": info},
                                                  "sources": [a.grid, *a.add]}, indent=1, default=float),
                                      encoding="utf-8")
-    changed = [(k, v, c["verdict"]) for c in cells for k, v in [(key(c), before.get(key(c)))]
-               if k in before and c.get("verdict") != v]
+    changed = [(key(c), before[key(c)], c.get("verdict")) for c in cells[:len(old)] if c.get("verdict") != before[key(c)]]
     print(f"{info['tests']} cells tested of {info['cells']} ({info['controlled_tests']} controlled); "
           f"{len(cells) - len(old)} new cells")
     for k, v, w in changed:

@@ -19,7 +19,6 @@ from riskprobe.evaluation.baselines import training_free_scores
 from riskprobe.evaluation.given import forced_in_batches
 from riskprobe.evaluation.metrics import auroc, bootstrap_ci
 from riskprobe.models import load_model, set_threads
-from riskprobe.models.generation import forced_ids
 from riskprobe.prompts.answers import efficientqa_answers
 from riskprobe.signatures import FeatureSpec
 from riskprobe.signatures.extract import Extractor
@@ -30,14 +29,9 @@ K = 32  # the whole of a short given answer
 def judge(name: str, rows, batch_size: int) -> dict:
     lm = load_model(name, device="cpu")
     spec = FeatureSpec(K=K, families=["commitment", "lens"], lens_steps=0, raw_steps=0).resolve(lm)
-    ex = Extractor(lm, spec)
     t0 = time.perf_counter()
-
-    def forced(rendered, answers):
-        ids = forced_ids(lm, answers)
-        return ex.extract(rendered, ids), ids
-
-    sig, _ = forced_in_batches(lm, rows, forced, batch_size=batch_size, label=f"judge {name}")
+    sig, _ = forced_in_batches(lm, rows, Extractor(lm, spec).extract_answers, batch_size=batch_size,
+                               label=f"judge {name}")
     t = {k: torch.as_tensor(sig[k]) for k in ("commitment", "step_mask")}
     y = np.asarray([r.label for r in rows])
     out = {}

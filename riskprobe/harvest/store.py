@@ -107,7 +107,6 @@ def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 16 << 20) -> 
     datasets.disable_progress_bars()
     folder = Path(folder)
     pending: list = []
-    size = 0
 
     def flush(w) -> None:
         w.write_table(pending[0] if len(pending) == 1 else pa.concat_tables(pending).combine_chunks())
@@ -118,15 +117,12 @@ def _write_dataset(folder: Path, schema, parts, batch_bytes: int = 16 << 20) -> 
             table = part()
             if not (folder / "state.json").is_file():
                 datasets.Dataset(table.slice(0, 1)).save_to_disk(str(folder))
-            if pending and size + table.nbytes > batch_bytes:
+            if pending and sum(t.nbytes for t in pending) + table.nbytes > batch_bytes:
                 flush(w)
-                size = 0
             pending.append(table)
-            size += table.nbytes
-            del table
-            if size >= batch_bytes:
+            del table  # pending holds it; the name would keep it alive through the next part's read
+            if sum(t.nbytes for t in pending) >= batch_bytes:
                 flush(w)
-                size = 0
         if pending:
             flush(w)
     files = [f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]

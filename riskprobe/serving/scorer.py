@@ -212,8 +212,7 @@ class Scorer:
         spec = self.feature_spec()
         if confidence and "commitment" not in spec.families:
             spec = replace(spec, families=["commitment", *spec.families])
-        ids = forced_ids(lm, list(responses))
-        return Extractor(lm, spec).extract(list(rendered), ids), ids
+        return Extractor(lm, spec).extract_answers(list(rendered), responses)
 
     def score(self, lm: LoadedModel, prompts: Sequence[str], responses: Sequence[str | None] | None = None,
               *, answer_kinds: Sequence[str] | None = None, max_new_tokens: int = 33, prompt_style: str = "auto",

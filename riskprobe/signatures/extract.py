@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..models.generation import prefix_cache, shared_prefix, tokenize
+from ..models.generation import forced_ids, prefix_cache, shared_prefix, tokenize
 from .capture import Capture, _first, capture_sites
 from .spec import FeatureSpec
 
@@ -100,6 +100,12 @@ class Extractor:
         """Signature arrays ``{column: [B, ...]}`` for rendered prompts and their responses' token ids (each up to
         and including the token that ended it, as :class:`~riskprobe.models.generation.Generation` holds them)."""
         return self.extract_arms(prompts, token_ids)[0]
+
+    def extract_answers(self, prompts, answers: Sequence[str]) -> tuple[dict[str, np.ndarray], list[list[int]]]:
+        """:meth:`extract` for given answers as text, each forced as :func:`~riskprobe.models.generation.forced_ids`
+        makes it (its tokens, then EOS). Returns the signatures and the forced token ids."""
+        ids = forced_ids(self.lm, list(answers))
+        return self.extract(prompts, ids), ids
 
     @torch.inference_mode()
     def extract_arms(self, prompts, token_ids: Sequence[Sequence[int]]) -> list[dict[str, np.ndarray]]:

@@ -212,11 +212,7 @@ def test_forced_batches_come_back_in_the_rows_order_and_equal_one_row_at_a_time(
     from riskprobe.signatures import FeatureSpec
     from riskprobe.signatures.extract import Extractor
 
-    ex = Extractor(dir_lm, FeatureSpec(K=6, families=["commitment"]).resolve(dir_lm))
-
-    def forced(rendered, answers):
-        ids = forced_ids(dir_lm, answers)
-        return ex.extract(rendered, ids), ids
+    forced = Extractor(dir_lm, FeatureSpec(K=6, families=["commitment"]).resolve(dir_lm)).extract_answers
 
     answers = ["a much longer answer than the rest", "b", "cc", "a middling answer", "dd d"]
     rows = [GivenAnswer(id=f"q{i}", set="mine", category="factual", question=f"Question {'x' * (5 - i)}?", answer=a,
